@@ -1,0 +1,1 @@
+"""Evaluation tools for gsplat2d models (filled in by the super-resolution work)."""

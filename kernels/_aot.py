@@ -1,0 +1,31 @@
+"""Ahead-of-time compile descriptions of the Triton kernels.
+
+Each kernel module lists, in ``AOT_SPECS``, the concrete specialisations it launches (signature,
+constexprs, warps). :mod:`gsplat2d.kernels.report` compiles them for sm_80 / sm_90 without a GPU
+and reads registers, spills and shared memory from the cubin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AotSpec:
+    """One compiled variant of a kernel.
+
+    name:       readable id, e.g. ``"rasterize_fwd[alpha,C=32]"``.
+    fn:         the ``@triton.jit`` function.
+    signature:  argument name -> Triton type string (``"*fp32"``, ``"i32"``, ``"i64"``,
+                ``"fp32"``, ``"constexpr"``), in argument order.
+    constexprs: constexpr argument name -> value.
+    num_warps / num_stages: launch options used by the launcher for this variant.
+    """
+
+    name: str
+    fn: Any
+    signature: dict[str, str]
+    constexprs: dict[str, Any] = field(default_factory=dict)
+    num_warps: int = 4
+    num_stages: int = 2

@@ -1,0 +1,1 @@
+"""Training loops for gsplat2d models (filled in by the super-resolution work)."""
