@@ -1,0 +1,86 @@
+"""``torch.autograd.Function`` wrapping the Triton binning, forward and backward launchers."""
+
+from __future__ import annotations
+
+import torch
+
+from gsplat2d._torch_impl import Binning
+
+__all__ = ["RasterizeTriton", "rasterize_triton"]
+
+
+class RasterizeTriton(torch.autograd.Function):
+    """Forward: bin + rasterize (Triton). Backward: the Triton backward kernel.
+
+    Binning is saved, never recomputed in backward. Kernels compute in float32; gradients are
+    returned in each input's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, means, conics, colors, opacities, background, width, height, tile_size, mode):
+        from gsplat2d.kernels.binning import bin_gaussians
+        from gsplat2d.kernels.rasterize_fwd import rasterize_fwd
+
+        means_c, conics_c, colors_c, opac_c = (
+            t.detach().contiguous() for t in (means, conics, colors, opacities)
+        )
+        bg_c = background.detach().contiguous() if background is not None else None
+        binning = bin_gaussians(means_c, conics_c, opac_c, width, height, tile_size)
+        image, alpha, t_final = rasterize_fwd(
+            means_c, conics_c, colors_c, opac_c, bg_c, binning, width, height, tile_size, mode
+        )
+        ctx.save_for_backward(
+            means_c, conics_c, colors_c, opac_c, binning.ranges, binning.gauss_ids,
+            binning.counts, image, t_final,
+        )
+        ctx.meta = (binning.tiles_x, binning.tiles_y, width, height, tile_size, mode)
+        ctx.has_bg = background is not None
+        ctx.dtypes = tuple(
+            t.dtype if t is not None else None
+            for t in (means, conics, colors, opacities, background)
+        )
+        return image, alpha
+
+    @staticmethod
+    def backward(ctx, grad_image, grad_alpha):
+        from gsplat2d.kernels.rasterize_bwd import rasterize_bwd
+
+        means, conics, colors, opac, ranges, ids, counts, image, t_final = ctx.saved_tensors
+        tiles_x, tiles_y, width, height, tile_size, mode = ctx.meta
+        B, N, C = colors.shape
+        dev = colors.device
+        if grad_image is None:
+            grad_image = torch.zeros((B, height, width, C), dtype=torch.float32, device=dev)
+        if grad_alpha is None:
+            grad_alpha = torch.zeros((B, height, width, 1), dtype=torch.float32, device=dev)
+        binning = Binning(tiles_x, tiles_y, ranges, ids, counts)
+        g_means, g_conics, g_colors, g_opac, g_bg = rasterize_bwd(
+            means, conics, colors, opac, ctx.has_bg, binning, image, t_final,
+            grad_image.float().contiguous(), grad_alpha.float().contiguous(),
+            width, height, tile_size, mode,
+        )
+        grads = [g_means, g_conics, g_colors, g_opac, g_bg]
+        out = []
+        for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad[:5]):
+            out.append(g.to(dt) if (need and g is not None) else None)
+        return (*out, None, None, None, None)
+
+
+def rasterize_triton(
+    means: torch.Tensor,
+    conics: torch.Tensor,
+    colors: torch.Tensor,
+    opacities: torch.Tensor,
+    background: torch.Tensor | None,
+    width: int,
+    height: int,
+    tile_size: int,
+    mode: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable Triton rasterization of flattened inputs ``[B, N, *]``.
+
+    Returns ``image [B, H, W, C]`` and ``alpha [B, H, W, 1]`` (float32).
+    """
+    return RasterizeTriton.apply(
+        means, conics, colors, opacities, background, width, height, tile_size, mode
+    )

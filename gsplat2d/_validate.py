@@ -1,0 +1,124 @@
+"""Input checks for :func:`gsplat2d.rasterize`. Every error names the offending argument."""
+
+from __future__ import annotations
+
+import torch
+
+#: Largest accepted output side, in pixels (a 30x upscale of a 2K image is ~60k).
+MAX_SIDE = 65536
+#: Largest accepted number of (tile, Gaussian) pairs: ids are int32 and each pair costs ~12 bytes.
+MAX_PAIRS = 2**31 - 1
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MODES = ("alpha", "sum")
+BACKENDS = ("auto", "triton", "torch")
+
+
+def check_pair_count(n_pairs: int) -> None:
+    """Refuse scenes whose binning would need more (tile, Gaussian) pairs than we can index."""
+    if n_pairs > MAX_PAIRS:
+        raise MemoryError(
+            f"the scene needs {n_pairs} (tile, Gaussian) pairs, more than the {MAX_PAIRS} "
+            "the rasterizer can index; this happens when many Gaussians are far larger than a "
+            "tile (shrink them, lower their opacity, or use a larger tile_size)"
+        )
+
+
+def _check_tensor(name: str, t: object) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating tensor (fp16/bf16/fp32/fp64), got {t.dtype}")
+    return t
+
+
+def _check_int(name: str, v: object, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        try:
+            import numpy as np
+
+            if isinstance(v, np.integer):
+                v = int(v)
+            else:
+                raise TypeError
+        except TypeError:
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}") from None
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
+    return int(v)
+
+
+def validate(
+    means: torch.Tensor,
+    conics: torch.Tensor,
+    colors: torch.Tensor,
+    opacities: torch.Tensor,
+    width: int,
+    height: int,
+    mode: str,
+    background: torch.Tensor | None,
+    tile_size: int,
+    backend: str,
+) -> tuple[int, int, int, torch.Size]:
+    """Check the arguments of :func:`gsplat2d.rasterize`.
+
+    Returns ``(width, height, C, batch_shape)``.
+    """
+    _check_tensor("means", means)
+    _check_tensor("conics", conics)
+    _check_tensor("colors", colors)
+    _check_tensor("opacities", opacities)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    width = _check_int("width", width, 1, MAX_SIDE)
+    height = _check_int("height", height, 1, MAX_SIDE)
+    tile_size = _check_int("tile_size", tile_size, 1, 256)
+
+    if means.dim() < 2 or means.shape[-1] != 2:
+        raise ValueError(f"means must have shape [..., N, 2], got {tuple(means.shape)}")
+    batch_shape = means.shape[:-2]
+    N = means.shape[-2]
+    if conics.shape != (*batch_shape, N, 3):
+        raise ValueError(
+            f"conics must have shape {(*batch_shape, N, 3)} to match means, got {tuple(conics.shape)}"
+        )
+    if colors.dim() != means.dim() or colors.shape[:-1] != (*batch_shape, N):
+        raise ValueError(
+            f"colors must have shape {(*batch_shape, N)} + (C,) to match means, "
+            f"got {tuple(colors.shape)}"
+        )
+    C = colors.shape[-1]
+    if C < 1:
+        raise ValueError("colors must have at least one channel (C >= 1), got C = 0")
+    if opacities.shape != (*batch_shape, N):
+        raise ValueError(
+            f"opacities must have shape {(*batch_shape, N)} to match means, "
+            f"got {tuple(opacities.shape)}"
+        )
+    if background is not None:
+        if mode == "sum":
+            raise ValueError("background is only defined for mode='alpha'; sum mode has none")
+        _check_tensor("background", background)
+        if background.shape != (*batch_shape, C):
+            raise ValueError(
+                f"background must have shape {(*batch_shape, C)}, got {tuple(background.shape)}"
+            )
+    tensors = {"means": means, "conics": conics, "colors": colors, "opacities": opacities}
+    if background is not None:
+        tensors["background"] = background
+    dev = means.device
+    for name, t in tensors.items():
+        if t.device != dev:
+            raise ValueError(f"{name} is on {t.device} but means is on {dev}; use one device")
+    B = 1
+    for s in batch_shape:
+        B *= s
+    out_bytes = B * height * width * (C + 1) * 4
+    if out_bytes > 2**40:
+        raise ValueError(
+            f"width x height = {width} x {height} with batch {B} and C = {C} would need "
+            f"{out_bytes / 2**30:.0f} GiB of output; render in tiles or smaller"
+        )
+    return width, height, C, batch_shape

@@ -1,0 +1,131 @@
+"""The public rasterizer: :func:`rasterize`."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from gsplat2d._validate import validate
+
+__all__ = ["rasterize", "triton_available"]
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernels can be imported here."""
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _pick_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError(
+                "backend='triton' needs the triton package (Linux x86_64/aarch64); "
+                "use backend='torch' or 'auto'"
+            )
+        if device.type == "cpu" and not _interpreting():
+            raise RuntimeError(
+                "backend='triton' on CPU tensors runs only under Triton's interpreter: set "
+                "TRITON_INTERPRET=1 before importing triton (slow, for testing), or use "
+                "backend='torch' for CPU rendering"
+            )
+        if device.type not in ("cpu", "cuda"):
+            raise RuntimeError(f"backend='triton' supports CUDA (or interpreted CPU) tensors, not {device}")
+    return backend
+
+
+def rasterize(
+    means: torch.Tensor,
+    conics: torch.Tensor,
+    colors: torch.Tensor,
+    opacities: torch.Tensor,
+    width: int,
+    height: int,
+    *,
+    mode: str = "alpha",
+    background: torch.Tensor | None = None,
+    tile_size: int = 16,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render 2D Gaussians onto a ``height x width`` pixel grid. Differentiable in every tensor.
+
+    Args:
+        means: ``[..., N, 2]`` centres in pixels (x right, y down; pixel ``(x, y)`` is sampled
+            at ``(x + 0.5, y + 0.5)``).
+        conics: ``[..., N, 3]`` ``(a, b, c)``, the inverse covariance ``[[a, b], [b, c]]`` in
+            1/pixel^2 (see :func:`gsplat2d.conics_from_cholesky`, ``conics_from_scale_rotation``).
+        colors: ``[..., N, C]``, any ``C >= 1`` (RGB, grey or feature channels).
+        opacities: ``[..., N]``.
+        width, height: output size in pixels (each in ``[1, 65536]``).
+        mode: ``"alpha"``: front-to-back compositing in index order (weights
+            ``min(0.99, o exp(-sigma))``, skipped below 1/255, a pixel stops once its
+            transmittance would fall to 1e-4). ``"sum"``: ``image = sum_i w_i c_i`` with
+            ``w_i = min(1, o exp(-sigma))`` (below 1/255 skipped), no limit on Gaussians per tile.
+        background: ``[..., C]`` colour behind the Gaussians (alpha mode only; default 0).
+        tile_size: tile side in pixels (triton: 8, 16 or 32).
+        backend: ``"triton"`` (kernels; CUDA tensors, or CPU tensors under
+            ``TRITON_INTERPRET=1``), ``"torch"`` (tiled PyTorch, any device) or ``"auto"``
+            (triton on CUDA, torch otherwise).
+
+    Returns:
+        ``image [..., H, W, C]`` and ``alpha [..., H, W, 1]`` (``1 - T`` in alpha mode, the sum
+        of weights in sum mode), float32 (float64 on the torch backend for float64 inputs).
+
+    Gaussians with a non-positive-definite conic, opacity below 1/255 or a non-finite mean,
+    conic or opacity contribute nothing. Leading dims ``...`` are independent images rendered
+    in one launch.
+    """
+    width, height, C, batch_shape = validate(
+        means, conics, colors, opacities, width, height, mode, background, tile_size, backend
+    )
+    backend = _pick_backend(backend, means.device)
+    if backend == "triton" and tile_size not in (8, 16, 32):
+        raise ValueError(f"tile_size must be 8, 16 or 32 for backend='triton', got {tile_size}")
+
+    N = means.shape[-2]
+    B = 1
+    for s in batch_shape:
+        B *= s
+    out_dtype = torch.float64 if (backend == "torch" and torch.float64 in (
+        means.dtype, conics.dtype, colors.dtype, opacities.dtype)) else torch.float32
+    if N == 0 or B == 0:
+        image = torch.zeros((*batch_shape, height, width, C), dtype=out_dtype, device=means.device)
+        if background is not None:
+            image = image + background.to(out_dtype)[..., None, None, :]
+        alpha = torch.zeros((*batch_shape, height, width, 1), dtype=out_dtype, device=means.device)
+        # Keep the graph connected so .backward() through an empty scene works.
+        zero = (means.sum() + conics.sum() + colors.sum() + opacities.sum()) * 0
+        return image + zero.to(out_dtype), alpha + zero.to(out_dtype)
+
+    m = means.reshape(B, N, 2)
+    q = conics.reshape(B, N, 3)
+    c = colors.reshape(B, N, C)
+    o = opacities.reshape(B, N)
+    bg = background.reshape(B, C) if background is not None else None
+
+    if backend == "triton":
+        from gsplat2d._autograd import rasterize_triton
+
+        image, alpha = rasterize_triton(m, q, c, o, bg, width, height, tile_size, mode)
+    else:
+        from gsplat2d import _torch_impl
+
+        m, q, c, o = (t.contiguous() for t in (m, q, c, o))
+        binning = _torch_impl.bin_gaussians(m, q, o, width, height, tile_size)
+        image, alpha, _ = _torch_impl.rasterize_fwd(
+            m, q, c, o, bg, binning, width, height, tile_size, mode
+        )
+    return (
+        image.reshape(*batch_shape, height, width, C),
+        alpha.reshape(*batch_shape, height, width, 1),
+    )

@@ -1,0 +1,224 @@
+"""Forward rasterization in Triton: one program per (tile, image, channel block).
+
+A program walks its tile's Gaussians front to back in chunks of ``BLOCK_G`` loaded as vectors
+and evaluates them on all ``TILE * TILE`` pixels at once (``[P, BLOCK_G]`` blocks).
+
+* alpha mode: inside a chunk the transmittance in front of each Gaussian is an exclusive prefix
+  product, computed as ``exp(cumsum(log(1 - a)))``. T only falls, so the stop rule
+  ``T' <= 1e-4`` removes a suffix of the chunk; the running transmittance ``T_run`` includes the
+  stopping Gaussian's factor, which keeps every later chunk out too. The program leaves the loop
+  once every pixel of the tile has stopped.
+* sum mode: weights ``min(1, o exp(-sigma))``; no limit on Gaussians per tile.
+
+Colour accumulation is a ``[P, BLOCK_G] @ [BLOCK_G, BLOCK_C]`` product (``tl.dot`` in IEEE fp32,
+not TF32, so results match the float64 definition to ~1e-6).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from gsplat2d._torch_impl import Binning
+from gsplat2d.kernels._alloc import empty
+from gsplat2d.kernels._aot import AotSpec
+
+__all__ = ["rasterize_fwd", "launch_config", "AOT_SPECS"]
+
+ALPHA_MIN = tl.constexpr(1.0 / 255.0)
+T_STOP = tl.constexpr(1e-4)
+
+
+def launch_config(tile_size: int, C: int) -> dict:
+    """Block sizes shared by the forward and backward launchers (and the AOT report)."""
+    block_c = min(32, max(16, triton.next_power_of_2(C)))
+    block_p = min(tile_size * tile_size, 128)
+    return {"BLOCK_P": block_p, "BLOCK_G": 16, "BLOCK_C": block_c, "num_warps": 4}
+
+
+@triton.jit
+def _rasterize_fwd_kernel(
+    means_ptr,  # [B, N, 2]
+    conics_ptr,  # [B, N, 3]
+    colors_ptr,  # [B, N, C]
+    opac_ptr,  # [B, N]
+    bg_ptr,  # [B, C] (unused unless HAS_BG)
+    ranges_ptr,  # [B * n_tiles, 2] int64
+    ids_ptr,  # [P_pairs] int32
+    image_ptr,  # [B, H, W, C] fp32 out
+    alpha_ptr,  # [B, H, W] fp32 out
+    tfinal_ptr,  # [B, H, W] fp32 out (alpha mode)
+    N,
+    C,
+    W,
+    H,
+    tiles_x,
+    n_tiles,
+    ALPHA_MODE: tl.constexpr,
+    HAS_BG: tl.constexpr,
+    TILE: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    # A tile's TILE*TILE pixels may be split over several programs of BLOCK_P pixels each:
+    # fewer live [BLOCK_P, BLOCK_G] values per thread, no register spills.
+    SUBS: tl.constexpr = TILE * TILE // BLOCK_P
+    pid0 = tl.program_id(0).to(tl.int64)
+    tile = pid0 // SUBS
+    sub = pid0 - tile * SUBS
+    b = tl.program_id(1).to(tl.int64)
+    cblk = tl.program_id(2).to(tl.int64)
+    ty = tile // tiles_x
+    tx = tile - ty * tiles_x
+
+    p = sub * BLOCK_P + tl.arange(0, BLOCK_P)  # [P] pixel index inside the tile
+    px = tx * TILE + p % TILE
+    py = ty * TILE + p // TILE
+    inside = (px < W) & (py < H)  # [P]
+    fx = px.to(tl.float32) + 0.5
+    fy = py.to(tl.float32) + 0.5
+    cidx = cblk * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    cmask = cidx < C
+
+    start = tl.load(ranges_ptr + (b * n_tiles + tile) * 2)
+    end = tl.load(ranges_ptr + (b * n_tiles + tile) * 2 + 1)
+    gbase = b * N
+
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)  # [P, BLOCK_C]
+    t_run = tl.full((BLOCK_P,), 1.0, dtype=tl.float32)  # [P] includes stopping factors
+    t_out = tl.full((BLOCK_P,), 1.0, dtype=tl.float32)  # [P] after last contributor
+    wsum = tl.zeros((BLOCK_P,), dtype=tl.float32)  # [P] sum mode alpha
+
+    s = start
+    go = s < end
+    while go:
+        g_off = s + tl.arange(0, BLOCK_G)  # [BLOCK_G]
+        gmask = g_off < end
+        gid = tl.load(ids_ptr + g_off, mask=gmask, other=0).to(tl.int64) + gbase
+        mx = tl.load(means_ptr + gid * 2, mask=gmask, other=0.0).to(tl.float32)
+        my = tl.load(means_ptr + gid * 2 + 1, mask=gmask, other=0.0).to(tl.float32)
+        ca = tl.load(conics_ptr + gid * 3, mask=gmask, other=0.0).to(tl.float32)
+        cb = tl.load(conics_ptr + gid * 3 + 1, mask=gmask, other=0.0).to(tl.float32)
+        cc = tl.load(conics_ptr + gid * 3 + 2, mask=gmask, other=0.0).to(tl.float32)
+        op = tl.load(opac_ptr + gid, mask=gmask, other=0.0).to(tl.float32)
+        col = tl.load(
+            colors_ptr + gid[:, None] * C + cidx[None, :],
+            mask=gmask[:, None] & cmask[None, :],
+            other=0.0,
+        ).to(tl.float32)  # [BLOCK_G, BLOCK_C]
+
+        dx = fx[:, None] - mx[None, :]  # [P, BLOCK_G]
+        dy = fy[:, None] - my[None, :]
+        sigma = 0.5 * (ca[None, :] * dx * dx + cc[None, :] * dy * dy) + cb[None, :] * dx * dy
+        raw = op[None, :] * tl.exp(-sigma)  # [P, BLOCK_G]
+        ok = (sigma >= 0) & gmask[None, :] & inside[:, None]
+        if ALPHA_MODE:
+            a = tl.minimum(raw, 0.99)
+            valid = ok & (a >= ALPHA_MIN)
+            log1m = tl.where(valid, tl.log(1.0 - a), 0.0)  # [P, BLOCK_G]
+            incl = tl.cumsum(log1m, axis=1)
+            t_after = t_run[:, None] * tl.exp(incl)  # T' of each Gaussian
+            contrib = valid & (t_after > T_STOP)
+            w = tl.where(contrib, a * t_run[:, None] * tl.exp(incl - log1m), 0.0)
+            t_out = tl.minimum(t_out, tl.min(tl.where(contrib, t_after, 1.0), axis=1))
+            t_run = t_run * tl.exp(tl.sum(log1m, axis=1))
+        else:
+            w = tl.minimum(raw, 1.0)
+            w = tl.where(ok & (w >= ALPHA_MIN), w, 0.0)
+            wsum += tl.sum(w, axis=1)
+        acc += tl.dot(w, col, input_precision="ieee")  # [P, BLOCK_C]
+
+        s += BLOCK_G
+        go = s < end
+        if ALPHA_MODE:
+            go = go & (tl.max(tl.where(inside, t_run, 0.0), axis=0) > T_STOP)
+
+    pix = (b * H + py) * W + px  # [P] int64
+    if ALPHA_MODE:
+        if HAS_BG:
+            bg = tl.load(bg_ptr + b * C + cidx, mask=cmask, other=0.0).to(tl.float32)
+            acc += t_out[:, None] * bg[None, :]
+    tl.store(
+        image_ptr + pix[:, None] * C + cidx[None, :], acc, mask=inside[:, None] & cmask[None, :]
+    )
+    if cblk == 0:
+        if ALPHA_MODE:
+            tl.store(alpha_ptr + pix, 1.0 - t_out, mask=inside)
+            tl.store(tfinal_ptr + pix, t_out, mask=inside)
+        else:
+            tl.store(alpha_ptr + pix, wsum, mask=inside)
+
+
+def rasterize_fwd(
+    means: torch.Tensor,
+    conics: torch.Tensor,
+    colors: torch.Tensor,
+    opacities: torch.Tensor,
+    background: torch.Tensor | None,
+    binning: Binning,
+    width: int,
+    height: int,
+    tile_size: int,
+    mode: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Launch the forward kernel. Inputs ``[B, N, *]`` contiguous; see ``docs/design.md``.
+
+    Returns ``image [B, H, W, C]``, ``alpha [B, H, W, 1]`` and (alpha mode) ``T_final [B, H, W]``
+    (sum mode: None), all float32.
+    """
+    B, N, C = colors.shape
+    dev = colors.device
+    cfg = launch_config(tile_size, C)
+    alpha_mode = mode == "alpha"
+    image = empty((B, height, width, C), torch.float32, dev)
+    alpha = empty((B, height, width, 1), torch.float32, dev)
+    t_final = empty((B, height, width), torch.float32, dev) if alpha_mode else None
+    n_tiles = binning.tiles_x * binning.tiles_y
+    subs = tile_size * tile_size // cfg["BLOCK_P"]
+    grid = (n_tiles * subs, B, triton.cdiv(C, cfg["BLOCK_C"]))
+    _rasterize_fwd_kernel[grid](
+        means, conics, colors, opacities,
+        background if background is not None else image,
+        binning.ranges, binning.gauss_ids,
+        image, alpha, t_final if t_final is not None else alpha,
+        N, C, width, height, binning.tiles_x, n_tiles,
+        ALPHA_MODE=alpha_mode, HAS_BG=background is not None, TILE=tile_size,
+        BLOCK_P=cfg["BLOCK_P"], BLOCK_G=cfg["BLOCK_G"], BLOCK_C=cfg["BLOCK_C"],
+        num_warps=cfg["num_warps"],
+    )
+    return image, alpha, t_final
+
+
+def _aot_specs() -> list[AotSpec]:
+    sig = {
+        "means_ptr": "*fp32", "conics_ptr": "*fp32", "colors_ptr": "*fp32", "opac_ptr": "*fp32",
+        "bg_ptr": "*fp32", "ranges_ptr": "*i64", "ids_ptr": "*i32", "image_ptr": "*fp32",
+        "alpha_ptr": "*fp32", "tfinal_ptr": "*fp32", "N": "i32", "C": "i32", "W": "i32",
+        "H": "i32", "tiles_x": "i32", "n_tiles": "i32", "ALPHA_MODE": "constexpr",
+        "HAS_BG": "constexpr", "TILE": "constexpr", "BLOCK_P": "constexpr", "BLOCK_G": "constexpr", "BLOCK_C": "constexpr",
+    }
+    specs = []
+    for mode in ("alpha", "sum"):
+        for tile in (8, 16, 32):
+            for C in (3, 32):
+                if tile != 16 and C != 3:
+                    continue
+                cfg = launch_config(tile, C)
+                specs.append(
+                    AotSpec(
+                        f"rasterize_fwd[{mode},TILE={tile},C={C}]",
+                        _rasterize_fwd_kernel,
+                        sig,
+                        {
+                            "ALPHA_MODE": mode == "alpha", "HAS_BG": mode == "alpha",
+                            "TILE": tile, "BLOCK_P": cfg["BLOCK_P"], "BLOCK_G": cfg["BLOCK_G"], "BLOCK_C": cfg["BLOCK_C"],
+                        },
+                        num_warps=cfg["num_warps"],
+                    )
+                )
+    return specs
+
+
+AOT_SPECS = _aot_specs()
