@@ -219,7 +219,7 @@ def rasterize_bwd(
     """
     B, N, C = colors.shape
     dev = colors.device
-    cfg = launch_config(tile_size, C)
+    cfg = launch_config(tile_size, C, backward=True)
     alpha_mode = mode == "alpha"
     # Accumulation targets of the atomics: they must start at zero.
     g_means = torch.zeros((B, N, 2), dtype=torch.float32, device=dev)
@@ -257,7 +257,7 @@ def _aot_specs() -> list[AotSpec]:
     specs = []
     for mode in ("alpha", "sum"):
         for tile, C in ((8, 3), (16, 3), (16, 32), (16, 64), (32, 3)):
-            cfg = launch_config(tile, C)
+            cfg = launch_config(tile, C, backward=True)
             specs.append(
                 AotSpec(
                     f"rasterize_bwd[{mode},TILE={tile},C={C}]",

@@ -30,11 +30,24 @@ ALPHA_MIN = tl.constexpr(1.0 / 255.0)
 T_STOP = tl.constexpr(1e-4)
 
 
-def launch_config(tile_size: int, C: int) -> dict:
-    """Block sizes shared by the forward and backward launchers (and the AOT report)."""
+def launch_config(tile_size: int, C: int, backward: bool = False) -> dict:
+    """Block sizes of the forward / backward launchers (and the AOT report), chosen so that no
+    variant spills registers on sm_80 or sm_90 (see ``python -m gsplat2d.kernels.report``).
+
+    BLOCK_P: pixels per program (a tile may be split over several programs). BLOCK_G: Gaussians
+    per chunk (>= 16 for tl.dot). BLOCK_C: channels per block (>= 16 for tl.dot).
+    """
     block_c = min(32, max(16, triton.next_power_of_2(C)))
+    if backward:
+        # The backward keeps ~3x more [P, G] values alive; 64-pixel programs (32 when it loops
+        # over several channel blocks) stay spill-free.
+        block_p = 64 if C <= 32 else 32
+        block_p = min(tile_size * tile_size, block_p)
+        num_warps = 8 if (block_p == 64 and tile_size > 8) else 4
+        return {"BLOCK_P": block_p, "BLOCK_G": 16, "BLOCK_C": block_c, "num_warps": num_warps}
     block_p = min(tile_size * tile_size, 128)
-    return {"BLOCK_P": block_p, "BLOCK_G": 16, "BLOCK_C": block_c, "num_warps": 4}
+    return {"BLOCK_P": block_p, "BLOCK_G": 16, "BLOCK_C": block_c,
+            "num_warps": 2 if block_p == 64 else 4}
 
 
 @triton.jit

@@ -1,0 +1,492 @@
+"""Ahead-of-time compile report for the gsplat2d Triton kernels (no GPU needed).
+
+Compiles every :class:`~gsplat2d.kernels._aot.AotSpec` listed in ``AOT_SPECS`` of
+:mod:`gsplat2d.kernels.binning`, :mod:`gsplat2d.kernels.rasterize_fwd` and
+:mod:`gsplat2d.kernels.rasterize_bwd` for one or more CUDA targets and reads the resource usage
+of the result::
+
+    python -m gsplat2d.kernels.report                   # table, sm_80 and sm_90
+    python -m gsplat2d.kernels.report --json            # JSON: {"environment": ..., "records": [...]}
+    python -m gsplat2d.kernels.report --arch 90 --fail-on-spills
+
+How the numbers are obtained:
+
+* ``triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", cap, 32),
+  options={"num_warps", "num_stages"})`` produces PTX and a cubin exactly as the JIT would (pointer
+  arguments get the 16-byte divisibility hint the JIT gives torch-allocated tensors; ``--no-align``
+  turns that off).
+* ``cuobjdump --dump-resource-usage`` on that cubin gives registers (``REG``), local memory
+  (``LOCAL``) and stack frame (``STACK``).
+* The PTX is re-assembled with the same ``ptxas`` Triton used for that target (``ptxas`` for
+  sm < 90, ``ptxas-blackwell`` otherwise), with Triton's flags plus ``-v``; its log gives spill
+  store / load bytes (and a second register count, cross-checked against cuobjdump).
+* Shared memory is ``compiled.metadata.shared`` (Triton's static + scratch allocation, bytes).
+
+The tools come from Triton's knobs, so ``TRITON_PTXAS_PATH``, ``TRITON_PTXAS_BLACKWELL_PATH`` and
+``TRITON_CUOBJDUMP_PATH`` are honoured; by default they are the binaries bundled in the wheel
+(``<triton>/backends/nvidia/bin``).
+
+``TRITON_INTERPRET=1`` turns every ``@triton.jit`` function into an interpreter object that cannot
+be compiled. When it is set (the test suite sets it), :func:`compile_report` and the command line
+re-run the report in a child process with ``TRITON_INTERPRET`` removed from the environment.
+Compilation always runs (``TRITON_ALWAYS_COMPILE=1`` in the child) so ``compile_s`` is a real
+compile time, not a cache hit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from typing import Any, Iterable, Sequence
+
+KERNEL_MODULES: tuple[str, ...] = (
+    "gsplat2d.kernels.binning",
+    "gsplat2d.kernels.rasterize_fwd",
+    "gsplat2d.kernels.rasterize_bwd",
+)
+
+DEFAULT_ARCHS: tuple[int, ...] = (80, 90)
+
+# Maximum dynamic shared memory per block (opt-in), bytes.
+SHARED_LIMIT: dict[int, int] = {
+    70: 98304,
+    75: 65536,
+    80: 166912,
+    86: 101376,
+    87: 166912,
+    89: 101376,
+    90: 232448,
+    100: 232448,
+    120: 101376,
+}
+
+MAX_REGISTERS = 255
+
+_CHILD_FLAG = "GSPLAT2D_REPORT_CHILD"
+
+_COLUMNS = (
+    ("kernel", "kernel", "<"),
+    ("arch", "target", "<"),
+    ("warps", "num_warps", ">"),
+    ("stages", "num_stages", ">"),
+    ("regs", "registers", ">"),
+    ("spill_st", "spill_stores", ">"),
+    ("spill_ld", "spill_loads", ">"),
+    ("local_B", "local_bytes", ">"),
+    ("stack_B", "stack_bytes", ">"),
+    ("shared_B", "shared_bytes", ">"),
+    ("compile_s", "compile_s", ">"),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# environment helpers
+
+
+def _interpret_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _clean_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    env[_CHILD_FLAG] = "1"
+    env["TRITON_ALWAYS_COMPILE"] = "1"
+    # Triton 3.9 warns when unset; 1 is its current default (fusion on), so this changes nothing.
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    return env
+
+
+def _is_interpreted(fn: Any) -> bool:
+    return type(fn).__name__ == "InterpretedFunction"
+
+
+def environment() -> dict[str, Any]:
+    """Versions and tool paths the report was produced with."""
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except Exception as exc:  # pragma: no cover - triton missing
+        info["triton"] = f"unavailable ({exc})"
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except Exception as exc:  # pragma: no cover
+        info["torch"] = f"unavailable ({exc})"
+    try:
+        info["tools"] = {
+            "ptxas": _tool("ptxas"),
+            "ptxas_blackwell": _tool("ptxas_blackwell"),
+            "cuobjdump": _tool("cuobjdump"),
+        }
+    except Exception as exc:  # pragma: no cover
+        info["tools"] = f"unavailable ({exc})"
+    return info
+
+
+def _tool(name: str) -> dict[str, str]:
+    from triton import knobs
+
+    t = getattr(knobs.nvidia, name)
+    return {"path": t.path, "version": t.version}
+
+
+def _ptxas_for(cap: int):
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        return get_ptxas(cap)
+    except Exception:  # older/newer layouts: same rule as Triton 3.9
+        from triton import knobs
+
+        return knobs.nvidia.ptxas if cap < 90 else knobs.nvidia.ptxas_blackwell
+
+
+def _sm_name(cap: int) -> str:
+    try:
+        from triton.backends.nvidia.compiler import sm_arch_from_capability
+
+        return sm_arch_from_capability(cap)
+    except Exception:
+        return f"sm_{cap}{'a' if cap >= 90 else ''}"
+
+
+# --------------------------------------------------------------------------------------------
+# parsing tool output
+
+_RES_RE = re.compile(r"Function\s+(\S+):\s*\n\s*REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+_SPILL_RE = re.compile(r"(\d+)\s+bytes stack frame,\s*(\d+)\s+bytes spill stores,\s*(\d+)\s+bytes spill loads")
+_REGS_RE = re.compile(r"Used\s+(\d+)\s+registers")
+
+
+def parse_resource_usage(text: str) -> dict[str, dict[str, int]]:
+    """Parse ``cuobjdump --dump-resource-usage`` output into ``{function: {REG, STACK, SHARED, LOCAL}}``."""
+    out = {}
+    for m in _RES_RE.finditer(text):
+        out[m.group(1)] = {
+            "REG": int(m.group(2)),
+            "STACK": int(m.group(3)),
+            "SHARED": int(m.group(4)),
+            "LOCAL": int(m.group(5)),
+        }
+    return out
+
+
+def parse_ptxas_log(text: str) -> dict[str, int]:
+    """Parse a ``ptxas -v`` log of a one-function PTX file (sums spills if several appear)."""
+    stack = stores = loads = 0
+    found = False
+    for m in _SPILL_RE.finditer(text):
+        found = True
+        stack = max(stack, int(m.group(1)))
+        stores += int(m.group(2))
+        loads += int(m.group(3))
+    regs = [int(m.group(1)) for m in _REGS_RE.finditer(text)]
+    if not found or not regs:
+        raise RuntimeError(f"could not parse ptxas -v output:\n{text}")
+    return {"stack": stack, "spill_stores": stores, "spill_loads": loads, "registers": max(regs)}
+
+
+# --------------------------------------------------------------------------------------------
+# compiling one spec
+
+
+def _attrs_for(spec, align_pointers: bool) -> dict:
+    if not align_pointers:
+        return {}
+    names = list(spec.fn.arg_names)
+    attrs = {}
+    for name, ty in spec.signature.items():
+        if isinstance(ty, str) and ty.startswith("*"):
+            attrs[(names.index(name),)] = [["tt.divisibility", 16]]
+    return attrs
+
+
+def compile_spec(spec, cap: int, *, align_pointers: bool = True, module: str = "") -> dict[str, Any]:
+    """Compile one spec for compute capability ``cap`` and measure its resource usage."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    rec: dict[str, Any] = {
+        "kernel": spec.name,
+        "function": getattr(spec.fn, "__name__", str(spec.fn)),
+        "module": module,
+        "arch": cap,
+        "target": _sm_name(cap),
+        "num_warps": spec.num_warps,
+        "num_stages": spec.num_stages,
+        "registers": None,
+        "spill_stores": None,
+        "spill_loads": None,
+        "local_bytes": None,
+        "stack_bytes": None,
+        "shared_bytes": None,
+        "shared_limit": SHARED_LIMIT.get(cap),
+        "ptxas_registers": None,
+        "compile_s": None,
+        "error": None,
+    }
+    if _is_interpreted(spec.fn):
+        rec["error"] = "kernel was decorated under TRITON_INTERPRET=1; run the report without it"
+        return rec
+    try:
+        src = triton.compiler.ASTSource(
+            fn=spec.fn,
+            signature=dict(spec.signature),
+            constexprs=dict(spec.constexprs),
+            attrs=_attrs_for(spec, align_pointers),
+        )
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*TRITON_DEFAULT_FP_FUSION.*")
+            compiled = triton.compile(
+                src,
+                target=GPUTarget("cuda", cap, 32),
+                options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
+            )
+        rec["compile_s"] = round(time.perf_counter() - t0, 3)
+        md = compiled.metadata
+        rec["shared_bytes"] = int(md.shared)
+        rec["function"] = md.name if getattr(md, "name", None) else rec["function"]
+        cubin: bytes = compiled.asm["cubin"]
+        ptx: str = compiled.asm["ptx"]
+
+        with tempfile.TemporaryDirectory(prefix="gsplat2d-report-") as tmp:
+            cubin_path = os.path.join(tmp, "k.cubin")
+            ptx_path = os.path.join(tmp, "k.ptx")
+            with open(cubin_path, "wb") as f:
+                f.write(cubin)
+            with open(ptx_path, "w") as f:
+                f.write(ptx)
+
+            # registers / local / stack from the real cubin
+            from triton import knobs
+
+            res = subprocess.run(
+                [knobs.nvidia.cuobjdump.path, "--dump-resource-usage", cubin_path],
+                capture_output=True, text=True, check=True,
+            )
+            usage = parse_resource_usage(res.stdout)
+            if not usage:
+                raise RuntimeError(f"no function in cuobjdump output:\n{res.stdout}{res.stderr}")
+            fu = usage.get(rec["function"]) or next(iter(usage.values()))
+            rec["registers"] = fu["REG"]
+            rec["local_bytes"] = fu["LOCAL"]
+            rec["stack_bytes"] = fu["STACK"]
+
+            # spills from ptxas -v, same assembler and flags as Triton's make_cubin
+            cmd = [_ptxas_for(cap).path]
+            cmd += ["-lineinfo"]
+            if not getattr(md, "enable_fp_fusion", True):
+                cmd += ["--fmad=false"]
+            cmd += ["-v", "--regAllocOptLevel=2"]
+            extra = getattr(md, "ptx_options", None)
+            if extra:
+                cmd += extra.split(" ")
+            cmd += [f"--gpu-name={_sm_name(cap)}", ptx_path, "-o", os.path.join(tmp, "v.cubin")]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"ptxas -v failed ({' '.join(cmd)}):\n{res.stderr}")
+            log = parse_ptxas_log(res.stdout + res.stderr)
+            rec["spill_stores"] = log["spill_stores"]
+            rec["spill_loads"] = log["spill_loads"]
+            rec["ptxas_registers"] = log["registers"]
+    except Exception as exc:  # report and keep going with the other specs
+        rec["error"] = f"{type(exc).__name__}: {exc}".strip()[:4000]
+    return rec
+
+
+def _compile_task(module: str, index: int, cap: int, align_pointers: bool) -> dict[str, Any]:
+    mod = importlib.import_module(module)
+    return compile_spec(mod.AOT_SPECS[index], cap, align_pointers=align_pointers, module=module)
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+
+
+def collect_specs(modules: Iterable[str] = KERNEL_MODULES) -> list[tuple[str, int, Any]]:
+    """``[(module, index, spec)]`` for every spec in ``AOT_SPECS`` of each module."""
+    out = []
+    for name in modules:
+        mod = importlib.import_module(name)
+        specs = getattr(mod, "AOT_SPECS", None)
+        if specs is None:
+            raise AttributeError(f"{name} has no AOT_SPECS")
+        for i, spec in enumerate(specs):
+            out.append((name, i, spec))
+    return out
+
+
+def _in_process_report(archs, modules, jobs, align_pointers) -> list[dict[str, Any]]:
+    specs = []
+    broken = []
+    for name in modules:  # a module that fails to import is reported, the others still compile
+        try:
+            specs += collect_specs([name])
+        except Exception as exc:
+            for cap in archs:
+                broken.append({"kernel": name, "function": None, "module": name, "arch": cap,
+                               "target": _sm_name(cap), "error": f"{type(exc).__name__}: {exc}"})
+    if broken and not specs:
+        return broken
+    tasks = [(m, i, cap) for (m, i, _s) in specs for cap in archs]
+    if jobs is None:
+        jobs = 1
+    if jobs <= 1 or len(tasks) <= 1:
+        return broken + [compile_spec(s, cap, align_pointers=align_pointers, module=m)
+                         for (m, _i, s) in specs for cap in archs]
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+        futs = [ex.submit(_compile_task, m, i, cap, align_pointers) for (m, i, cap) in tasks]
+        return broken + [f.result() for f in futs]
+
+
+def compile_report(
+    archs: Sequence[int] = DEFAULT_ARCHS,
+    modules: Sequence[str] = KERNEL_MODULES,
+    *,
+    jobs: int | None = None,
+    align_pointers: bool = True,
+    timeout: float | None = None,
+) -> list[dict[str, Any]]:
+    """Compile every AOT spec for every arch; one record (dict) per (spec, arch).
+
+    Records: ``kernel, function, module, arch, target, num_warps, num_stages, registers,
+    spill_stores, spill_loads, local_bytes, stack_bytes, shared_bytes, shared_limit,
+    ptxas_registers, compile_s, error`` (``error`` is None on success).
+
+    If ``TRITON_INTERPRET`` is set, or the kernel modules were already imported under it, the
+    report runs in a child process with a clean environment (``timeout`` seconds at most).
+    """
+    archs = [int(a) for a in archs]
+    need_child = _interpret_on()
+    if not need_child:
+        for name in modules:
+            mod = sys.modules.get(name)
+            if mod is not None and any(_is_interpreted(s.fn) for s in getattr(mod, "AOT_SPECS", [])):
+                need_child = True
+                break
+    if not need_child:
+        return _in_process_report(archs, modules, jobs, align_pointers)
+    return run_report_subprocess(archs, modules, jobs=jobs, align_pointers=align_pointers, timeout=timeout)["records"]
+
+
+def run_report_subprocess(
+    archs: Sequence[int] = DEFAULT_ARCHS,
+    modules: Sequence[str] = KERNEL_MODULES,
+    *,
+    jobs: int | None = None,
+    align_pointers: bool = True,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Run ``python -m gsplat2d.kernels.report --json`` with ``TRITON_INTERPRET`` removed."""
+    cmd = [sys.executable, "-m", "gsplat2d.kernels.report", "--json", "--arch", *map(str, archs)]
+    cmd += ["--modules", *modules]
+    if jobs:
+        cmd += ["--jobs", str(jobs)]
+    if not align_pointers:
+        cmd += ["--no-align"]
+    res = subprocess.run(cmd, env=_clean_env(), capture_output=True, text=True, timeout=timeout)
+    try:
+        return json.loads(res.stdout)
+    except json.JSONDecodeError:
+        raise RuntimeError(
+            f"report subprocess failed (exit {res.returncode}):\nstdout:\n{res.stdout[-4000:]}\n"
+            f"stderr:\n{res.stderr[-8000:]}"
+        ) from None
+
+
+def has_spills(rec: dict[str, Any]) -> bool:
+    return bool(rec.get("spill_stores") or rec.get("spill_loads"))
+
+
+def format_table(records: Sequence[dict[str, Any]]) -> str:
+    rows = [[h for h, _k, _a in _COLUMNS]]
+    errors = []
+    for r in records:
+        row = []
+        for _h, key, _a in _COLUMNS:
+            v = r.get(key)
+            row.append("-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v)))
+        if r.get("error"):
+            row[4] = "FAILED"
+            errors.append(f"{r['kernel']} ({r['target']}): {r['error']}")
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    lines = []
+    for j, row in enumerate(rows):
+        cells = [c.ljust(w) if a == "<" else c.rjust(w) for c, w, (_h, _k, a) in zip(row, widths, _COLUMNS)]
+        lines.append("  ".join(cells).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    if errors:
+        lines.append("")
+        lines.append("errors:")
+        lines += ["  " + e.replace("\n", "\n    ") for e in errors]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m gsplat2d.kernels.report",
+        description="Compile the gsplat2d Triton kernels ahead of time and report registers, spills and shared memory.",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON {environment, records} instead of a table")
+    p.add_argument("--arch", type=int, nargs="+", default=list(DEFAULT_ARCHS), help="compute capabilities (default: 80 90)")
+    p.add_argument("--fail-on-spills", action="store_true", help="exit 1 if any kernel spills registers")
+    p.add_argument("--jobs", "-j", type=int, default=None, help="parallel compile processes (default 1)")
+    p.add_argument("--no-align", action="store_true", help="do not give pointer args the 16-byte divisibility hint")
+    p.add_argument("--cached", action="store_true", help="allow Triton cache hits (compile_s is then not a compile time)")
+    p.add_argument("--modules", nargs="+", default=list(KERNEL_MODULES), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if _interpret_on() and not os.environ.get(_CHILD_FLAG):
+        # @triton.jit functions would be interpreter objects: re-run without TRITON_INTERPRET.
+        cmd = [sys.executable, "-m", "gsplat2d.kernels.report", *(sys.argv[1:] if argv is None else argv)]
+        return subprocess.call(cmd, env=_clean_env())
+    if _interpret_on():
+        print("error: TRITON_INTERPRET is set; kernels cannot be compiled", file=sys.stderr)
+        return 2
+
+    if not args.cached:
+        os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # real compile times; inherited by --jobs workers
+    records = _in_process_report(args.arch, args.modules, args.jobs, not args.no_align)
+    failed = [r for r in records if r.get("error")]
+    spilled = [r for r in records if has_spills(r)]
+    if args.json:
+        json.dump({"environment": environment(), "records": records}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        env = environment()
+        print(f"triton {env.get('triton')}, torch {env.get('torch')}; "
+              f"shared limits: " + ", ".join(f"sm_{a}: {SHARED_LIMIT.get(a, '?')} B" for a in args.arch))
+        print(format_table(records))
+        if spilled:
+            print("\nspilling: " + ", ".join(f"{r['kernel']} ({r['target']})" for r in spilled))
+    if failed:
+        return 1
+    if args.fail_on_spills and spilled:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
