@@ -14,6 +14,20 @@ MODES = ("alpha", "sum")
 BACKENDS = ("auto", "triton", "torch")
 
 
+def device_memory_bytes(device: torch.device) -> int | None:
+    """Total memory of ``device`` in bytes (None when unknown)."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory)
+        if device.type == "cpu":
+            import os
+
+            return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return None
+    return None
+
+
 def check_pair_count(n_pairs: int) -> None:
     """Refuse scenes whose binning would need more (tile, Gaussian) pairs than we can index."""
     if n_pairs > MAX_PAIRS:
@@ -115,10 +129,12 @@ def validate(
     B = 1
     for s in batch_shape:
         B *= s
-    out_bytes = B * height * width * (C + 1) * 4
-    if out_bytes > 2**40:
+    out_bytes = B * height * width * (C + 2) * 4
+    avail = device_memory_bytes(dev)
+    if avail is not None and out_bytes > avail:
         raise ValueError(
-            f"width x height = {width} x {height} with batch {B} and C = {C} would need "
-            f"{out_bytes / 2**30:.0f} GiB of output; render in tiles or smaller"
+            f"width x height = {width} x {height} (batch {B}, C = {C}) needs "
+            f"{out_bytes / 2**30:.1f} GiB of output but {dev} has {avail / 2**30:.1f} GiB; "
+            "render a smaller size or in pieces"
         )
     return width, height, C, batch_shape
