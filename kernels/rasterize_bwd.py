@@ -62,6 +62,7 @@ def _rasterize_bwd_kernel(
     BLOCK_G: tl.constexpr,
     BLOCK_C: tl.constexpr,
     NUM_CB: tl.constexpr,
+    SMALL_C: tl.constexpr,
 ):
     SUBS: tl.constexpr = TILE * TILE // BLOCK_P
     pid0 = tl.program_id(0).to(tl.int64)
@@ -119,7 +120,16 @@ def _rasterize_bwd_kernel(
 
         # g . c_j for every pixel and Gaussian of the chunk: [P, C] @ [C, BLOCK_G].
         gc = tl.zeros((BLOCK_P, BLOCK_G), dtype=tl.float32)
-        for k in tl.static_range(NUM_CB):
+        if SMALL_C:
+            for k in tl.static_range(BLOCK_C):
+                kk = tl.full((BLOCK_G,), k, tl.int32)
+                ck = tl.load(colors_ptr + gid * C + k, mask=gmask & (kk < C), other=0.0)
+                gk = tl.load(
+                    gimage_ptr + pix * C + k,
+                    mask=inside & (tl.full((BLOCK_P,), k, tl.int32) < C), other=0.0,
+                ).to(tl.float32)  # [P]
+                gc += gk[:, None] * ck.to(tl.float32)[None, :]
+        for k in tl.static_range(0 if SMALL_C else NUM_CB):
             cidx = k * BLOCK_C + cr
             cm = cidx < C
             g = tl.load(
@@ -176,8 +186,18 @@ def _rasterize_bwd_kernel(
         tl.atomic_add(gopac_ptr + gid, dl_dop, mask=gmask)
 
         # dL/dc_j = sum_p w_pj g_p: [BLOCK_G, P] @ [P, C].
+        if SMALL_C:
+            for k in tl.static_range(BLOCK_C):
+                kk = tl.full((BLOCK_G,), k, tl.int32)
+                gk = tl.load(
+                    gimage_ptr + pix * C + k,
+                    mask=inside & (tl.full((BLOCK_P,), k, tl.int32) < C), other=0.0,
+                ).to(tl.float32)  # [P]
+                tl.atomic_add(
+                    gcolors_ptr + gid * C + k, tl.sum(w * gk[:, None], axis=0), mask=gmask & (kk < C)
+                )
         wt = tl.trans(w)  # [BLOCK_G, P]
-        for k in tl.static_range(NUM_CB):
+        for k in tl.static_range(0 if SMALL_C else NUM_CB):
             cidx = k * BLOCK_C + cr
             cm = cidx < C
             g = tl.load(
@@ -219,7 +239,7 @@ def rasterize_bwd(
     """
     B, N, C = colors.shape
     dev = colors.device
-    cfg = launch_config(tile_size, C, backward=True)
+    cfg = launch_config(tile_size, C, backward=True, mode=mode)
     alpha_mode = mode == "alpha"
     # Accumulation targets of the atomics: they must start at zero.
     g_means = torch.zeros((B, N, 2), dtype=torch.float32, device=dev)
@@ -238,7 +258,7 @@ def rasterize_bwd(
         N, C, width, height, binning.tiles_x, n_tiles,
         ALPHA_MODE=alpha_mode, HAS_BG=has_background, TILE=tile_size,
         BLOCK_P=cfg["BLOCK_P"], BLOCK_G=cfg["BLOCK_G"], BLOCK_C=cfg["BLOCK_C"],
-        NUM_CB=triton.cdiv(C, cfg["BLOCK_C"]), num_warps=cfg["num_warps"],
+        NUM_CB=triton.cdiv(C, cfg["BLOCK_C"]), SMALL_C=cfg["SMALL_C"], num_warps=cfg["num_warps"],
     )
     return g_means, g_conics, g_colors, g_opac, g_bg
 
@@ -252,12 +272,12 @@ def _aot_specs() -> list[AotSpec]:
         "N": "i32", "C": "i32", "W": "i32", "H": "i32", "tiles_x": "i32", "n_tiles": "i32",
         "ALPHA_MODE": "constexpr", "HAS_BG": "constexpr", "TILE": "constexpr",
         "BLOCK_P": "constexpr", "BLOCK_G": "constexpr", "BLOCK_C": "constexpr",
-        "NUM_CB": "constexpr",
+        "NUM_CB": "constexpr", "SMALL_C": "constexpr",
     }
     specs = []
     for mode in ("alpha", "sum"):
-        for tile, C in ((8, 3), (16, 3), (16, 32), (16, 64), (32, 3)):
-            cfg = launch_config(tile, C, backward=True)
+        for tile, C in ((8, 3), (16, 1), (16, 3), (16, 8), (16, 32), (16, 64), (32, 3)):
+            cfg = launch_config(tile, C, backward=True, mode=mode)
             specs.append(
                 AotSpec(
                     f"rasterize_bwd[{mode},TILE={tile},C={C}]",
@@ -267,6 +287,7 @@ def _aot_specs() -> list[AotSpec]:
                         "ALPHA_MODE": mode == "alpha", "HAS_BG": mode == "alpha", "TILE": tile,
                         "BLOCK_P": cfg["BLOCK_P"], "BLOCK_G": cfg["BLOCK_G"],
                         "BLOCK_C": cfg["BLOCK_C"], "NUM_CB": triton.cdiv(C, cfg["BLOCK_C"]),
+                        "SMALL_C": cfg["SMALL_C"],
                     },
                     num_warps=cfg["num_warps"],
                 )

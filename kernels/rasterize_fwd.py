@@ -11,7 +11,8 @@ and evaluates them on all ``TILE * TILE`` pixels at once (``[P, BLOCK_G]`` block
 * sum mode: weights ``min(1, o exp(-sigma))``; no limit on Gaussians per tile.
 
 Colour accumulation is a ``[P, BLOCK_G] @ [BLOCK_G, BLOCK_C]`` product (``tl.dot`` in IEEE fp32,
-not TF32, so results match the float64 definition to ~1e-6).
+not TF32, so results match the float64 definition to ~1e-6). For C <= 4 (grey, RGB, RGBA) a dot
+padded to 16 channels would do 4-16x the needed multiply-adds, so SMALL_C reduces per channel.
 """
 
 from __future__ import annotations
@@ -30,24 +31,30 @@ ALPHA_MIN = tl.constexpr(1.0 / 255.0)
 T_STOP = tl.constexpr(1e-4)
 
 
-def launch_config(tile_size: int, C: int, backward: bool = False) -> dict:
+def launch_config(tile_size: int, C: int, backward: bool = False, mode: str = "alpha") -> dict:
     """Block sizes of the forward / backward launchers (and the AOT report), chosen so that no
     variant spills registers on sm_80 or sm_90 (see ``python -m gsplat2d.kernels.report``).
 
     BLOCK_P: pixels per program (a tile may be split over several programs). BLOCK_G: Gaussians
     per chunk (>= 16 for tl.dot). BLOCK_C: channels per block (>= 16 for tl.dot).
     """
-    block_c = min(32, max(16, triton.next_power_of_2(C)))
+    small_c = C <= 4
+    block_c = triton.next_power_of_2(C) if small_c else min(32, max(16, triton.next_power_of_2(C)))
     if backward:
         # The backward keeps ~3x more [P, G] values alive; 64-pixel programs (32 when it loops
         # over several channel blocks) stay spill-free.
         block_p = 64 if C <= 32 else 32
         block_p = min(tile_size * tile_size, block_p)
         num_warps = 8 if (block_p == 64 and tile_size > 8) else 4
-        return {"BLOCK_P": block_p, "BLOCK_G": 16, "BLOCK_C": block_c, "num_warps": num_warps}
+        return {"BLOCK_P": block_p, "BLOCK_G": 16, "BLOCK_C": block_c, "num_warps": num_warps,
+                "SMALL_C": small_c}
     block_p = min(tile_size * tile_size, 128)
-    return {"BLOCK_P": block_p, "BLOCK_G": 16, "BLOCK_C": block_c,
-            "num_warps": 2 if block_p == 64 else 4}
+    if small_c:
+        num_warps = (4 if mode == "alpha" else 8) if block_p == 128 else (2 if mode == "alpha" else 4)
+    else:
+        num_warps = 2 if block_p == 64 else 4
+    return {"BLOCK_P": block_p, "BLOCK_G": 16, "BLOCK_C": block_c, "num_warps": num_warps,
+            "SMALL_C": small_c}
 
 
 @triton.jit
@@ -74,6 +81,7 @@ def _rasterize_fwd_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    SMALL_C: tl.constexpr,
 ):
     # A tile's TILE*TILE pixels may be split over several programs of BLOCK_P pixels each:
     # fewer live [BLOCK_P, BLOCK_G] values per thread, no register spills.
@@ -116,12 +124,12 @@ def _rasterize_fwd_kernel(
         cb = tl.load(conics_ptr + gid * 3 + 1, mask=gmask, other=0.0).to(tl.float32)
         cc = tl.load(conics_ptr + gid * 3 + 2, mask=gmask, other=0.0).to(tl.float32)
         op = tl.load(opac_ptr + gid, mask=gmask, other=0.0).to(tl.float32)
-        col = tl.load(
-            colors_ptr + gid[:, None] * C + cidx[None, :],
-            mask=gmask[:, None] & cmask[None, :],
-            other=0.0,
-        ).to(tl.float32)  # [BLOCK_G, BLOCK_C]
-
+        if not SMALL_C:
+            col = tl.load(
+                colors_ptr + gid[:, None] * C + cidx[None, :],
+                mask=gmask[:, None] & cmask[None, :],
+                other=0.0,
+            ).to(tl.float32)  # [BLOCK_G, BLOCK_C]
         dx = fx[:, None] - mx[None, :]  # [P, BLOCK_G]
         dy = fy[:, None] - my[None, :]
         sigma = 0.5 * (ca[None, :] * dx * dx + cc[None, :] * dy * dy) + cb[None, :] * dx * dy
@@ -141,7 +149,15 @@ def _rasterize_fwd_kernel(
             w = tl.minimum(raw, 1.0)
             w = tl.where(ok & (w >= ALPHA_MIN), w, 0.0)
             wsum += tl.sum(w, axis=1)
-        acc += tl.dot(w, col, input_precision="ieee")  # [P, BLOCK_C]
+        if SMALL_C:
+            for k in tl.static_range(BLOCK_C):
+                kmask = gmask & (tl.full((BLOCK_G,), k, tl.int32) < C)  # [BLOCK_G]
+                ck = tl.load(colors_ptr + gid * C + k, mask=kmask, other=0.0)
+                ck = ck.to(tl.float32)  # [BLOCK_G]
+                part = tl.sum(w * ck[None, :], axis=1)  # [P]
+                acc += tl.where(cidx[None, :] == k, part[:, None], 0.0)  # [P, BLOCK_C]
+        else:
+            acc += tl.dot(w, col, input_precision="ieee")  # [P, BLOCK_C]
 
         s += BLOCK_G
         go = s < end
@@ -183,7 +199,7 @@ def rasterize_fwd(
     """
     B, N, C = colors.shape
     dev = colors.device
-    cfg = launch_config(tile_size, C)
+    cfg = launch_config(tile_size, C, mode=mode)
     alpha_mode = mode == "alpha"
     image = empty((B, height, width, C), torch.float32, dev)
     alpha = empty((B, height, width, 1), torch.float32, dev)
@@ -199,7 +215,7 @@ def rasterize_fwd(
         N, C, width, height, binning.tiles_x, n_tiles,
         ALPHA_MODE=alpha_mode, HAS_BG=background is not None, TILE=tile_size,
         BLOCK_P=cfg["BLOCK_P"], BLOCK_G=cfg["BLOCK_G"], BLOCK_C=cfg["BLOCK_C"],
-        num_warps=cfg["num_warps"],
+        SMALL_C=cfg["SMALL_C"], num_warps=cfg["num_warps"],
     )
     return image, alpha, t_final
 
@@ -211,14 +227,15 @@ def _aot_specs() -> list[AotSpec]:
         "alpha_ptr": "*fp32", "tfinal_ptr": "*fp32", "N": "i32", "C": "i32", "W": "i32",
         "H": "i32", "tiles_x": "i32", "n_tiles": "i32", "ALPHA_MODE": "constexpr",
         "HAS_BG": "constexpr", "TILE": "constexpr", "BLOCK_P": "constexpr", "BLOCK_G": "constexpr", "BLOCK_C": "constexpr",
+        "SMALL_C": "constexpr",
     }
     specs = []
     for mode in ("alpha", "sum"):
         for tile in (8, 16, 32):
-            for C in (3, 32):
+            for C in (1, 3, 8, 32, 64):
                 if tile != 16 and C != 3:
                     continue
-                cfg = launch_config(tile, C)
+                cfg = launch_config(tile, C, mode=mode)
                 specs.append(
                     AotSpec(
                         f"rasterize_fwd[{mode},TILE={tile},C={C}]",
@@ -227,6 +244,7 @@ def _aot_specs() -> list[AotSpec]:
                         {
                             "ALPHA_MODE": mode == "alpha", "HAS_BG": mode == "alpha",
                             "TILE": tile, "BLOCK_P": cfg["BLOCK_P"], "BLOCK_G": cfg["BLOCK_G"], "BLOCK_C": cfg["BLOCK_C"],
+                            "SMALL_C": cfg["SMALL_C"],
                         },
                         num_warps=cfg["num_warps"],
                     )

@@ -96,11 +96,12 @@ def _interpret_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def _clean_env() -> dict[str, str]:
+def _clean_env(cached: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
     env[_CHILD_FLAG] = "1"
-    env["TRITON_ALWAYS_COMPILE"] = "1"
+    if not cached:
+        env["TRITON_ALWAYS_COMPILE"] = "1"
     # Triton 3.9 warns when unset; 1 is its current default (fusion on), so this changes nothing.
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     return env
@@ -366,6 +367,7 @@ def compile_report(
     jobs: int | None = None,
     align_pointers: bool = True,
     timeout: float | None = None,
+    cached: bool = False,
 ) -> list[dict[str, Any]]:
     """Compile every AOT spec for every arch; one record (dict) per (spec, arch).
 
@@ -375,6 +377,8 @@ def compile_report(
 
     If ``TRITON_INTERPRET`` is set, or the kernel modules were already imported under it, the
     report runs in a child process with a clean environment (``timeout`` seconds at most).
+    ``cached=True`` lets the child reuse Triton's cache (same cubins, so the same registers and
+    spills; ``compile_s`` is then not a compile time).
     """
     archs = [int(a) for a in archs]
     need_child = _interpret_on()
@@ -386,7 +390,8 @@ def compile_report(
                 break
     if not need_child:
         return _in_process_report(archs, modules, jobs, align_pointers)
-    return run_report_subprocess(archs, modules, jobs=jobs, align_pointers=align_pointers, timeout=timeout)["records"]
+    return run_report_subprocess(archs, modules, jobs=jobs, align_pointers=align_pointers, timeout=timeout,
+                                 cached=cached)["records"]
 
 
 def run_report_subprocess(
@@ -396,6 +401,7 @@ def run_report_subprocess(
     jobs: int | None = None,
     align_pointers: bool = True,
     timeout: float | None = None,
+    cached: bool = False,
 ) -> dict[str, Any]:
     """Run ``python -m gsplat2d.kernels.report --json`` with ``TRITON_INTERPRET`` removed."""
     cmd = [sys.executable, "-m", "gsplat2d.kernels.report", "--json", "--arch", *map(str, archs)]
@@ -404,7 +410,9 @@ def run_report_subprocess(
         cmd += ["--jobs", str(jobs)]
     if not align_pointers:
         cmd += ["--no-align"]
-    res = subprocess.run(cmd, env=_clean_env(), capture_output=True, text=True, timeout=timeout)
+    if cached:
+        cmd += ["--cached"]
+    res = subprocess.run(cmd, env=_clean_env(cached), capture_output=True, text=True, timeout=timeout)
     try:
         return json.loads(res.stdout)
     except json.JSONDecodeError:
@@ -461,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if _interpret_on() and not os.environ.get(_CHILD_FLAG):
         # @triton.jit functions would be interpreter objects: re-run without TRITON_INTERPRET.
         cmd = [sys.executable, "-m", "gsplat2d.kernels.report", *(sys.argv[1:] if argv is None else argv)]
-        return subprocess.call(cmd, env=_clean_env())
+        return subprocess.call(cmd, env=_clean_env(args.cached))
     if _interpret_on():
         print("error: TRITON_INTERPRET is set; kernels cannot be compiled", file=sys.stderr)
         return 2

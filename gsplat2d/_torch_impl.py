@@ -1,0 +1,526 @@
+"""PyTorch mirror of every rasterizer stage (CPU backend and reference for the Triton kernels).
+
+Every function here has exactly the name, argument order and outputs of the stage of the same
+name in ``docs/design.md`` / ``kernels/``. The rasterizer (:func:`rasterize_fwd`) is tiled and
+vectorised like the Triton kernel (never a dense ``N x H x W`` evaluation) and differentiable by
+plain torch autograd w.r.t. means, conics, colours, opacities and background.
+
+Units: means in pixels (pixel ``(x, y)`` is sampled at ``(x + 0.5, y + 0.5)``), conics
+``(a, b, c)`` = inverse covariance ``[[a, b], [b, c]]`` in 1/pixel^2, opacities dimensionless.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Binning",
+    "compute_tile_bounds",
+    "emit_intersections",
+    "tile_ranges",
+    "bin_gaussians",
+    "rasterize_fwd",
+    "MAX_PAIRS",
+]
+
+#: Hard limit on the number of (tile, Gaussian) pairs of one binning (int32 pair offsets).
+MAX_PAIRS: int = 2**31 - 1
+#: Rough bytes of temporary memory needed per (tile, Gaussian) pair while binning
+#: (keys, repeat_interleave indices, per-pair temporaries, sorted keys, sort permutation, ids).
+_BYTES_PER_PAIR: int = 48
+
+_ALPHA_MAX = 0.99  # alpha-mode weight clamp
+_W_MIN = 1.0 / 255.0  # weights below this are skipped
+_T_STOP = 1e-4  # a pixel stops when its transmittance would fall to <= this
+
+
+class Binning(NamedTuple):
+    """Result of :func:`bin_gaussians` (identical for the torch and Triton backends).
+
+    tiles_x, tiles_y: tile grid size, ``ceil(W / tile)``, ``ceil(H / tile)``.
+    ranges: int64 ``[B * tiles_x * tiles_y, 2]``, ``[start, end)`` of each global tile's pairs
+        in ``gauss_ids`` (``[0, 0]`` for empty tiles). Global tile = ``b*T + ty*tiles_x + tx``.
+    gauss_ids: int32 ``[P]``, Gaussian index within its batch element, sorted by (tile, index).
+    counts: int32 ``[B, N]``, number of tiles each Gaussian touches (0 = non-contributing).
+    """
+
+    tiles_x: int
+    tiles_y: int
+    ranges: Tensor
+    gauss_ids: Tensor
+    counts: Tensor
+
+
+def _tiles(width: int, height: int, tile_size: int) -> Tuple[int, int]:
+    return -(-int(width) // int(tile_size)), -(-int(height) // int(tile_size))
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 1
+# ----------------------------------------------------------------------------------------------
+def compute_tile_bounds(
+    means: Tensor,
+    conics: Tensor,
+    opacities: Tensor,
+    width: int,
+    height: int,
+    tile_size: int,
+) -> Tuple[Tensor, Tensor]:
+    """Tile rectangle touched by each Gaussian (stage 1 of ``docs/design.md``).
+
+    Args:
+        means: ``[B, N, 2]`` pixel-space centres.
+        conics: ``[B, N, 3]`` ``(a, b, c)`` inverse covariance, 1/pixel^2.
+        opacities: ``[B, N]``.
+        width, height: image size in pixels; tile_size: tile edge in pixels.
+
+    Returns:
+        rects: int32 ``[B, N, 4]`` half-open ``(tx0, ty0, tx1, ty1)`` clamped to the grid;
+            ``(0, 0, 0, 0)`` whenever the count is 0.
+        counts: int32 ``[B, N]`` ``(tx1 - tx0) * (ty1 - ty0)``; 0 for non-contributing Gaussians
+            (non-finite parameters, non positive-definite conic, ``255 * o < 1``) and for
+            Gaussians whose rectangle lies entirely off the grid.
+
+    Computed in float64 without gradients. Never fails on NaN/Inf/huge values (such Gaussians
+    are non-contributing; a Gaussian whose float bound is NaN through overflow is too).
+    """
+    tiles_x, tiles_y = _tiles(width, height, tile_size)
+    f64 = torch.float64
+    m = means.detach().to(f64)
+    q = conics.detach().to(f64)
+    o = opacities.detach().to(f64)
+    mx, my = m[..., 0], m[..., 1]
+    a, b, c = q[..., 0], q[..., 1], q[..., 2]
+    det = a * c - b * b
+    finite = (
+        torch.isfinite(mx) & torch.isfinite(my) & torch.isfinite(a) & torch.isfinite(b)
+        & torch.isfinite(c) & torch.isfinite(o)
+    )
+    valid = finite & (a > 0) & (c > 0) & (det > 0) & (255.0 * o >= 1.0)
+    one = torch.ones((), dtype=f64, device=m.device)
+    zero = torch.zeros((), dtype=f64, device=m.device)
+    # Replace the parameters of invalid Gaussians by harmless values (their result is discarded).
+    a_s = torch.where(valid, a, one)
+    c_s = torch.where(valid, c, one)
+    det_s = torch.where(valid, det, one)
+    o_s = torch.where(valid, o, one)
+    mx_s = torch.where(valid, mx, zero)
+    my_s = torch.where(valid, my, zero)
+    r2 = 2.0 * torch.log(255.0 * o_s)
+    ext_x = torch.sqrt(r2 * c_s / det_s) * (1.0 + 1e-3) + 1e-2
+    ext_y = torch.sqrt(r2 * a_s / det_s) * (1.0 + 1e-3) + 1e-2
+    ts = float(tile_size)
+    fx0 = torch.floor((mx_s - ext_x - 0.5) / ts)
+    fx1 = torch.floor((mx_s + ext_x - 0.5) / ts) + 1.0
+    fy0 = torch.floor((my_s - ext_y - 0.5) / ts)
+    fy1 = torch.floor((my_s + ext_y - 0.5) / ts) + 1.0
+    # inf/inf overflow can make a bound NaN: treat such a Gaussian as non-contributing.
+    valid = valid & ~(torch.isnan(ext_x) | torch.isnan(ext_y))
+
+    def _cast(f: Tensor, n: int) -> Tensor:
+        f = torch.nan_to_num(f, nan=0.0).clamp(-1.0, float(n + 1))
+        return f.to(torch.int32).clamp(0, n)
+
+    tx0, tx1 = _cast(fx0, tiles_x), _cast(fx1, tiles_x)
+    ty0, ty1 = _cast(fy0, tiles_y), _cast(fy1, tiles_y)
+    counts = (tx1 - tx0) * (ty1 - ty0)
+    counts = torch.where(valid, counts, torch.zeros_like(counts))
+    rects = torch.stack([tx0, ty0, tx1, ty1], dim=-1)
+    rects = torch.where((counts > 0).unsqueeze(-1), rects, torch.zeros_like(rects))
+    return rects.to(torch.int32).contiguous(), counts.to(torch.int32).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2
+# ----------------------------------------------------------------------------------------------
+def emit_intersections(rects: Tensor, counts: Tensor, tiles_x: int, tiles_y: int) -> Tensor:
+    """One int64 sort key per (Gaussian, tile) pair (stage 2 of ``docs/design.md``).
+
+    Args:
+        rects: int32 ``[B, N, 4]``; counts: int32 ``[B, N]`` (from :func:`compute_tile_bounds`).
+
+    Returns:
+        keys: int64 ``[P]``, ``P = counts.sum()``; the j-th pair of Gaussian ``(b, g)`` lands at
+        ``offsets[b, g] + j`` (exclusive cumsum of counts) with
+        ``key = ((b * tiles_y + ty) * tiles_x + tx) * N + g``, ``tx = tx0 + j % w``,
+        ``ty = ty0 + j // w``, ``w = tx1 - tx0``.
+    """
+    B, N = counts.shape
+    dev = counts.device
+    cnt = counts.reshape(-1).to(torch.int64)
+    total = int(cnt.sum().item()) if cnt.numel() else 0
+    if total == 0:
+        return torch.empty(0, dtype=torch.int64, device=dev)
+    offsets = torch.cumsum(cnt, 0) - cnt  # exclusive
+    flat = torch.arange(B * N, device=dev, dtype=torch.int64)
+    owner = torch.repeat_interleave(flat, cnt, output_size=total)  # [P] flat (b, g)
+    j = torch.arange(total, device=dev, dtype=torch.int64) - offsets[owner]
+    r = rects.reshape(-1, 4).to(torch.int64)[owner]  # [P, 4]
+    w = r[:, 2] - r[:, 0]
+    tx = r[:, 0] + j % w
+    ty = r[:, 1] + j // w
+    bb = owner // N
+    g = owner % N
+    return ((bb * tiles_y + ty) * tiles_x + tx) * N + g
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 3
+# ----------------------------------------------------------------------------------------------
+def tile_ranges(sorted_keys: Tensor, N: int, n_tiles_total: int) -> Tuple[Tensor, Tensor]:
+    """Per-tile ``[start, end)`` ranges and Gaussian ids from sorted keys (stage 3).
+
+    Args:
+        sorted_keys: int64 ``[P]`` sorted ascending (output of ``torch.sort`` of the keys).
+        N: Gaussians per batch element; n_tiles_total: ``B * tiles_x * tiles_y``.
+
+    Returns:
+        ranges: int64 ``[n_tiles_total, 2]`` (``[0, 0]`` for empty tiles);
+        gauss_ids: int32 ``[P]`` = ``sorted_keys % N``.
+    """
+    dev = sorted_keys.device
+    if sorted_keys.numel() == 0 or N == 0:
+        return (
+            torch.zeros((n_tiles_total, 2), dtype=torch.int64, device=dev),
+            torch.empty(0, dtype=torch.int32, device=dev),
+        )
+    keys = sorted_keys.to(torch.int64)
+    tile = keys // N
+    gauss_ids = (keys % N).to(torch.int32)
+    t = torch.arange(n_tiles_total, device=dev, dtype=torch.int64)
+    start = torch.searchsorted(tile, t, right=False)
+    end = torch.searchsorted(tile, t, right=True)
+    empty = start == end
+    start = torch.where(empty, torch.zeros_like(start), start)
+    end = torch.where(empty, torch.zeros_like(end), end)
+    return torch.stack([start, end], dim=1).contiguous(), gauss_ids
+
+
+def _available_bytes(device: torch.device) -> Optional[int]:
+    try:
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            return int(free)
+        if device.type == "cpu":
+            return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except Exception:  # pragma: no cover - platform dependent
+        return None
+    return None
+
+
+def check_pair_budget(total_pairs: int, n_gaussians: int, n_tiles_total: int, device: torch.device) -> None:
+    """Raise a clear error before binning a scene that needs too many tile-Gaussian pairs.
+
+    Raises:
+        ValueError: more than :data:`MAX_PAIRS` pairs.
+        MemoryError: the pair buffers (about 48 bytes per pair) would not fit in free memory.
+    """
+    why = (
+        f"the scene needs {total_pairs} tile-Gaussian pairs ({n_gaussians} Gaussians over "
+        f"{n_tiles_total} tiles, {total_pairs / max(n_gaussians, 1):.1f} tiles per Gaussian on "
+        "average); this usually means Gaussians far larger than the image (tiny conics) or "
+        "opacities far above 1. Shrink the Gaussians, use fewer of them, or a larger tile_size."
+    )
+    if total_pairs > MAX_PAIRS:
+        raise ValueError(f"too many tile-Gaussian pairs (limit {MAX_PAIRS}): {why}")
+    need = total_pairs * _BYTES_PER_PAIR
+    avail = _available_bytes(device)
+    if avail is not None and need > avail:
+        raise MemoryError(
+            f"binning would need about {need / 2**30:.2f} GiB but only {avail / 2**30:.2f} GiB "
+            f"is free on {device}: {why}"
+        )
+
+
+def bin_gaussians(
+    means: Tensor,
+    conics: Tensor,
+    opacities: Tensor,
+    width: int,
+    height: int,
+    tile_size: int,
+) -> Binning:
+    """Stages 1-3: tile bounds -> pair keys -> ``torch.sort`` -> tile ranges (no gradients).
+
+    Args: as :func:`compute_tile_bounds`. Returns: :class:`Binning`.
+
+    Raises:
+        ValueError / MemoryError: when the scene needs too many tile-Gaussian pairs
+        (see :func:`check_pair_budget`).
+    """
+    with torch.no_grad():
+        B, N = opacities.shape[0], opacities.shape[1]
+        tiles_x, tiles_y = _tiles(width, height, tile_size)
+        n_tiles_total = B * tiles_x * tiles_y
+        rects, counts = compute_tile_bounds(means, conics, opacities, width, height, tile_size)
+        total = int(counts.sum(dtype=torch.int64).item()) if counts.numel() else 0
+        check_pair_budget(total, B * N, n_tiles_total, counts.device)
+        keys = emit_intersections(rects, counts, tiles_x, tiles_y)
+        sorted_keys, _ = torch.sort(keys)
+        ranges, gauss_ids = tile_ranges(sorted_keys, N, n_tiles_total)
+    return Binning(tiles_x, tiles_y, ranges, gauss_ids, counts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 4: tiled forward rasterizer (differentiable by autograd)
+# ----------------------------------------------------------------------------------------------
+#: Pairs per tile processed per step ("rank block", the kernel's BLOCK_G) for the first ranks;
+#: later blocks grow (see :func:`_block_size`) so dense tiles need few steps.
+BLOCK_K: int = 8
+#: Largest rank block.
+BLOCK_K_MAX: int = 64
+#: Upper bound on elements of one ``[n_tiles, K, tile^2]`` temporary (tiles are sub-chunked).
+MAX_BLOCK_ELEMS: int = 2**22
+_PAD_LOG_OPACITY = -1.0e4  # log-opacity of padding slots: exp(-1e4 - sigma) == 0 in any dtype
+
+
+def _compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
+    for t in tensors:
+        if t is not None and t.dtype == torch.float64:
+            return torch.float64
+    return torch.float32
+
+
+def _block_size(rank0: int) -> int:
+    """Rank-block size for the block starting at rank ``rank0``: BLOCK_K, growing ~rank/4."""
+    k = BLOCK_K
+    while k < BLOCK_K_MAX and 4 * k <= rank0 // 2:
+        k *= 2
+    return k
+
+
+def _block_weights(
+    tile_ids: Tensor,
+    rank0: int,
+    K: int,
+    start: Tensor,
+    length: Tensor,
+    gauss_ids: Tensor,
+    N: int,
+    T: int,
+    tiles_x: int,
+    tile_size: int,
+    means: Tensor,
+    conics: Tensor,
+    log_opac: Tensor,
+    colors_x: Tensor,
+    w_max: float,
+) -> Tuple[Tensor, Tensor]:
+    """Gather rank block ``[rank0, rank0 + K)`` of the given tiles and evaluate its weights.
+
+    Args:
+        tile_ids: int64 ``[n]`` global tile ids; ``means/conics/log_opac/colors_x`` flattened to
+            ``[B*N, ...]`` (``colors_x`` has one extra channel appended, see ``rasterize_fwd``).
+        w_max: weight clamp (0.99 alpha mode, 1 sum mode).
+
+    Returns:
+        w: ``[n, K, P]`` weights ``min(w_max, o * exp(-sigma))``, 0 where below 1/255 or for the
+            padding of tiles with fewer than ``rank0 + K`` pairs (``P = tile_size^2``, pixel
+            ``p = py * tile_size + px``).
+        colx: ``[n, C + 1, K]`` gathered (extended) colours, transposed for ``baddbmm``.
+
+    Binned conics are positive definite, so ``sigma >= 0`` (up to rounding) and the dense
+    definition's ``sigma < 0`` skip never triggers; it is not evaluated.
+    """
+    dev = means.device
+    dt = means.dtype
+    S = tile_size
+    n = tile_ids.numel()
+    rank = rank0 + torch.arange(K, device=dev, dtype=torch.int64)  # [K]
+    st = start[tile_ids].unsqueeze(1)
+    real = rank.unsqueeze(0) < length[tile_ids].unsqueeze(1)  # [n, K]
+    pair = torch.where(real, st + rank.unsqueeze(0), st)
+    gid = gauss_ids[pair].to(torch.int64) + ((tile_ids // T) * N).unsqueeze(1)  # [n, K]
+    local = tile_ids % T
+    ox = ((local % tiles_x) * S).to(dt).view(n, 1, 1)  # tile origin in pixels
+    oy = ((local // tiles_x) * S).to(dt).view(n, 1, 1)
+    pix = torch.arange(S, device=dev, dtype=dt) + 0.5
+    m = means[gid]  # [n, K, 2]
+    q = conics[gid]  # [n, K, 3]
+    lo = torch.where(real, log_opac[gid], torch.full((), _PAD_LOG_OPACITY, dtype=dt, device=dev))
+    colx = colors_x[gid].transpose(1, 2)  # [n, C+1, K]
+    dx = (ox + pix) - m[..., 0:1]  # [n, K, S] (x offset of pixel column)
+    dy = (oy + pix) - m[..., 1:2]  # [n, K, S] (y offset of pixel row)
+    a, b, c = q[..., 0:1], q[..., 1:2], q[..., 2:3]
+    # log w = log o - sigma = [log o - c dy^2/2] + [-a dx^2/2] - b dy dx: a rank-3 outer product
+    # over (row, column), assembled with one batched matmul.
+    u = torch.stack([lo.unsqueeze(-1) - (0.5 * c) * dy * dy, torch.ones_like(dy), -b * dy], dim=-1)
+    v = torch.stack([torch.ones_like(dx), (-0.5 * a) * dx * dx, dx], dim=-2)
+    logw = torch.bmm(u.view(n * K, S, 3), v.view(n * K, 3, S)).view(n, K, S * S)
+    w = torch.exp(logw).clamp(max=w_max)
+    # keep w >= 1/255 (threshold keeps x > t; t = the largest float below 1/255)
+    t = torch.nextafter(torch.tensor(_W_MIN, dtype=dt), torch.tensor(0.0, dtype=dt)).item()
+    w = torch.nn.functional.threshold(w, t, 0.0)
+    return w, colx
+
+
+def _accumulate_nonfinite(state: Tensor, colx: Tensor, wt: Tensor) -> Tensor:
+    """``state + colx @ wt`` where non-finite colours only reach pixels with ``wt > 0``.
+
+    Slow path, used only when some colour is NaN/Inf: finite colours go through ``baddbmm``
+    (with the non-finite ones zeroed), non-finite ones are added explicitly where covered.
+    """
+    bad = ~torch.isfinite(colx.detach())  # [n, C+1, K]
+    zero = torch.zeros((), dtype=colx.dtype, device=colx.device)
+    out = torch.baddbmm(state, torch.where(bad, zero, colx), wt)
+    covered = (wt.detach() > 0).unsqueeze(1)  # [n, 1, K, P]
+    sel = bad.unsqueeze(-1) & covered  # [n, C+1, K, P]
+    extra = torch.where(sel, colx.unsqueeze(-1) * wt.unsqueeze(1), zero).sum(dim=2)
+    return out + extra
+
+
+def rasterize_fwd(
+    means: Tensor,
+    conics: Tensor,
+    colors: Tensor,
+    opacities: Tensor,
+    background: Optional[Tensor],
+    binning: Binning,
+    width: int,
+    height: int,
+    tile_size: int,
+    mode: str,
+) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Tiled, vectorised forward rasterizer (stage 4), differentiable by torch autograd.
+
+    Args:
+        means: ``[B, N, 2]`` pixel centres; conics: ``[B, N, 3]`` (1/pixel^2);
+        colors: ``[B, N, C]``; opacities: ``[B, N]``;
+        background: ``[B, C]`` or None (alpha mode only; None = zero background);
+        binning: from :func:`bin_gaussians` with the same width/height/tile_size;
+        mode: ``"alpha"`` (front-to-back compositing in index order) or ``"sum"``.
+
+    Returns:
+        image ``[B, H, W, C]``, alpha ``[B, H, W, 1]`` and, in alpha mode, the final
+        transmittance ``T_final [B, H, W]`` (None in sum mode). dtype float64 if any float input
+        is float64, else float32.
+
+    Works per tile over rank blocks of :data:`BLOCK_K` pairs: all still-active tiles evaluate
+    their next ``K`` Gaussians on their ``tile_size^2`` pixels at once (``[n, K, P]``).
+    Alpha mode: inside a block the transmittance before each Gaussian is an exclusive prefix
+    product (``cumprod`` of ``1 - a``) times the tile's carried transmittance; ``T' <= 1e-4``
+    cuts a suffix of the block; a per-pixel ``live`` flag (the running transmittance including
+    the stopping Gaussian's factor is still ``> 1e-4``) keeps stopped pixels out of later
+    blocks (their carried transmittance is replaced by 0), and tiles whose pixels have all
+    stopped are dropped. The carried ``T_out`` is updated as ``T_out - sum(a_i T_i)`` (the
+    telescoped product), accumulated through an extra colour channel of ``-1``.
+    NaN/Inf colours only affect the pixels their Gaussian covers (slow path).
+    """
+    if mode not in ("alpha", "sum"):
+        raise ValueError(f"mode must be 'alpha' or 'sum', got {mode!r}")
+    dtype = _compute_dtype(means, conics, colors, opacities, background)
+    dev = means.device
+    B, N = opacities.shape[0], opacities.shape[1]
+    C = colors.shape[-1]
+    S = int(tile_size)
+    P = S * S
+    tiles_x, tiles_y = binning.tiles_x, binning.tiles_y
+    T = tiles_x * tiles_y
+    n_tiles = B * T
+    alpha_mode = mode == "alpha"
+    means_f = means.to(dtype).reshape(B * N, 2)
+    conics_f = conics.to(dtype).reshape(B * N, 3)
+    # extra colour channel: accumulates -sum(weights) (alpha: T_out) or +sum(weights) (sum: alpha)
+    extra = torch.full((B * N, 1), -1.0 if alpha_mode else 1.0, dtype=dtype, device=dev)
+    colors_x = torch.cat([colors.to(dtype).reshape(B * N, C), extra], dim=1)
+    # log-opacity; non-positive opacities are never binned, clamp only avoids log(0) elsewhere
+    log_opac = torch.log(opacities.to(dtype).reshape(B * N).clamp_min(1e-30))
+    # NaN/Inf colours must poison only the pixels their Gaussian covers (not 0 * NaN in bmm)
+    colors_finite = bool(torch.isfinite(colors_x.detach()).all())
+    ranges = binning.ranges.to(dev)
+    start = ranges[:, 0]
+    length = ranges[:, 1] - ranges[:, 0]
+    gauss_ids = binning.gauss_ids.to(dev)
+    w_max = _ALPHA_MAX if alpha_mode else 1.0
+
+    active = torch.nonzero(length > 0).flatten()
+    n_act = active.numel()
+    # per-tile state [n, C+1, P]: colour, then T_out (alpha mode) or alpha sum (sum mode)
+    state = torch.zeros((n_act, C + 1, P), dtype=dtype, device=dev)
+    live: Optional[Tensor] = None
+    if alpha_mode:
+        state[:, C] = 1.0
+        # live[t, p]: pixel has not stopped (T_run > 1e-4) and lies inside the image (no grad)
+        pidx = torch.arange(P, device=dev)
+        loc = active % T
+        live = (((loc % tiles_x) * S).unsqueeze(1) + (pidx % S).unsqueeze(0) < width) & (
+            ((loc // tiles_x) * S).unsqueeze(1) + (pidx // S).unsqueeze(0) < height
+        )
+    zero = torch.zeros((), dtype=dtype, device=dev)
+
+    done_ids: List[Tensor] = []
+    done_state: List[Tensor] = []
+    k = 0
+    while active.numel() > 0:
+        K = _block_size(k)
+        chunk = max(1, MAX_BLOCK_ELEMS // (K * P))
+        new_state: List[Tensor] = []
+        new_live: List[Tensor] = []
+        for s0 in range(0, active.numel(), chunk):
+            ids = active[s0:s0 + chunk]
+            st_in = state[s0:s0 + chunk]
+            w, colx = _block_weights(
+                ids, k, K, start, length, gauss_ids, N, T, tiles_x, S,
+                means_f, conics_f, log_opac, colors_x, w_max,
+            )
+            if alpha_mode:
+                assert live is not None
+                lv_in = live[s0:s0 + chunk]
+                # transmittance entering the block; 0 for stopped pixels so they get nothing
+                t_in = torch.where(lv_in, st_in[:, C], zero)
+                f = 1.0 - w  # [n, K, P]; 1 where the Gaussian is skipped (w = 0)
+                # exclusive prefix product: T before Gaussian i = t_in * prod_{j<i} (1 - a_j)
+                t_ex = torch.cumprod(torch.cat([t_in.unsqueeze(1), f[:, :-1]], dim=1), dim=1)
+                wt = w * t_ex
+                with torch.no_grad():
+                    t_last = t_ex[:, -1] * f[:, -1]  # running T incl. every factor of the block
+                    lv_out = t_last > _T_STOP
+                    new_live.append(lv_out)
+                    stops = bool((lv_in & ~lv_out).any())
+                    # T' = T * (1 - a_i) <= 1e-4 stops the pixel: a suffix of the block is cut
+                    contrib = (t_ex * f > _T_STOP) if stops else None
+                if contrib is not None:
+                    wt = torch.where(contrib, wt, zero)
+            else:
+                wt = w
+            # colour += sum_k colx[:, :, k] * wt[:, k, :]; extra channel -/+ sum_k wt
+            if colors_finite:
+                new_state.append(torch.baddbmm(st_in, colx, wt))
+            else:
+                new_state.append(_accumulate_nonfinite(st_in, colx, wt))
+        state = torch.cat(new_state) if len(new_state) > 1 else new_state[0]
+        k += K
+        keep = length[active] > k
+        if alpha_mode:
+            live = torch.cat(new_live) if len(new_live) > 1 else new_live[0]
+            keep = keep & live.any(dim=1)
+        if bool(keep.all()):
+            continue
+        fin = ~keep
+        done_ids.append(active[fin])
+        done_state.append(state[fin])
+        active = active[keep]
+        state = state[keep]
+        if live is not None:
+            live = live[keep]
+
+    # assemble per-tile results [B*T, C+1, P] into the image
+    init = torch.zeros((n_tiles, C + 1, P), dtype=dtype, device=dev)
+    if alpha_mode:
+        init[:, C] = 1.0
+    if done_ids:
+        tiles = init.index_copy(0, torch.cat(done_ids), torch.cat(done_state))
+    else:
+        tiles = init
+    img = tiles.view(B, tiles_y, tiles_x, C + 1, S, S).permute(0, 1, 4, 2, 5, 3)
+    img = img.reshape(B, tiles_y * S, tiles_x * S, C + 1)[:, :height, :width]
+    color, acc = img[..., :C], img[..., C:]
+    if not alpha_mode:
+        return color.contiguous(), acc.contiguous(), None
+    if background is not None:
+        color = color + acc * background.to(dtype).view(B, 1, 1, C)
+    return color.contiguous(), (1.0 - acc).contiguous(), acc[..., 0].contiguous()

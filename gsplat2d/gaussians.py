@@ -1,0 +1,203 @@
+"""``Gaussians2D``: a Gaussian field in normalised image coordinates that renders at any size."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from gsplat2d.conics import (
+    conics_from_covariances,
+    covariances_from_cholesky,
+    covariances_from_scale_rotation,
+)
+
+__all__ = ["Gaussians2D"]
+
+
+def _as_float_tensor(x: Any, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return x
+
+
+class Gaussians2D:
+    """A set of 2D Gaussians in NORMALISED image coordinates.
+
+    ``x = 0`` is the left image edge and ``x = 1`` the right edge; ``y = 0`` the top and
+    ``y = 1`` the bottom. The same field renders at any ``width x height`` (the x and y scales
+    may differ: a circle in normalised units is an ellipse on a non-square image).
+
+    Fields (``...`` = optional batch dimensions, identical for all fields):
+        means: ``[..., N, 2]`` centres in [0, 1] image units.
+        covariances: ``[..., N, 3]`` ``(xx, xy, yy)`` in normalised units^2.
+        colors: ``[..., N, C]``.
+        opacities: ``[..., N]``.
+
+    Build from covariances directly, or with :meth:`from_cholesky` /
+    :meth:`from_scale_rotation`. All operations are differentiable.
+    """
+
+    __slots__ = ("means", "covariances", "colors", "opacities")
+
+    def __init__(self, means: Tensor, covariances: Tensor, colors: Tensor, opacities: Tensor) -> None:
+        means = _as_float_tensor(means, "means")
+        covariances = _as_float_tensor(covariances, "covariances")
+        colors = _as_float_tensor(colors, "colors")
+        opacities = _as_float_tensor(opacities, "opacities")
+        if means.dim() < 2 or means.shape[-1] != 2:
+            raise ValueError(f"means must have shape [..., N, 2], got {tuple(means.shape)}")
+        batch, n = tuple(means.shape[:-2]), means.shape[-2]
+        expect = {
+            "covariances": (covariances, batch + (n, 3), "[..., N, 3]"),
+            "opacities": (opacities, batch + (n,), "[..., N]"),
+        }
+        for name, (t, shape, desc) in expect.items():
+            if tuple(t.shape) != shape:
+                raise ValueError(
+                    f"{name} must have shape {desc} = {shape} to match means {tuple(means.shape)}, "
+                    f"got {tuple(t.shape)}"
+                )
+        if colors.dim() < 2 or tuple(colors.shape[:-1]) != batch + (n,) or colors.shape[-1] < 1:
+            raise ValueError(
+                f"colors must have shape [..., N, C] = {batch + (n,)} + (C,) with C >= 1 to match "
+                f"means {tuple(means.shape)}, got {tuple(colors.shape)}"
+            )
+        for name, t in (("covariances", covariances), ("colors", colors), ("opacities", opacities)):
+            if t.device != means.device:
+                raise ValueError(f"{name} is on {t.device} but means is on {means.device}")
+        self.means = means
+        self.covariances = covariances
+        self.colors = colors
+        self.opacities = opacities
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_cholesky(cls, means: Tensor, cholesky: Tensor, colors: Tensor, opacities: Tensor) -> "Gaussians2D":
+        """From the Cholesky factor ``(l11, l21, l22)`` ``[..., N, 3]`` of the covariance
+        (normalised units): ``Sigma = L L^T``."""
+        return cls(means, covariances_from_cholesky(cholesky), colors, opacities)
+
+    @classmethod
+    def from_scale_rotation(
+        cls, means: Tensor, scales: Tensor, rotations: Tensor, colors: Tensor, opacities: Tensor
+    ) -> "Gaussians2D":
+        """From standard deviations ``scales [..., N, 2]`` (normalised units) and angles
+        ``rotations [..., N]`` in radians (``Sigma = R diag(sx^2, sy^2) R^T``, see
+        :func:`gsplat2d.conics_from_scale_rotation` for the convention)."""
+        return cls(means, covariances_from_scale_rotation(scales, rotations), colors, opacities)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_gaussians(self) -> int:
+        """N, the number of Gaussians (per batch element)."""
+        return int(self.means.shape[-2])
+
+    def __len__(self) -> int:
+        return self.num_gaussians
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        """Leading batch dimensions (``means.shape[:-2]``)."""
+        return self.means.shape[:-2]
+
+    @property
+    def channels(self) -> int:
+        """C, the number of colour channels."""
+        return int(self.colors.shape[-1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.means.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.means.dtype
+
+    def __repr__(self) -> str:
+        return (
+            f"Gaussians2D(num_gaussians={self.num_gaussians}, batch_shape={tuple(self.batch_shape)}, "
+            f"channels={self.channels}, dtype={self.dtype}, device={self.device})"
+        )
+
+    # ------------------------------------------------------------------ conversions
+    def to(self, *args: Any, **kwargs: Any) -> "Gaussians2D":
+        """``Tensor.to`` applied to every field (device and/or dtype); returns a new object."""
+        return Gaussians2D(
+            self.means.to(*args, **kwargs),
+            self.covariances.to(*args, **kwargs),
+            self.colors.to(*args, **kwargs),
+            self.opacities.to(*args, **kwargs),
+        )
+
+    def detach(self) -> "Gaussians2D":
+        """A copy whose fields are detached from the autograd graph (storage is shared)."""
+        return Gaussians2D(
+            self.means.detach(), self.covariances.detach(), self.colors.detach(), self.opacities.detach()
+        )
+
+    def to_pixels(self, width: int, height: int) -> Tuple[Tensor, Tensor]:
+        """Pixel-space means and conics for a ``width x height`` image.
+
+        ``means_px = means * (W, H)``; ``Sigma_px = S Sigma S`` with ``S = diag(W, H)``, i.e.
+        ``(xx W^2, xy W H, yy H^2)``; ``conics_px = Sigma_px^{-1}``.
+
+        Returns:
+            means_px ``[..., N, 2]`` in pixels, conics_px ``[..., N, 3]`` in 1/pixel^2.
+        """
+        w, h = _check_size(width, "width"), _check_size(height, "height")
+        scale = torch.tensor([float(w), float(h)], dtype=self.means.dtype, device=self.means.device)
+        means_px = self.means * scale
+        cscale = torch.tensor(
+            [float(w) * w, float(w) * h, float(h) * h], dtype=self.covariances.dtype, device=self.covariances.device
+        )
+        conics_px = conics_from_covariances(self.covariances * cscale)
+        return means_px, conics_px
+
+    def render(
+        self,
+        width: int,
+        height: int,
+        *,
+        mode: str = "alpha",
+        background: Optional[Tensor] = None,
+        tile_size: int = 16,
+        backend: str = "auto",
+    ) -> Tuple[Tensor, Tensor]:
+        """Render at ``width x height`` pixels with :func:`gsplat2d.rasterize`.
+
+        Returns:
+            image ``[..., H, W, C]`` and alpha ``[..., H, W, 1]``.
+        """
+        from gsplat2d.rasterize import rasterize
+
+        means_px, conics_px = self.to_pixels(width, height)
+        out = rasterize(
+            means_px,
+            conics_px,
+            self.colors,
+            self.opacities,
+            width,
+            height,
+            mode=mode,
+            background=background,
+            tile_size=tile_size,
+            backend=backend,
+        )
+        return out[0], out[1]
+
+
+def _check_size(v: Union[int, Any], name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        try:
+            import numbers
+
+            if isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) > 0:
+                return int(v)
+        except Exception:  # pragma: no cover
+            pass
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return v
