@@ -1,0 +1,143 @@
+"""Shared test setup for gsplat2d.
+
+TRITON_INTERPRET must be set before anything imports triton: the Triton kernels are tested on CPU
+tensors under Triton's interpreter.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import importlib.util  # noqa: E402
+import math  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import gsplat2d.kernels  # noqa: E402  (does not import triton)
+
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+requires_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not importable")
+
+# Backend parameter usable in @pytest.mark.parametrize: triton cases skip without triton.
+BACKENDS = ["torch", pytest.param("triton", marks=requires_triton, id="triton")]
+
+
+@pytest.fixture(autouse=True)
+def _poison_launcher_outputs():
+    """Every launcher output starts as NaN (floats) / -1 (ints): an element a kernel forgets to
+    write fails the comparison instead of silently holding stale memory."""
+    with gsplat2d.kernels.poisoned(True):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_seed():
+    torch.manual_seed(1234)
+    yield
+
+
+# ----------------------------------------------------------------------------------------------
+# Scene generation
+# ----------------------------------------------------------------------------------------------
+
+
+def random_conics(shape, gen, min_radius, max_radius):
+    """Float64 PD conics ``[*shape, 3]``, half from scale+rotation, half from random Cholesky
+    factors; standard deviations log-uniform in [min_radius, max_radius] pixels."""
+    n = int(math.prod(shape))
+    lo, hi = math.log(min_radius), math.log(max_radius)
+    s = torch.exp(lo + (hi - lo) * torch.rand(n, 2, generator=gen, dtype=torch.float64))
+    theta = (torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1) * math.pi
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    R = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    cov_sr = R @ torch.diag_embed(s * s) @ R.transpose(-1, -2)
+    # Cholesky: L = [[l0, 0], [l1, l2]]; cov = L L^T
+    l0, l2 = s[:, 0], s[:, 1]
+    l1 = torch.randn(n, generator=gen, dtype=torch.float64) * 0.7 * torch.minimum(l0, l2)
+    L = torch.zeros(n, 2, 2, dtype=torch.float64)
+    L[:, 0, 0], L[:, 1, 0], L[:, 1, 1] = l0, l1, l2
+    cov_ch = L @ L.transpose(-1, -2)
+    use_sr = (torch.arange(n) % 2 == 0)[:, None, None]
+    cov = torch.where(use_sr, cov_sr, cov_ch)
+    inv = torch.linalg.inv(cov)
+    conics = torch.stack([inv[:, 0, 0], 0.5 * (inv[:, 0, 1] + inv[:, 1, 0]), inv[:, 1, 1]], -1)
+    return conics.reshape(*shape, 3)
+
+
+DEGENERATE_KINDS = ("not_pd", "neg_a", "zero_c", "low_opacity", "nan_mean", "inf_conic",
+                    "nan_opacity", "zero_conic", "inf_mean", "nan_conic")
+
+
+def make_degenerate(scene, idx):
+    """In place: turn Gaussians ``idx`` (indices along N, all batch elements) into degenerate ones,
+    cycling through DEGENERATE_KINDS."""
+    m, q, o = scene["means"], scene["conics"], scene["opacities"]
+    for j, i in enumerate(idx):
+        kind = DEGENERATE_KINDS[j % len(DEGENERATE_KINDS)]
+        if kind == "not_pd":
+            q[..., i, :] = torch.tensor([0.05, 0.2, 0.05], dtype=q.dtype)  # b^2 > ac
+        elif kind == "neg_a":
+            q[..., i, 0] = -q[..., i, 0]
+        elif kind == "zero_c":
+            q[..., i, 2] = 0.0
+        elif kind == "low_opacity":
+            o[..., i] = 0.5 / 255.0
+        elif kind == "nan_mean":
+            m[..., i, 0] = float("nan")
+        elif kind == "inf_conic":
+            q[..., i, 1] = float("inf")
+        elif kind == "nan_opacity":
+            o[..., i] = float("nan")
+        elif kind == "zero_conic":
+            q[..., i, :] = 0.0
+        elif kind == "inf_mean":
+            m[..., i, 1] = -float("inf")
+        elif kind == "nan_conic":
+            q[..., i, 0] = float("nan")
+    return scene
+
+
+def make_scene(batch=(), n=100, width=32, height=32, channels=3, seed=0, *, dtype=torch.float32,
+               min_radius=1.0, max_radius=None, margin=0.25, opacity=(0.05, 1.0), degenerate=0.0,
+               background=True):
+    """A random scene as a dict of tensors (means, conics, colors, opacities, background).
+
+    means uniform over the image extended by ``margin`` of its size on each side (so some lie
+    outside); std devs log-uniform in [min_radius, max_radius] (default 1.5x the image);
+    colors in [0.05, 1] (never zero); opacities uniform in ``opacity``; a ``degenerate``
+    fraction of Gaussians (spread through the index order) replaced by non-contributing ones.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    batch = tuple(batch)
+    f64 = torch.float64
+    if max_radius is None:
+        max_radius = 1.5 * max(width, height)
+    u = torch.rand(*batch, n, 2, generator=gen, dtype=f64)
+    size = torch.tensor([width, height], dtype=f64)
+    means = (-margin + (1 + 2 * margin) * u) * size
+    conics = random_conics(batch + (n,), gen, min_radius, max_radius)
+    colors = 0.05 + 0.95 * torch.rand(*batch, n, channels, generator=gen, dtype=f64)
+    lo, hi = opacity
+    opacities = lo + (hi - lo) * torch.rand(*batch, n, generator=gen, dtype=f64)
+    bg = 0.05 + 0.95 * torch.rand(*batch, channels, generator=gen, dtype=f64)
+    scene = dict(means=means, conics=conics, colors=colors, opacities=opacities,
+                 background=bg if background else None)
+    n_deg = int(round(degenerate * n))
+    if n_deg:
+        idx = torch.randperm(n, generator=gen)[:n_deg].tolist()
+        make_degenerate(scene, idx)
+    return {k: (v.to(dtype) if v is not None else None) for k, v in scene.items()}
+
+
+@pytest.fixture
+def scene_factory():
+    return make_scene
+
+
+def max_err(a, b, mask=None):
+    """Max abs difference (float64), optionally only over ``mask`` (broadcast over channels)."""
+    d = (a.detach().to(torch.float64) - b.detach().to(torch.float64)).abs()
+    if mask is not None:
+        d = d[mask.expand_as(d)]
+    return d.max().item() if d.numel() else 0.0
