@@ -21,7 +21,7 @@ from gsplat2d.kernels._aot import AotSpec
 __all__ = ["compute_tile_bounds", "emit_intersections", "tile_ranges", "bin_gaussians", "AOT_SPECS"]
 
 BLOCK_BOUNDS = 256
-BLOCK_PAIRS = 1024
+BLOCK_PAIRS = 512
 
 
 @triton.jit
