@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import DEGENERATE_KINDS, HAVE_TRITON, make_degenerate, make_scene, requires_triton
+from conftest import DEGENERATE_KINDS, make_degenerate, make_scene, requires_triton
 from reference import _pixel_terms
 
 from gsplat2d import _torch_impl

@@ -66,7 +66,7 @@ def test_gradcheck_torch_backend(case, mode):
 # vs autograd through the dense float64 reference
 # --------------------------------------------------------------------------------------------
 
-RTOL = 1e-3  # max |g - g_ref| <= RTOL * max |g_ref|, per input tensor; worst observed below
+RTOL = 1e-3  # max |g - g_ref| <= RTOL * max |g_ref|, per input tensor; worst observed 1.2e-5
 
 
 def _compare_grads(s, w, h, mode, backend, seed, tile_size=16):
@@ -129,7 +129,8 @@ def _gid(c):
     return f"{b}N{n}-{w}x{h}-C{C}{extra}"
 
 
-# Worst observed relative error: torch 1e-6, triton 1e-6 (filled in from runs).
+# Worst observed relative error: alpha torch 1.2e-5 (opacities up to 2), triton 6.2e-6;
+# sum torch 6.4e-7, triton 9.9e-7.
 @pytest.mark.parametrize("mode", ["alpha", "sum"])
 @pytest.mark.parametrize("case", GRAD_CASES, ids=_gid)
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -139,6 +140,7 @@ def test_grads_match_dense_reference(backend, case, mode):
     _compare_grads(s, w, h, mode, backend, seed)
 
 
+# Worst observed: torch 2.1e-7, triton 3.2e-7.
 @pytest.mark.parametrize("mode", ["alpha", "sum"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_grads_dense_tile(backend, mode):
