@@ -24,12 +24,19 @@ import triton.language as tl
 
 from gsplat2d._torch_impl import Binning
 from gsplat2d.kernels._aot import AotSpec
+from gsplat2d.kernels._common import (
+    ALPHA_MAX,
+    any_pixel_left,
+    front_to_back,
+    gaussian_weights,
+    load_gaussian_chunk,
+    sum_weights,
+    tile_block_pixels,
+)
 from gsplat2d.kernels.rasterize_fwd import launch_config
 
 __all__ = ["rasterize_bwd", "AOT_SPECS"]
 
-ALPHA_MIN = tl.constexpr(1.0 / 255.0)
-T_STOP = tl.constexpr(1e-4)
 
 
 @triton.jit
@@ -64,20 +71,9 @@ def _rasterize_bwd_kernel(
     NUM_CB: tl.constexpr,
     SMALL_C: tl.constexpr,
 ):
-    SUBS: tl.constexpr = TILE * TILE // BLOCK_P
     pid0 = tl.program_id(0).to(tl.int64)
-    tile = pid0 // SUBS
-    sub = pid0 - tile * SUBS
     b = tl.program_id(1).to(tl.int64)
-    ty = tile // tiles_x
-    tx = tile - ty * tiles_x
-
-    p = sub * BLOCK_P + tl.arange(0, BLOCK_P)  # [P]
-    px = tx * TILE + p % TILE
-    py = ty * TILE + p // TILE
-    inside = (px < W) & (py < H)  # [P]
-    fx = px.to(tl.float32) + 0.5
-    fy = py.to(tl.float32) + 0.5
+    tile, px, py, inside = tile_block_pixels(pid0, tiles_x, W, H, TILE, BLOCK_P)
     pix = (b * H + py) * W + px  # [P] int64
     cr = tl.arange(0, BLOCK_C)  # [BLOCK_C]
 
@@ -108,15 +104,9 @@ def _rasterize_bwd_kernel(
     s = start
     go = s < end
     while go:
-        g_off = s + tl.arange(0, BLOCK_G)  # [BLOCK_G]
-        gmask = g_off < end
-        gid = tl.load(ids_ptr + g_off, mask=gmask, other=0).to(tl.int64) + gbase
-        mx = tl.load(means_ptr + gid * 2, mask=gmask, other=0.0).to(tl.float32)
-        my = tl.load(means_ptr + gid * 2 + 1, mask=gmask, other=0.0).to(tl.float32)
-        ca = tl.load(conics_ptr + gid * 3, mask=gmask, other=0.0).to(tl.float32)
-        cb = tl.load(conics_ptr + gid * 3 + 1, mask=gmask, other=0.0).to(tl.float32)
-        cc = tl.load(conics_ptr + gid * 3 + 2, mask=gmask, other=0.0).to(tl.float32)
-        op = tl.load(opac_ptr + gid, mask=gmask, other=0.0).to(tl.float32)
+        gid, gmask, mx, my, ca, cb, cc, op = load_gaussian_chunk(
+            ids_ptr, means_ptr, conics_ptr, opac_ptr, s, end, gbase, BLOCK_G
+        )
 
         # g . c_j for every pixel and Gaussian of the chunk: [P, C] @ [C, BLOCK_G].
         gc = tl.zeros((BLOCK_P, BLOCK_G), dtype=tl.float32)
@@ -142,32 +132,19 @@ def _rasterize_bwd_kernel(
             ).to(tl.float32)  # [BLOCK_C, BLOCK_G]
             gc += tl.dot(g, colt, input_precision="ieee")
 
-        dx = fx[:, None] - mx[None, :]  # [P, BLOCK_G]
-        dy = fy[:, None] - my[None, :]
-        sigma = 0.5 * (ca[None, :] * dx * dx + cc[None, :] * dy * dy) + cb[None, :] * dx * dy
-        e = tl.exp(-sigma)
-        raw = op[None, :] * e  # [P, BLOCK_G]
-        ok = (sigma >= 0) & gmask[None, :] & inside[:, None]
+        dx, dy, e, raw, ok = gaussian_weights(px, py, inside, gmask, mx, my, ca, cb, cc, op)
         if ALPHA_MODE:
-            a = tl.minimum(raw, 0.99)
-            valid = ok & (a >= ALPHA_MIN)
-            log1m = tl.where(valid, tl.log(1.0 - a), 0.0)
-            incl = tl.cumsum(log1m, axis=1)
-            contrib = valid & (t_run[:, None] * tl.exp(incl) > T_STOP)
-            t_i = t_run[:, None] * tl.exp(incl - log1m)  # transmittance in front of i
-            w = tl.where(contrib, a * t_i, 0.0)  # [P, BLOCK_G]
+            a, contrib, t_after, t_in, t_run = front_to_back(raw, ok, t_run)
+            w = tl.where(contrib, a * t_in, 0.0)  # [P, BLOCK_G]
             wg = w * gc
             behind = g_dot_img[:, None] - (prefix[:, None] + tl.cumsum(wg, axis=1))  # g . S_i
             inv1m = 1.0 / (1.0 - a)
-            dl_da = t_i * gc + (galpha[:, None] * t_final[:, None] - behind) * inv1m
+            dl_da = t_in * gc + (galpha[:, None] * t_final[:, None] - behind) * inv1m
             dl_da = tl.where(contrib, dl_da, 0.0)
-            unclamped = raw <= 0.99
+            unclamped = raw <= ALPHA_MAX
             prefix += tl.sum(wg, axis=1)
-            t_run = t_run * tl.exp(tl.sum(log1m, axis=1))
         else:
-            w = tl.minimum(raw, 1.0)
-            valid = ok & (w >= ALPHA_MIN)
-            w = tl.where(valid, w, 0.0)
+            w, valid = sum_weights(raw, ok)
             dl_da = tl.where(valid, gc + galpha[:, None], 0.0)
             unclamped = raw <= 1.0
         # A clamped weight passes no gradient to the opacity or sigma.
@@ -213,7 +190,7 @@ def _rasterize_bwd_kernel(
         s += BLOCK_G
         go = s < end
         if ALPHA_MODE:
-            go = go & (tl.max(tl.where(inside, t_run, 0.0), axis=0) > T_STOP)
+            go = go & any_pixel_left(t_run, inside)
 
 
 def rasterize_bwd(

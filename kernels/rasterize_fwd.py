@@ -24,11 +24,17 @@ import triton.language as tl
 from gsplat2d._torch_impl import Binning
 from gsplat2d.kernels._alloc import empty
 from gsplat2d.kernels._aot import AotSpec
+from gsplat2d.kernels._common import (
+    any_pixel_left,
+    front_to_back,
+    gaussian_weights,
+    load_gaussian_chunk,
+    sum_weights,
+    tile_block_pixels,
+)
 
 __all__ = ["rasterize_fwd", "launch_config", "AOT_SPECS"]
 
-ALPHA_MIN = tl.constexpr(1.0 / 255.0)
-T_STOP = tl.constexpr(1e-4)
 
 
 def launch_config(tile_size: int, C: int, backward: bool = False, mode: str = "alpha") -> dict:
@@ -41,13 +47,17 @@ def launch_config(tile_size: int, C: int, backward: bool = False, mode: str = "a
     small_c = C <= 4
     block_c = triton.next_power_of_2(C) if small_c else min(32, max(16, triton.next_power_of_2(C)))
     if backward:
-        # The backward keeps ~3x more [P, G] values alive; 64-pixel programs (32 when it loops
-        # over several channel blocks) stay spill-free.
-        block_p = 64 if C <= 32 else 32
-        block_p = min(tile_size * tile_size, block_p)
-        num_warps = 8 if (block_p == 64 and tile_size > 8) else 4
-        return {"BLOCK_P": block_p, "BLOCK_G": 16, "BLOCK_C": block_c, "num_warps": num_warps,
-                "SMALL_C": small_c}
+        # The backward keeps ~3x more [P, G] values alive than the forward. These pixel-block
+        # sizes and warp counts are the spill-free ones found with the compile report (ptxas
+        # caps registers by occupancy, so "more warps" is not always "fewer registers").
+        if small_c and mode == "alpha":
+            block_p, num_warps = 32, 4
+        elif C <= 32:
+            block_p, num_warps = 64, (8 if tile_size > 8 else 4)
+        else:
+            block_p, num_warps = 32, 4
+        return {"BLOCK_P": min(tile_size * tile_size, block_p), "BLOCK_G": 16,
+                "BLOCK_C": block_c, "num_warps": num_warps, "SMALL_C": small_c}
     block_p = min(tile_size * tile_size, 128)
     if small_c:
         num_warps = (4 if mode == "alpha" else 8) if block_p == 128 else (2 if mode == "alpha" else 4)
@@ -83,23 +93,10 @@ def _rasterize_fwd_kernel(
     BLOCK_C: tl.constexpr,
     SMALL_C: tl.constexpr,
 ):
-    # A tile's TILE*TILE pixels may be split over several programs of BLOCK_P pixels each:
-    # fewer live [BLOCK_P, BLOCK_G] values per thread, no register spills.
-    SUBS: tl.constexpr = TILE * TILE // BLOCK_P
     pid0 = tl.program_id(0).to(tl.int64)
-    tile = pid0 // SUBS
-    sub = pid0 - tile * SUBS
     b = tl.program_id(1).to(tl.int64)
     cblk = tl.program_id(2).to(tl.int64)
-    ty = tile // tiles_x
-    tx = tile - ty * tiles_x
-
-    p = sub * BLOCK_P + tl.arange(0, BLOCK_P)  # [P] pixel index inside the tile
-    px = tx * TILE + p % TILE
-    py = ty * TILE + p // TILE
-    inside = (px < W) & (py < H)  # [P]
-    fx = px.to(tl.float32) + 0.5
-    fy = py.to(tl.float32) + 0.5
+    tile, px, py, inside = tile_block_pixels(pid0, tiles_x, W, H, TILE, BLOCK_P)
     cidx = cblk * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
     cmask = cidx < C
 
@@ -115,39 +112,23 @@ def _rasterize_fwd_kernel(
     s = start
     go = s < end
     while go:
-        g_off = s + tl.arange(0, BLOCK_G)  # [BLOCK_G]
-        gmask = g_off < end
-        gid = tl.load(ids_ptr + g_off, mask=gmask, other=0).to(tl.int64) + gbase
-        mx = tl.load(means_ptr + gid * 2, mask=gmask, other=0.0).to(tl.float32)
-        my = tl.load(means_ptr + gid * 2 + 1, mask=gmask, other=0.0).to(tl.float32)
-        ca = tl.load(conics_ptr + gid * 3, mask=gmask, other=0.0).to(tl.float32)
-        cb = tl.load(conics_ptr + gid * 3 + 1, mask=gmask, other=0.0).to(tl.float32)
-        cc = tl.load(conics_ptr + gid * 3 + 2, mask=gmask, other=0.0).to(tl.float32)
-        op = tl.load(opac_ptr + gid, mask=gmask, other=0.0).to(tl.float32)
+        gid, gmask, mx, my, ca, cb, cc, op = load_gaussian_chunk(
+            ids_ptr, means_ptr, conics_ptr, opac_ptr, s, end, gbase, BLOCK_G
+        )
         if not SMALL_C:
+            # Loaded before the [P, BLOCK_G] work: shorter live ranges, no spills.
             col = tl.load(
                 colors_ptr + gid[:, None] * C + cidx[None, :],
                 mask=gmask[:, None] & cmask[None, :],
                 other=0.0,
             ).to(tl.float32)  # [BLOCK_G, BLOCK_C]
-        dx = fx[:, None] - mx[None, :]  # [P, BLOCK_G]
-        dy = fy[:, None] - my[None, :]
-        sigma = 0.5 * (ca[None, :] * dx * dx + cc[None, :] * dy * dy) + cb[None, :] * dx * dy
-        raw = op[None, :] * tl.exp(-sigma)  # [P, BLOCK_G]
-        ok = (sigma >= 0) & gmask[None, :] & inside[:, None]
+        dx, dy, e, raw, ok = gaussian_weights(px, py, inside, gmask, mx, my, ca, cb, cc, op)
         if ALPHA_MODE:
-            a = tl.minimum(raw, 0.99)
-            valid = ok & (a >= ALPHA_MIN)
-            log1m = tl.where(valid, tl.log(1.0 - a), 0.0)  # [P, BLOCK_G]
-            incl = tl.cumsum(log1m, axis=1)
-            t_after = t_run[:, None] * tl.exp(incl)  # T' of each Gaussian
-            contrib = valid & (t_after > T_STOP)
-            w = tl.where(contrib, a * t_run[:, None] * tl.exp(incl - log1m), 0.0)
+            a, contrib, t_after, t_in, t_run = front_to_back(raw, ok, t_run)
+            w = tl.where(contrib, a * t_in, 0.0)  # [P, BLOCK_G]
             t_out = tl.minimum(t_out, tl.min(tl.where(contrib, t_after, 1.0), axis=1))
-            t_run = t_run * tl.exp(tl.sum(log1m, axis=1))
         else:
-            w = tl.minimum(raw, 1.0)
-            w = tl.where(ok & (w >= ALPHA_MIN), w, 0.0)
+            w, valid = sum_weights(raw, ok)
             wsum += tl.sum(w, axis=1)
         if SMALL_C:
             for k in tl.static_range(BLOCK_C):
@@ -162,7 +143,7 @@ def _rasterize_fwd_kernel(
         s += BLOCK_G
         go = s < end
         if ALPHA_MODE:
-            go = go & (tl.max(tl.where(inside, t_run, 0.0), axis=0) > T_STOP)
+            go = go & any_pixel_left(t_run, inside)
 
     pix = (b * H + py) * W + px  # [P] int64
     if ALPHA_MODE:
