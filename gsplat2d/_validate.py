@@ -6,8 +6,6 @@ import torch
 
 #: Largest accepted output side, in pixels (a 30x upscale of a 2K image is ~60k).
 MAX_SIDE = 65536
-#: Largest accepted number of (tile, Gaussian) pairs: ids are int32 and each pair costs ~12 bytes.
-MAX_PAIRS = 2**31 - 1
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MODES = ("alpha", "sum")
@@ -26,16 +24,6 @@ def device_memory_bytes(device: torch.device) -> int | None:
     except (ValueError, OSError, AttributeError, RuntimeError):
         return None
     return None
-
-
-def check_pair_count(n_pairs: int) -> None:
-    """Refuse scenes whose binning would need more (tile, Gaussian) pairs than we can index."""
-    if n_pairs > MAX_PAIRS:
-        raise MemoryError(
-            f"the scene needs {n_pairs} (tile, Gaussian) pairs, more than the {MAX_PAIRS} "
-            "the rasterizer can index; this happens when many Gaussians are far larger than a "
-            "tile (shrink them, lower their opacity, or use a larger tile_size)"
-        )
 
 
 def _check_tensor(name: str, t: object) -> torch.Tensor:

@@ -13,8 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gsplat2d._torch_impl import Binning
-from gsplat2d._validate import check_pair_count
+from gsplat2d._torch_impl import Binning, check_pair_budget
 from gsplat2d.kernels._alloc import empty
 from gsplat2d.kernels._aot import AotSpec
 
@@ -178,7 +177,7 @@ def emit_intersections(
     flat = counts.reshape(-1).to(torch.int64)
     ends = torch.cumsum(flat, 0)
     n_pairs = int(ends[-1].item()) if flat.numel() else 0
-    check_pair_count(n_pairs)
+    check_pair_budget(n_pairs, B * N, B * tiles_x * tiles_y, counts.device)
     keys = empty((n_pairs,), torch.int64, counts.device)
     if n_pairs == 0:
         return keys
