@@ -3,7 +3,9 @@
 Every function here has exactly the name, argument order and outputs of the stage of the same
 name in ``docs/design.md`` / ``kernels/``. The rasterizer (:func:`rasterize_fwd`) is tiled and
 vectorised like the Triton kernel (never a dense ``N x H x W`` evaluation) and differentiable by
-plain torch autograd w.r.t. means, conics, colours, opacities and background.
+plain torch autograd w.r.t. means, conics, colours, opacities and background (the gradient
+reference). :func:`rasterize_bwd` mirrors the Triton backward stage on the same tile walk; the
+public torch backend uses it through ``gsplat2d._autograd_torch.RasterizeTorch``.
 
 Units: means in pixels (pixel ``(x, y)`` is sampled at ``(x + 0.5, y + 0.5)``), conics
 ``(a, b, c)`` = inverse covariance ``[[a, b], [b, c]]`` in 1/pixel^2, opacities dimensionless.
@@ -12,7 +14,7 @@ Units: means in pixels (pixel ``(x, y)`` is sampled at ``(x + 0.5, y + 0.5)``), 
 from __future__ import annotations
 
 import os
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -24,6 +26,7 @@ __all__ = [
     "tile_ranges",
     "bin_gaussians",
     "rasterize_fwd",
+    "rasterize_bwd",
     "MAX_PAIRS",
 ]
 
@@ -293,6 +296,18 @@ def _block_size(rank0: int) -> int:
     return k
 
 
+class _BlockEval(NamedTuple):
+    """One rank block of some tiles, evaluated (see :func:`_block_weights`)."""
+
+    w: Tensor  # [n, K, P] weights, clamped and thresholded
+    raw: Tensor  # [n, K, P] o * exp(-sigma) before the clamp (0 for padding)
+    colx: Tensor  # [n, C + 1, K] extended colours
+    gid: Tensor  # [n, K] int64 flat Gaussian index (b * N + g); padding repeats a real one
+    dx: Tensor  # [n, K, S] pixel-column centre minus mean x
+    dy: Tensor  # [n, K, S] pixel-row centre minus mean y
+    conic: Tensor  # [n, K, 3]
+
+
 def _block_weights(
     tile_ids: Tensor,
     rank0: int,
@@ -309,7 +324,7 @@ def _block_weights(
     log_opac: Tensor,
     colors_x: Tensor,
     w_max: float,
-) -> Tuple[Tensor, Tensor]:
+) -> _BlockEval:
     """Gather rank block ``[rank0, rank0 + K)`` of the given tiles and evaluate its weights.
 
     Args:
@@ -318,10 +333,10 @@ def _block_weights(
         w_max: weight clamp (0.99 alpha mode, 1 sum mode).
 
     Returns:
-        w: ``[n, K, P]`` weights ``min(w_max, o * exp(-sigma))``, 0 where below 1/255 or for the
-            padding of tiles with fewer than ``rank0 + K`` pairs (``P = tile_size^2``, pixel
-            ``p = py * tile_size + px``).
-        colx: ``[n, C + 1, K]`` gathered (extended) colours, transposed for ``baddbmm``.
+        :class:`_BlockEval` with ``w [n, K, P]``, the weights ``min(w_max, o * exp(-sigma))``,
+        0 where below 1/255 or for the padding of tiles with fewer than ``rank0 + K`` pairs
+        (``P = tile_size^2``, pixel ``p = py * tile_size + px``); ``colx [n, C + 1, K]``, the
+        gathered (extended) colours transposed for ``baddbmm``; and what the backward needs.
 
     Binned conics are positive definite, so ``sigma >= 0`` (up to rounding) and the dense
     definition's ``sigma < 0`` skip never triggers; it is not evaluated.
@@ -351,11 +366,12 @@ def _block_weights(
     u = torch.stack([lo.unsqueeze(-1) - (0.5 * c) * dy * dy, torch.ones_like(dy), -b * dy], dim=-1)
     v = torch.stack([torch.ones_like(dx), (-0.5 * a) * dx * dx, dx], dim=-2)
     logw = torch.bmm(u.view(n * K, S, 3), v.view(n * K, 3, S)).view(n, K, S * S)
-    w = torch.exp(logw).clamp(max=w_max)
+    raw = torch.exp(logw)
+    w = raw.clamp(max=w_max)
     # keep w >= 1/255 (threshold keeps x > t; t = the largest float below 1/255)
     t = torch.nextafter(torch.tensor(_W_MIN, dtype=dt), torch.tensor(0.0, dtype=dt)).item()
     w = torch.nn.functional.threshold(w, t, 0.0)
-    return w, colx
+    return _BlockEval(w, raw, colx, gid, dx, dy, q)
 
 
 def _accumulate_nonfinite(state: Tensor, colx: Tensor, wt: Tensor) -> Tensor:
@@ -371,6 +387,196 @@ def _accumulate_nonfinite(state: Tensor, colx: Tensor, wt: Tensor) -> Tensor:
     sel = bad.unsqueeze(-1) & covered  # [n, C+1, K, P]
     extra = torch.where(sel, colx.unsqueeze(-1) * wt.unsqueeze(1), zero).sum(dim=2)
     return out + extra
+
+
+class _Scene(NamedTuple):
+    """Flattened, compute-dtype inputs of the tile walk (:func:`_prepare_scene`)."""
+
+    B: int
+    N: int
+    C: int
+    means: Tensor  # [B*N, 2]
+    conics: Tensor  # [B*N, 3]
+    log_opac: Tensor  # [B*N]
+    colors_x: Tensor  # [B*N, C+1]: colours, then -1 (alpha mode) or +1 (sum mode)
+    colors_finite: bool
+    start: Tensor  # [B*T] first pair of each global tile
+    length: Tensor  # [B*T] pairs of each global tile
+    gauss_ids: Tensor  # [P_pairs]
+
+
+def _prepare_scene(
+    means: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor, binning: Binning,
+    dtype: torch.dtype, alpha_mode: bool,
+) -> _Scene:
+    """Cast and flatten the inputs exactly as the forward uses them (differentiable)."""
+    dev = means.device
+    B, N = opacities.shape[0], opacities.shape[1]
+    C = colors.shape[-1]
+    means_f = means.to(dtype).reshape(B * N, 2)
+    conics_f = conics.to(dtype).reshape(B * N, 3)
+    # extra colour channel: accumulates -sum(weights) (alpha: T_out) or +sum(weights) (sum: alpha)
+    extra = torch.full((B * N, 1), -1.0 if alpha_mode else 1.0, dtype=dtype, device=dev)
+    colors_x = torch.cat([colors.to(dtype).reshape(B * N, C), extra], dim=1)
+    # log-opacity; non-positive opacities are never binned, clamp only avoids log(0) elsewhere
+    log_opac = torch.log(opacities.to(dtype).reshape(B * N).clamp_min(1e-30))
+    # NaN/Inf colours must poison only the pixels their Gaussian covers (not 0 * NaN in bmm)
+    colors_finite = bool(torch.isfinite(colors_x.detach()).all())
+    ranges = binning.ranges.to(dev)
+    return _Scene(
+        B, N, C, means_f, conics_f, log_opac, colors_x, colors_finite,
+        ranges[:, 0], ranges[:, 1] - ranges[:, 0], binning.gauss_ids.to(dev),
+    )
+
+
+class _Step(NamedTuple):
+    """What the tile walk computed for one chunk of tiles of one rank block (for a visitor)."""
+
+    ids: Tensor  # [n] global tile ids
+    ev: _BlockEval
+    st_in: Optional[Tensor]  # [n, C+1, P] state entering the block (None when not tracked)
+    lv_in: Optional[Tensor]  # alpha: [n, P] pixel live entering the block
+    t_ex: Optional[Tensor]  # alpha: [n, K, P] transmittance in front of each Gaussian
+    f: Optional[Tensor]  # alpha: [n, K, P] 1 - w
+    contrib: Optional[Tensor]  # alpha: [n, K, P] not cut by the stop rule (None: nothing cut)
+    wt: Tensor  # [n, K, P] composited weights (w * t_ex, cut; sum mode: w)
+
+
+def _walk_tiles(
+    sc: _Scene,
+    binning: Binning,
+    width: int,
+    height: int,
+    tile_size: int,
+    alpha_mode: bool,
+    visit: Optional[Callable[[_Step], None]] = None,
+    track_state: bool = True,
+) -> Optional[Tensor]:
+    """Walk every non-empty tile front to back in rank blocks; the forward's compositing loop.
+
+    Returns the per-tile state ``[B*T, C+1, P]`` (colour, then ``T_out`` in alpha mode or the
+    weight sum in sum mode), or None when ``track_state`` is off (sum mode only). ``visit`` is
+    called with a :class:`_Step` for each chunk of each rank block, after its weights are known:
+    the backward recomputes the forward's exact skip/stop decisions through this same code.
+    """
+    C, N = sc.C, sc.N
+    means_f, dtype, dev = sc.means, sc.means.dtype, sc.means.device
+    S = int(tile_size)
+    P = S * S
+    tiles_x = binning.tiles_x
+    T = tiles_x * binning.tiles_y
+    n_tiles = sc.B * T
+    length = sc.length
+    w_max = _ALPHA_MAX if alpha_mode else 1.0
+    track_state = track_state or alpha_mode  # alpha mode needs the carried transmittance
+
+    active = torch.nonzero(length > 0).flatten()
+    n_act = active.numel()
+    # per-tile state [n, C+1, P]: colour, then T_out (alpha mode) or alpha sum (sum mode)
+    state: Optional[Tensor] = None
+    if track_state:
+        state = torch.zeros((n_act, C + 1, P), dtype=dtype, device=dev)
+    live: Optional[Tensor] = None
+    if alpha_mode:
+        assert state is not None
+        state[:, C] = 1.0
+        # live[t, p]: pixel has not stopped (T_run > 1e-4) and lies inside the image (no grad)
+        pidx = torch.arange(P, device=dev)
+        loc = active % T
+        live = (((loc % tiles_x) * S).unsqueeze(1) + (pidx % S).unsqueeze(0) < width) & (
+            ((loc // tiles_x) * S).unsqueeze(1) + (pidx // S).unsqueeze(0) < height
+        )
+    zero = torch.zeros((), dtype=dtype, device=dev)
+
+    done_ids: List[Tensor] = []
+    done_state: List[Tensor] = []
+    k = 0
+    while active.numel() > 0:
+        K = _block_size(k)
+        chunk = max(1, MAX_BLOCK_ELEMS // (K * P))
+        new_state: List[Tensor] = []
+        new_live: List[Tensor] = []
+        for s0 in range(0, active.numel(), chunk):
+            ids = active[s0:s0 + chunk]
+            st_in = state[s0:s0 + chunk] if state is not None else None
+            ev = _block_weights(
+                ids, k, K, sc.start, length, sc.gauss_ids, N, T, tiles_x, S,
+                means_f, sc.conics, sc.log_opac, sc.colors_x, w_max,
+            )
+            w = ev.w
+            lv_in = t_ex = f = contrib = None
+            if alpha_mode:
+                assert live is not None and st_in is not None
+                lv_in = live[s0:s0 + chunk]
+                # transmittance entering the block; 0 for stopped pixels so they get nothing
+                t_in = torch.where(lv_in, st_in[:, C], zero)
+                f = 1.0 - w  # [n, K, P]; 1 where the Gaussian is skipped (w = 0)
+                # exclusive prefix product: T before Gaussian i = t_in * prod_{j<i} (1 - a_j)
+                t_ex = torch.cumprod(torch.cat([t_in.unsqueeze(1), f[:, :-1]], dim=1), dim=1)
+                wt = w * t_ex
+                with torch.no_grad():
+                    t_last = t_ex[:, -1] * f[:, -1]  # running T incl. every factor of the block
+                    lv_out = t_last > _T_STOP
+                    new_live.append(lv_out)
+                    stops = bool((lv_in & ~lv_out).any())
+                    # T' = T * (1 - a_i) <= 1e-4 stops the pixel: a suffix of the block is cut
+                    contrib = (t_ex * f > _T_STOP) if stops else None
+                if contrib is not None:
+                    wt = torch.where(contrib, wt, zero)
+            else:
+                wt = w
+            if visit is not None:
+                visit(_Step(ids, ev, st_in, lv_in, t_ex, f, contrib, wt))
+            if st_in is None:
+                continue
+            # colour += sum_k colx[:, :, k] * wt[:, k, :]; extra channel -/+ sum_k wt
+            if sc.colors_finite:
+                new_state.append(torch.baddbmm(st_in, ev.colx, wt))
+            else:
+                new_state.append(_accumulate_nonfinite(st_in, ev.colx, wt))
+        if new_state:
+            state = torch.cat(new_state) if len(new_state) > 1 else new_state[0]
+        k += K
+        keep = length[active] > k
+        if alpha_mode:
+            live = torch.cat(new_live) if len(new_live) > 1 else new_live[0]
+            keep = keep & live.any(dim=1)
+        if bool(keep.all()):
+            continue
+        fin = ~keep
+        if state is not None:
+            done_ids.append(active[fin])
+            done_state.append(state[fin])
+            state = state[keep]
+        active = active[keep]
+        if live is not None:
+            live = live[keep]
+    if not track_state:
+        return None
+    # per-tile results [B*T, C+1, P]; tiles never touched keep colour 0, T_out 1 / sum 0
+    init = torch.zeros((n_tiles, C + 1, P), dtype=dtype, device=dev)
+    if alpha_mode:
+        init[:, C] = 1.0
+    if not done_ids:
+        return init
+    return init.index_copy(0, torch.cat(done_ids), torch.cat(done_state))
+
+
+def _tiles_to_image(tiles: Tensor, B: int, binning: Binning, width: int, height: int, tile_size: int) -> Tensor:
+    """``[B*T, C', P]`` per-tile values -> ``[B, H, W, C']`` image (cropping partial tiles)."""
+    S, ty, tx = int(tile_size), binning.tiles_y, binning.tiles_x
+    Cp = tiles.shape[1]
+    img = tiles.view(B, ty, tx, Cp, S, S).permute(0, 1, 4, 2, 5, 3)
+    return img.reshape(B, ty * S, tx * S, Cp)[:, :height, :width]
+
+
+def _image_to_tiles(img: Tensor, binning: Binning, tile_size: int) -> Tensor:
+    """``[B, H, W, C']`` -> ``[B*T, C', P]`` (inverse of :func:`_tiles_to_image`, zero padded)."""
+    S, ty, tx = int(tile_size), binning.tiles_y, binning.tiles_x
+    B, H, W, Cp = img.shape
+    pad = img.new_zeros((B, ty * S, tx * S, Cp))
+    pad[:, :H, :W] = img
+    return pad.view(B, ty, S, tx, S, Cp).permute(0, 1, 3, 5, 2, 4).reshape(B * ty * tx, Cp, S * S)
 
 
 def rasterize_fwd(
@@ -413,114 +619,163 @@ def rasterize_fwd(
     if mode not in ("alpha", "sum"):
         raise ValueError(f"mode must be 'alpha' or 'sum', got {mode!r}")
     dtype = _compute_dtype(means, conics, colors, opacities, background)
-    dev = means.device
-    B, N = opacities.shape[0], opacities.shape[1]
-    C = colors.shape[-1]
-    S = int(tile_size)
-    P = S * S
-    tiles_x, tiles_y = binning.tiles_x, binning.tiles_y
-    T = tiles_x * tiles_y
-    n_tiles = B * T
     alpha_mode = mode == "alpha"
-    means_f = means.to(dtype).reshape(B * N, 2)
-    conics_f = conics.to(dtype).reshape(B * N, 3)
-    # extra colour channel: accumulates -sum(weights) (alpha: T_out) or +sum(weights) (sum: alpha)
-    extra = torch.full((B * N, 1), -1.0 if alpha_mode else 1.0, dtype=dtype, device=dev)
-    colors_x = torch.cat([colors.to(dtype).reshape(B * N, C), extra], dim=1)
-    # log-opacity; non-positive opacities are never binned, clamp only avoids log(0) elsewhere
-    log_opac = torch.log(opacities.to(dtype).reshape(B * N).clamp_min(1e-30))
-    # NaN/Inf colours must poison only the pixels their Gaussian covers (not 0 * NaN in bmm)
-    colors_finite = bool(torch.isfinite(colors_x.detach()).all())
-    ranges = binning.ranges.to(dev)
-    start = ranges[:, 0]
-    length = ranges[:, 1] - ranges[:, 0]
-    gauss_ids = binning.gauss_ids.to(dev)
-    w_max = _ALPHA_MAX if alpha_mode else 1.0
-
-    active = torch.nonzero(length > 0).flatten()
-    n_act = active.numel()
-    # per-tile state [n, C+1, P]: colour, then T_out (alpha mode) or alpha sum (sum mode)
-    state = torch.zeros((n_act, C + 1, P), dtype=dtype, device=dev)
-    live: Optional[Tensor] = None
-    if alpha_mode:
-        state[:, C] = 1.0
-        # live[t, p]: pixel has not stopped (T_run > 1e-4) and lies inside the image (no grad)
-        pidx = torch.arange(P, device=dev)
-        loc = active % T
-        live = (((loc % tiles_x) * S).unsqueeze(1) + (pidx % S).unsqueeze(0) < width) & (
-            ((loc // tiles_x) * S).unsqueeze(1) + (pidx // S).unsqueeze(0) < height
-        )
-    zero = torch.zeros((), dtype=dtype, device=dev)
-
-    done_ids: List[Tensor] = []
-    done_state: List[Tensor] = []
-    k = 0
-    while active.numel() > 0:
-        K = _block_size(k)
-        chunk = max(1, MAX_BLOCK_ELEMS // (K * P))
-        new_state: List[Tensor] = []
-        new_live: List[Tensor] = []
-        for s0 in range(0, active.numel(), chunk):
-            ids = active[s0:s0 + chunk]
-            st_in = state[s0:s0 + chunk]
-            w, colx = _block_weights(
-                ids, k, K, start, length, gauss_ids, N, T, tiles_x, S,
-                means_f, conics_f, log_opac, colors_x, w_max,
-            )
-            if alpha_mode:
-                assert live is not None
-                lv_in = live[s0:s0 + chunk]
-                # transmittance entering the block; 0 for stopped pixels so they get nothing
-                t_in = torch.where(lv_in, st_in[:, C], zero)
-                f = 1.0 - w  # [n, K, P]; 1 where the Gaussian is skipped (w = 0)
-                # exclusive prefix product: T before Gaussian i = t_in * prod_{j<i} (1 - a_j)
-                t_ex = torch.cumprod(torch.cat([t_in.unsqueeze(1), f[:, :-1]], dim=1), dim=1)
-                wt = w * t_ex
-                with torch.no_grad():
-                    t_last = t_ex[:, -1] * f[:, -1]  # running T incl. every factor of the block
-                    lv_out = t_last > _T_STOP
-                    new_live.append(lv_out)
-                    stops = bool((lv_in & ~lv_out).any())
-                    # T' = T * (1 - a_i) <= 1e-4 stops the pixel: a suffix of the block is cut
-                    contrib = (t_ex * f > _T_STOP) if stops else None
-                if contrib is not None:
-                    wt = torch.where(contrib, wt, zero)
-            else:
-                wt = w
-            # colour += sum_k colx[:, :, k] * wt[:, k, :]; extra channel -/+ sum_k wt
-            if colors_finite:
-                new_state.append(torch.baddbmm(st_in, colx, wt))
-            else:
-                new_state.append(_accumulate_nonfinite(st_in, colx, wt))
-        state = torch.cat(new_state) if len(new_state) > 1 else new_state[0]
-        k += K
-        keep = length[active] > k
-        if alpha_mode:
-            live = torch.cat(new_live) if len(new_live) > 1 else new_live[0]
-            keep = keep & live.any(dim=1)
-        if bool(keep.all()):
-            continue
-        fin = ~keep
-        done_ids.append(active[fin])
-        done_state.append(state[fin])
-        active = active[keep]
-        state = state[keep]
-        if live is not None:
-            live = live[keep]
-
-    # assemble per-tile results [B*T, C+1, P] into the image
-    init = torch.zeros((n_tiles, C + 1, P), dtype=dtype, device=dev)
-    if alpha_mode:
-        init[:, C] = 1.0
-    if done_ids:
-        tiles = init.index_copy(0, torch.cat(done_ids), torch.cat(done_state))
-    else:
-        tiles = init
-    img = tiles.view(B, tiles_y, tiles_x, C + 1, S, S).permute(0, 1, 4, 2, 5, 3)
-    img = img.reshape(B, tiles_y * S, tiles_x * S, C + 1)[:, :height, :width]
+    sc = _prepare_scene(means, conics, colors, opacities, binning, dtype, alpha_mode)
+    B, C = sc.B, sc.C
+    tiles = _walk_tiles(sc, binning, width, height, tile_size, alpha_mode)
+    assert tiles is not None
+    img = _tiles_to_image(tiles, B, binning, width, height, tile_size)
     color, acc = img[..., :C], img[..., C:]
     if not alpha_mode:
         return color.contiguous(), acc.contiguous(), None
     if background is not None:
         color = color + acc * background.to(dtype).view(B, 1, 1, C)
     return color.contiguous(), (1.0 - acc).contiguous(), acc[..., 0].contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 5: tiled backward rasterizer (mirror of kernels/rasterize_bwd.py)
+# ----------------------------------------------------------------------------------------------
+def _moment_basis(tile_size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[P, 6]`` monomials ``1, x, y, x^2, x y, y^2`` of the tile-centred pixel coordinates."""
+    S = int(tile_size)
+    r = torch.arange(S, dtype=dtype, device=device) - 0.5 * (S - 1)
+    y, x = r.repeat_interleave(S), r.repeat(S)  # pixel p = py * S + px
+    return torch.stack([torch.ones_like(x), x, y, x * x, x * y, y * y], dim=1)
+
+
+def _scatter_block_grads(G: Tensor, ev: _BlockEval, basis: Tensor, acc: Tensor) -> None:
+    """Reduce ``G = dL/dlog(w)`` ``[n, K, P]`` of one block into ``acc [B*N, 6]``.
+
+    ``log w = log o - sigma``, ``sigma = (a dx^2 + c dy^2) / 2 + b dx dy``. With the tile-centred
+    coordinates ``x, y`` of :func:`_moment_basis`, ``dx = x + cx`` where ``cx`` is ``dx`` at the
+    tile centre, so every sum ``sum_p G dx^i dy^j`` follows from the six raw moments
+    ``G @ basis`` (one GEMM over the block). Columns of ``acc``:
+    ``d mean_x, d mean_y, d a, d b, d c, d log o``.
+    """
+    n, K = ev.gid.shape
+    S = ev.dx.shape[-1]
+    A = torch.mm(G.view(n * K, S * S), basis).view(n, K, 6)
+    a0, a1, a2, a3, a4, a5 = A.unbind(-1)
+    half = 0.5 * (S - 1)
+    cx = ev.dx[..., 0] + half  # [n, K]
+    cy = ev.dy[..., 0] + half
+    sx = a1 + cx * a0  # sum G dx
+    sy = a2 + cy * a0
+    sxx = a3 + cx * (2.0 * a1 + cx * a0)  # sum G dx^2
+    syy = a5 + cy * (2.0 * a2 + cy * a0)
+    sxy = a4 + cy * a1 + cx * (a2 + cy * a0)  # sum G dx dy
+    a, b, c = ev.conic.unbind(-1)
+    out = torch.stack([a * sx + b * sy, c * sy + b * sx, -0.5 * sxx, -sxy, -0.5 * syy, a0], dim=-1)
+    acc.index_add_(0, ev.gid.reshape(-1), out.reshape(n * K, 6))
+
+
+def rasterize_bwd(
+    means: Tensor,
+    conics: Tensor,
+    colors: Tensor,
+    opacities: Tensor,
+    has_background: bool,
+    binning: Binning,
+    image: Tensor,
+    t_final: Optional[Tensor],
+    grad_image: Tensor,
+    grad_alpha: Tensor,
+    width: int,
+    height: int,
+    tile_size: int,
+    mode: str,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """Tiled, vectorised backward rasterizer (stage 5), the mirror of the Triton backward.
+
+    Args:
+        means, conics, colors, opacities: as :func:`rasterize_fwd`; has_background: whether the
+        forward had a background; binning: the forward's; image ``[B, H, W, C]`` and
+        ``t_final [B, H, W]`` (alpha mode; None in sum mode): the forward's outputs;
+        grad_image ``[B, H, W, C]``, grad_alpha ``[B, H, W, 1]``: cotangents.
+
+    Returns:
+        gradients for means ``[B, N, 2]``, conics ``[B, N, 3]``, colors ``[B, N, C]``,
+        opacities ``[B, N]`` and background ``[B, C]`` (None without a background), float64
+        when the forward computed in float64 (``image`` is float64), else float32.
+
+    Walks the tiles with the forward's own loop (:func:`_walk_tiles`), so every skip, clamp
+    and stop decision is recomputed exactly. Alpha mode, front to back (no division of
+    transmittances), per pixel with image cotangent ``g``:
+    ``dL/da_i = T_i (g . c_i) - (g . S_i) / (1 - a_i) + g_alpha T_final / (1 - a_i)`` where
+    ``g . S_i = g . image - sum_{j <= i} a_j T_j (g . c_j)`` (what lies behind Gaussian i; the
+    prefix before the block is ``g . colour state``). Sum mode: ``dL/dw_i = g . c_i + g_alpha``.
+    A clamped weight passes no gradient to o or sigma; the 1/255 skip and the 1e-4 stop pass
+    none. Per-pixel terms are reduced over each tile's pixels before one ``index_add_`` per
+    (Gaussian, tile).
+    """
+    if mode not in ("alpha", "sum"):
+        raise ValueError(f"mode must be 'alpha' or 'sum', got {mode!r}")
+    alpha_mode = mode == "alpha"
+    dtype = _compute_dtype(means, conics, colors, opacities, image)
+    dev = means.device
+    B, N, C = colors.shape
+    w_max = _ALPHA_MAX if alpha_mode else 1.0
+    with torch.no_grad():
+        sc = _prepare_scene(means, conics, colors, opacities, binning, dtype, alpha_mode)
+        g_img = grad_image.to(dtype).reshape(B, height, width, C)
+        g_alpha = grad_alpha.to(dtype).reshape(B, height, width, 1)
+        if alpha_mode:
+            assert t_final is not None
+            tf = t_final.to(dtype).reshape(B, height, width, 1)
+            # cotangent channels [g, 0]; per pixel: g . image and g_alpha * T_final
+            g_ext = torch.cat([g_img, torch.zeros_like(g_alpha)], -1)
+            px_terms = torch.cat([(g_img * image.to(dtype)).sum(-1, keepdim=True), g_alpha * tf], -1)
+            px_tiles = _image_to_tiles(px_terms, binning, tile_size)  # [B*T, 2, P]
+        else:
+            # [g, g_alpha]: with the extended colour (c, 1) one bmm gives dL/dw = g . c + g_alpha
+            g_ext = torch.cat([g_img, g_alpha], -1)
+        g_tiles = _image_to_tiles(g_ext, binning, tile_size)  # [B*T, C+1, P]
+        acc = torch.zeros((B * N, 6), dtype=dtype, device=dev)
+        acc_col = torch.zeros((B * N, C + 1), dtype=dtype, device=dev)
+        zero = torch.zeros((), dtype=dtype, device=dev)
+        basis = _moment_basis(tile_size, dtype, dev)
+
+        def visit(step: _Step) -> None:
+            ev = step.ev
+            w = ev.w
+            gi = g_tiles[step.ids]  # [n, C+1, P]
+            # alpha: g . c_k; sum: g . c_k + g_alpha (= dL/dw)
+            gc = torch.bmm(ev.colx.transpose(1, 2), gi)  # [n, K, P]
+            if alpha_mode:
+                assert step.st_in is not None and step.t_ex is not None and step.f is not None
+                pt = px_tiles[step.ids]  # [n, 2, P]
+                # dL/dlog w = w dL/da = wt (g . c) + w / (1 - a) (g_alpha T_final - g . S_i)
+                # with g . S_i = g . image - (g . colour before the block) - inclusive prefix.
+                # A weight skipped, cut by the stop rule or on a stopped pixel has wt = 0
+                # exactly, and passes nothing: the second term is masked by sign(wt).
+                wg = step.wt * gc
+                G = torch.cumsum(wg, dim=1)
+                G.add_((pt[:, 1] - pt[:, 0] + (gi[:, :C] * step.st_in[:, :C]).sum(1)).unsqueeze(1))
+                G.mul_(w).div_(step.f).mul_(torch.sign(step.wt)).add_(wg)
+            else:
+                G = gc.mul_(w)  # 0 where the weight is skipped
+            if bool(ev.raw.amax() > w_max):
+                # a clamped weight passes no gradient to the opacity or sigma
+                G.mul_(ev.raw <= w_max)
+            _scatter_block_grads(G, ev, basis, acc)
+            dcol = torch.bmm(step.wt, gi.transpose(1, 2))  # [n, K, C+1]: sum_p wt g
+            acc_col.index_add_(0, ev.gid.reshape(-1), dcol.reshape(-1, C + 1))
+
+        _walk_tiles(sc, binning, width, height, tile_size, alpha_mode, visit=visit,
+                    track_state=alpha_mode)
+
+        g_means = acc[:, 0:2].reshape(B, N, 2)
+        g_conics = acc[:, 2:5].reshape(B, N, 3)
+        # d log o / d o = 1 / o (never-binned Gaussians, possibly NaN opacity, get exactly 0)
+        g_lo = acc[:, 5]
+        o_c = opacities.to(dtype).reshape(B * N).clamp_min(1e-30)
+        g_opac = torch.where(g_lo != 0, g_lo / o_c, zero).reshape(B, N)
+        g_colors = acc_col[:, :C].reshape(B, N, C).contiguous()
+        g_bg: Optional[Tensor] = None
+        if has_background:
+            if alpha_mode:
+                g_bg = (g_img * tf).sum(dim=(1, 2))  # d image / d bg = T_final
+            else:
+                g_bg = torch.zeros((B, C), dtype=dtype, device=dev)
+    return g_means.contiguous(), g_conics.contiguous(), g_colors, g_opac, g_bg

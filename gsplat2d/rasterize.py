@@ -118,13 +118,10 @@ def rasterize(
 
         image, alpha = rasterize_triton(m, q, c, o, bg, width, height, tile_size, mode)
     else:
-        from gsplat2d import _torch_impl
+        from gsplat2d._autograd_torch import rasterize_torch
 
         m, q, c, o = (t.contiguous() for t in (m, q, c, o))
-        binning = _torch_impl.bin_gaussians(m, q, o, width, height, tile_size)
-        image, alpha, _ = _torch_impl.rasterize_fwd(
-            m, q, c, o, bg, binning, width, height, tile_size, mode
-        )
+        image, alpha = rasterize_torch(m, q, c, o, bg, width, height, tile_size, mode)
     return (
         image.reshape(*batch_shape, height, width, C),
         alpha.reshape(*batch_shape, height, width, 1),

@@ -1,0 +1,87 @@
+"""``torch.autograd.Function`` for the torch backend: the PyTorch mirror of ``_autograd.py``.
+
+Forward runs the torch binning and :func:`gsplat2d._torch_impl.rasterize_fwd` without building
+an autograd graph; backward runs :func:`gsplat2d._torch_impl.rasterize_bwd` (the mirror of the
+Triton backward kernel). :func:`rasterize_torch_autograd` keeps the old path, plain autograd
+through ``rasterize_fwd``, as the gradient reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gsplat2d import _torch_impl
+
+__all__ = ["RasterizeTorch", "rasterize_torch", "rasterize_torch_autograd"]
+
+
+class RasterizeTorch(torch.autograd.Function):
+    """Forward: bin + rasterize (torch, no graph). Backward: the torch backward stage.
+
+    Binning is saved, never recomputed in backward. Computes in float64 when any input is
+    float64, else float32; gradients are returned in each input's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, means, conics, colors, opacities, background, width, height, tile_size, mode):
+        inputs = (means, conics, colors, opacities, background)
+        ctx.dtypes = [None if t is None else t.dtype for t in inputs]
+        m, q, c, o, bg = (None if t is None else t.detach().contiguous() for t in inputs)
+        with torch.no_grad():
+            binning = _torch_impl.bin_gaussians(m, q, o, width, height, tile_size)
+            image, alpha, t_final = _torch_impl.rasterize_fwd(
+                m, q, c, o, bg, binning, width, height, tile_size, mode
+            )
+        # the binning is an intermediate (no input or output of the Function): kept on ctx
+        ctx.binning = binning
+        ctx.args = (bg is not None, width, height, tile_size, mode)
+        ctx.save_for_backward(m, q, c, o, image, t_final)
+        return image, alpha
+
+    @staticmethod
+    def backward(ctx, grad_image, grad_alpha):
+        m, q, c, o, image, t_final = ctx.saved_tensors
+        has_bg, width, height, tile_size, mode = ctx.args
+        if grad_image is None:
+            grad_image = torch.zeros_like(image)
+        if grad_alpha is None:
+            grad_alpha = image.new_zeros((*image.shape[:-1], 1))
+        grads = _torch_impl.rasterize_bwd(
+            m, q, c, o, has_bg, ctx.binning, image, t_final, grad_image, grad_alpha,
+            width, height, tile_size, mode,
+        )
+        need = ctx.needs_input_grad
+        return (
+            *(g.to(dt) if need[i] and g is not None else None
+              for i, (g, dt) in enumerate(zip(grads, ctx.dtypes))),
+            None, None, None, None,
+        )
+
+
+def rasterize_torch_autograd(means, conics, colors, opacities, background, width, height,
+                             tile_size, mode):
+    """Reference path: torch binning + ``rasterize_fwd`` differentiated by plain autograd.
+
+    Inputs flattened ``[B, N, *]``; returns ``image [B, H, W, C]``, ``alpha [B, H, W, 1]``.
+    """
+    binning = _torch_impl.bin_gaussians(means, conics, opacities, width, height, tile_size)
+    image, alpha, _ = _torch_impl.rasterize_fwd(
+        means, conics, colors, opacities, background, binning, width, height, tile_size, mode
+    )
+    return image, alpha
+
+
+def rasterize_torch(means, conics, colors, opacities, background, width, height, tile_size, mode):
+    """Differentiable torch-backend rasterization of flattened inputs ``[B, N, *]``.
+
+    Uses :class:`RasterizeTorch`; scenes with NaN/Inf colours take the autograd reference path
+    (its gradients keep non-finite colours to the pixels they cover). Returns ``image
+    [B, H, W, C]`` and ``alpha [B, H, W, 1]``, float64 for float64 inputs, else float32.
+    """
+    if not bool(torch.isfinite(colors.detach()).all()):
+        return rasterize_torch_autograd(
+            means, conics, colors, opacities, background, width, height, tile_size, mode
+        )
+    return RasterizeTorch.apply(
+        means, conics, colors, opacities, background, width, height, tile_size, mode
+    )
