@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any, Optional, Tuple, Union
 
 import torch
@@ -14,6 +16,10 @@ from gsplat2d.conics import (
 )
 
 __all__ = ["Gaussians2D"]
+
+_FORMAT = "gsplat2d.Gaussians2D"
+_VERSION = 1
+_FIELDS = ("means", "covariances", "colors", "opacities")
 
 
 def _as_float_tensor(x: Any, name: str) -> Tensor:
@@ -138,6 +144,61 @@ class Gaussians2D:
         return Gaussians2D(
             self.means.detach(), self.covariances.detach(), self.colors.detach(), self.opacities.detach()
         )
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: Union[str, "os.PathLike[str]"], *, dtype: Optional[torch.dtype] = None) -> None:
+        """Write the field to ``path`` (a ``.g2d`` file: a ``torch.save`` dict of plain tensors).
+
+        The write is atomic (temporary file in the same folder, then rename), so an interrupted
+        save never leaves a half-written file. ``dtype`` (e.g. ``torch.float16``) stores the
+        tensors at lower precision; default: as they are. Tensors are saved from the CPU.
+        """
+        fields = {name: getattr(self, name).detach().cpu() for name in _FIELDS}
+        if dtype is not None:
+            fields = {k: v.to(dtype) for k, v in fields.items()}
+        payload = {"format": _FORMAT, "version": _VERSION, **fields}
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".g2d", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(
+        cls, path: Union[str, "os.PathLike[str]"], *, map_location: Union[str, torch.device] = "cpu"
+    ) -> "Gaussians2D":
+        """Read a field written by :meth:`save`.
+
+        Loading never executes code from the file (``torch.load(weights_only=True)``: only
+        tensors and plain containers are accepted). Errors name the file and what is wrong.
+        """
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Gaussian file not found: {path}")
+        try:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path} is not a readable gsplat2d Gaussian file: {e}") from None
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a gsplat2d Gaussian file (no '{_FORMAT}' header)")
+        if payload.get("version") != _VERSION:
+            raise ValueError(
+                f"{path} has Gaussian file version {payload.get('version')!r}; this gsplat2d "
+                f"reads version {_VERSION}"
+            )
+        missing = [k for k in _FIELDS if not isinstance(payload.get(k), Tensor)]
+        if missing:
+            raise ValueError(f"{path} lacks the tensor field(s) {', '.join(missing)}")
+        return cls(*(payload[k] for k in _FIELDS))
 
     def to_pixels(self, width: int, height: int) -> Tuple[Tensor, Tensor]:
         """Pixel-space means and conics for a ``width x height`` image.
