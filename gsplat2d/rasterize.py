@@ -24,9 +24,15 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _pick_backend(backend: str, device: torch.device) -> str:
+TRITON_TILE_SIZES = (8, 16, 32)
+
+
+def _pick_backend(backend: str, device: torch.device, tile_size: int) -> str:
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
+        use_triton = (
+            device.type == "cuda" and tile_size in TRITON_TILE_SIZES and triton_available()
+        )
+        return "triton" if use_triton else "torch"
     if backend == "triton":
         if not triton_available():
             raise RuntimeError(
@@ -75,7 +81,7 @@ def rasterize(
         tile_size: tile side in pixels (triton: 8, 16 or 32).
         backend: ``"triton"`` (kernels; CUDA tensors, or CPU tensors under
             ``TRITON_INTERPRET=1``), ``"torch"`` (tiled PyTorch, any device) or ``"auto"``
-            (triton on CUDA, torch otherwise).
+            (triton on CUDA with a tile_size of 8, 16 or 32, torch otherwise).
 
     Returns:
         ``image [..., H, W, C]`` and ``alpha [..., H, W, 1]`` (``1 - T`` in alpha mode, the sum
@@ -88,8 +94,8 @@ def rasterize(
     width, height, C, batch_shape = validate(
         means, conics, colors, opacities, width, height, mode, background, tile_size, backend
     )
-    backend = _pick_backend(backend, means.device)
-    if backend == "triton" and tile_size not in (8, 16, 32):
+    backend = _pick_backend(backend, means.device, tile_size)
+    if backend == "triton" and tile_size not in TRITON_TILE_SIZES:
         raise ValueError(f"tile_size must be 8, 16 or 32 for backend='triton', got {tile_size}")
 
     N = means.shape[-2]
