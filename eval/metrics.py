@@ -1,0 +1,160 @@
+"""SR evaluation building blocks: Y-channel PSNR/SSIM, mod-crop, image loading, PIL bicubic.
+
+Conventions follow the super-resolution literature (and ``/work/shared/data/README.md``):
+images are float tensors ``[C, H, W]`` (or batched ``[..., C, H, W]``) in ``[0, 1]``; metrics are
+computed on the ITU-R BT.601 luma (``[16, 235] / 255`` range, like MATLAB ``rgb2ycbcr``) after
+quantising to 8 bit, with ``shave`` pixels cut from every border, and HR images are mod-cropped
+to a multiple of the scale.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+# torchmetrics.functional.peak_signal_noise_ratio / ...structural_similarity_index_measure are
+# deprecated wrappers (FutureWarning in torchmetrics 1.9) around these implementations.
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+__all__ = ["rgb_to_y", "mod_crop", "psnr_y", "ssim_y", "load_image", "bicubic_upscale"]
+
+
+def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
+    """ITU-R BT.601 luma of an RGB image, as MATLAB ``rgb2ycbcr`` computes it.
+
+    Args:
+        img: float tensor ``[..., 3, H, W]`` with values in ``[0, 1]``. A greyscale tensor
+            ``[..., 1, H, W]`` is returned unchanged (it is taken to be luma already, not
+            rescaled to ``[16, 235]``).
+
+    Returns:
+        ``[..., 1, H, W]`` float tensor, ``Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255``,
+        i.e. in ``[16/255, 235/255]`` for inputs in ``[0, 1]``.
+    """
+    if img.dim() < 3 or img.shape[-3] not in (1, 3):
+        raise ValueError(f"expected [..., 3, H, W] or [..., 1, H, W], got {tuple(img.shape)}")
+    if img.shape[-3] == 1:
+        return img
+    img = img.to(torch.float64) if img.dtype == torch.float64 else img.float()
+    r, g, b = img[..., 0:1, :, :], img[..., 1:2, :, :], img[..., 2:3, :, :]
+    return (16.0 + 65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+
+
+def mod_crop(img: torch.Tensor, scale: int) -> torch.Tensor:
+    """Crop ``[..., H, W]`` to ``H - H % scale`` by ``W - W % scale``, keeping the top-left corner.
+
+    This is MATLAB ``modcrop``, the crop the benchmark LR images were made from.
+    """
+    if int(scale) != scale or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    scale = int(scale)
+    h, w = img.shape[-2], img.shape[-1]
+    return img[..., : h - h % scale, : w - w % scale]
+
+
+def _prepare(sr: torch.Tensor, hr: torch.Tensor, shave: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantise to 8 bit, take Y, shave borders; returns two ``[N, 1, H', W']`` float64 tensors."""
+    if sr.shape != hr.shape:
+        raise ValueError(f"sr and hr shapes differ: {tuple(sr.shape)} vs {tuple(hr.shape)}")
+    if shave < 0:
+        raise ValueError(f"shave must be >= 0, got {shave}")
+    out = []
+    for x in (sr, hr):
+        x = torch.round(x.detach().to(torch.float64).clamp(0.0, 1.0) * 255.0) / 255.0
+        y = rgb_to_y(x)
+        if shave:
+            y = y[..., shave:-shave, shave:-shave]
+        if y.shape[-1] == 0 or y.shape[-2] == 0:
+            raise ValueError(f"shave={shave} leaves nothing of a {tuple(x.shape[-2:])} image")
+        out.append(y.reshape(-1, 1, *y.shape[-2:]))
+    return out[0], out[1]
+
+
+def psnr_y(sr: torch.Tensor, hr: torch.Tensor, shave: int) -> float:
+    """PSNR in dB on the Y channel, the SR-literature way.
+
+    Both images (``[..., 3 or 1, H, W]``, floats in ``[0, 1]``, same shape) are clamped and
+    quantised to 8 bit (``round(x * 255) / 255``), converted to BT.601 Y, ``shave`` pixels are cut
+    from each border, and PSNR is computed with data range 1.0 over all remaining pixels
+    (a batch is pooled into one MSE). Identical inputs give ``inf`` (torchmetrics' result).
+    """
+    a, b = _prepare(sr, hr, shave)
+    return float(peak_signal_noise_ratio(a, b, data_range=1.0))
+
+
+def ssim_y(sr: torch.Tensor, hr: torch.Tensor, shave: int) -> float:
+    """SSIM on the Y channel (same preprocessing as :func:`psnr_y`).
+
+    Gaussian window 11x11, sigma 1.5, data range 1.0 (torchmetrics defaults otherwise);
+    batched inputs give the mean SSIM over the batch.
+    """
+    a, b = _prepare(sr, hr, shave)
+    return float(
+        structural_similarity_index_measure(
+            a, b, gaussian_kernel=True, kernel_size=11, sigma=1.5, data_range=1.0
+        )
+    )
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Load an image file as a float32 tensor ``[3, H, W]`` in ``[0, 1]``.
+
+    Every mode is converted to 8-bit RGB with pillow: greyscale is replicated to three channels,
+    the alpha channel of RGBA/LA is dropped (not composited), palette images are expanded, and
+    16-bit / 32-bit integer images (``I;16``, ``I``) are scaled from their full range to 8 bit.
+
+    Raises:
+        FileNotFoundError: the path does not exist (message names the file).
+        ValueError: the file is not an image pillow can read (message names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+                arr = np.asarray(im, dtype=np.float64)
+                maxval = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+                arr = np.round(np.clip(arr / maxval, 0.0, 1.0) * 255.0).astype(np.uint8)
+                im = Image.fromarray(arr, mode="L")
+            rgb = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"cannot read image file {path}: {e}") from e
+    arr = np.asarray(rgb, dtype=np.uint8).copy()
+    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+
+
+def bicubic_upscale(
+    lr: torch.Tensor, scale_or_size: float | tuple[int, int]
+) -> torch.Tensor:
+    """Resize ``[C, H, W]`` (``[0, 1]`` floats) with pillow's ``Image.BICUBIC`` (Keys a = -0.5,
+    the MATLAB ``imresize`` kernel; pillow also antialiases when shrinking, as MATLAB does).
+
+    Args:
+        lr: float tensor ``[C, H, W]`` in ``[0, 1]`` (any C; typically 3).
+        scale_or_size: a float scale factor (output size ``round(W * s), round(H * s)``), or an
+            exact ``(W, H)`` output size in pixels (pillow's order).
+
+    Returns:
+        float32 tensor ``[C, H_out, W_out]`` clamped to ``[0, 1]``. Each channel is resized in
+        32-bit float mode, so no 8-bit rounding happens here (:func:`psnr_y` quantises).
+    """
+    if lr.dim() != 3:
+        raise ValueError(f"expected [C, H, W], got {tuple(lr.shape)}")
+    h, w = lr.shape[-2:]
+    if isinstance(scale_or_size, (tuple, list)):
+        out_w, out_h = (int(v) for v in scale_or_size)
+    else:
+        s = float(scale_or_size)
+        out_w, out_h = int(round(w * s)), int(round(h * s))
+    if out_w < 1 or out_h < 1:
+        raise ValueError(f"output size must be positive, got {(out_w, out_h)}")
+    arr = lr.detach().to(torch.float32).cpu().numpy()
+    chans = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(c), mode="F").resize((out_w, out_h), Image.BICUBIC))
+        for c in arr
+    ]
+    return torch.from_numpy(np.stack(chans)).clamp_(0.0, 1.0)
