@@ -253,7 +253,7 @@ def _aot_specs() -> list[AotSpec]:
     }
     specs = []
     for mode in ("alpha", "sum"):
-        for tile, C in ((8, 3), (16, 1), (16, 3), (16, 8), (16, 32), (16, 64), (32, 3)):
+        for tile, C in ((8, 3), (16, 1), (16, 2), (16, 3), (16, 8), (16, 32), (16, 64), (16, 96), (32, 3)):
             cfg = launch_config(tile, C, backward=True, mode=mode)
             specs.append(
                 AotSpec(

@@ -213,7 +213,7 @@ def _aot_specs() -> list[AotSpec]:
     specs = []
     for mode in ("alpha", "sum"):
         for tile in (8, 16, 32):
-            for C in (1, 3, 8, 32, 64):
+            for C in (1, 2, 3, 8, 32, 64):
                 if tile != 16 and C != 3:
                     continue
                 cfg = launch_config(tile, C, mode=mode)
