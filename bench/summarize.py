@@ -22,16 +22,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
+    from benchlib import cpu_model_name as _cpu_model_name  # bench/ is on sys.path as the script dir
 
-    return platform.processor() or platform.machine() or "cpu"
+    return _cpu_model_name()
 
 
 def detect_device(benchmarks: list[dict]) -> tuple[str, str]:

@@ -98,6 +98,26 @@ def ssim_y(sr: torch.Tensor, hr: torch.Tensor, shave: int) -> float:
     )
 
 
+def load_image_uint8(path: str | Path) -> np.ndarray:
+    """Decode an image file to ``uint8 [H, W, 3]`` RGB: grey replicated, alpha dropped, palette
+    expanded, 16/32-bit integer images scaled from their full range to 8 bit.
+
+    Raises ``ValueError`` naming the file when pillow cannot read it (also truncated files).
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+                arr = np.asarray(im, dtype=np.float64)
+                maxval = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+                arr = np.round(np.clip(arr / maxval, 0.0, 1.0) * 255.0).astype(np.uint8)
+                im = Image.fromarray(arr, mode="L")
+            rgb = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot read image file {path}: {e}") from e
+    return np.asarray(rgb, dtype=np.uint8).copy()
+
+
 def load_image(path: str | Path) -> torch.Tensor:
     """Load an image file as a float32 tensor ``[3, H, W]`` in ``[0, 1]``.
 
@@ -112,18 +132,7 @@ def load_image(path: str | Path) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                maxval = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                arr = np.round(np.clip(arr / maxval, 0.0, 1.0) * 255.0).astype(np.uint8)
-                im = Image.fromarray(arr, mode="L")
-            rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"cannot read image file {path}: {e}") from e
-    arr = np.asarray(rgb, dtype=np.uint8).copy()
+    arr = load_image_uint8(path)
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
 
 

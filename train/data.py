@@ -26,8 +26,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from gsplat2d.eval.metrics import load_image_uint8
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -51,25 +53,6 @@ def _list_images(root: Path) -> list[Path]:
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in folder {root}")
     return files
-
-
-def _load_uint8(path: Path) -> np.ndarray:
-    """Read an image as ``uint8 [H, W, 3]`` RGB (same conversions as ``eval.metrics.load_image``:
-    grey replicated, alpha dropped, palette expanded, 16/32-bit scaled to 8 bit).
-
-    Raises ``ValueError`` (naming the file) for unreadable or truncated files."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                maxval = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                arr = np.round(np.clip(arr / maxval, 0.0, 1.0) * 255.0).astype(np.uint8)
-                im = Image.fromarray(arr, mode="L")
-            rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read image file {path}: {e}") from e
-    return np.asarray(rgb, dtype=np.uint8).copy()
 
 
 def _pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -212,7 +195,7 @@ class CustomImageDataset(Dataset):
     def _crop(self, index: int, scale: float, rng: np.random.Generator):
         p = self.patch_size
         hs = self.hr_size(scale)
-        img = _load_uint8(self.files[index])
+        img = load_image_uint8(self.files[index])
         if self.lr_files is None:
             img = _pad_to(img, hs, hs)
             y = int(rng.integers(img.shape[0] - hs + 1))
@@ -222,7 +205,7 @@ class CustomImageDataset(Dataset):
                 Image.fromarray(np.ascontiguousarray(hr)).resize((p, p), Image.BICUBIC, reducing_gap=None)
             )
             return hr, lr
-        lr_img = _load_uint8(self.lr_files[index])
+        lr_img = load_image_uint8(self.lr_files[index])
         lr_img = _pad_to(lr_img, p, p)
         # HR must cover the scaled LR grid; mirror-pad it if it is smaller (small LR case).
         img = _pad_to(img, hs + int(math.ceil((lr_img.shape[0] - p) * scale)),
