@@ -233,10 +233,19 @@ class RandomScaleBatchSampler(Sampler):
         seed: int = 0,
         drop_last: bool = False,
         scales: Sequence[float] | None = None,
+        repeat: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.n = len(dataset)
+        if repeat < 1:
+            raise ValueError(f"repeat must be >= 1, got {repeat}")
+        if not (0 <= rank < world_size):
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.n = len(dataset) * int(repeat)
+        self.n_images = len(dataset)
+        self.rank, self.world_size = int(rank), int(world_size)
         self.scale_range = tuple(dataset.scale_range)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -250,21 +259,29 @@ class RandomScaleBatchSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def __len__(self) -> int:
+    def _num_batches(self) -> int:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __len__(self) -> int:
+        # Every rank gets the same number of batches (DDP needs matching step counts).
+        return self._num_batches() // self.world_size if self.world_size > 1 else self._num_batches()
 
     def __iter__(self) -> Iterator[list[tuple[int, float, int]]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
         order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
-        for b in range(len(self)):
+        order = order % self.n_images  # ``repeat`` passes over the images per epoch
+        usable = len(self) * self.world_size
+        for b in range(self._num_batches()):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             if self.scales is not None:
                 s = self.scales[int(rng.integers(len(self.scales)))]
             else:
                 s = float(rng.uniform(*self.scale_range))
             seeds = rng.integers(0, 2**62, size=len(idx))
-            yield [(int(i), s, int(q)) for i, q in zip(idx, seeds)]
+            # All ranks draw the same stream and keep every world_size-th batch: disjoint shards.
+            if b < usable and b % self.world_size == self.rank:
+                yield [(int(i), s, int(q)) for i, q in zip(idx, seeds)]
 
 
 def collate(samples: list[dict]) -> dict:
@@ -286,11 +303,18 @@ def make_loader(
     seed: int = 0,
     shuffle: bool = True,
     drop_last: bool = False,
+    repeat: int = 1,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """DataLoader with one scale per batch (:class:`RandomScaleBatchSampler` + :func:`collate`),
     pinned memory when CUDA is available, persistent workers when ``num_workers > 0``.
-    Reproducible from ``seed`` independently of ``num_workers``."""
-    sampler = RandomScaleBatchSampler(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    Reproducible from ``seed`` independently of ``num_workers``. ``repeat`` passes over the
+    images make one epoch; ``rank``/``world_size`` shard the batches for DDP."""
+    sampler = RandomScaleBatchSampler(
+        dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, repeat=repeat, rank=rank,
+        world_size=world_size,
+    )
     return DataLoader(
         dataset,
         batch_sampler=sampler,

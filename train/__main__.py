@@ -1,0 +1,5 @@
+import sys
+
+from gsplat2d.train.cli import main
+
+sys.exit(main())

@@ -1,0 +1,99 @@
+"""``python -m gsplat2d.train`` / ``gsplat2d train``: train a pixel-to-Gaussian SR model.
+
+Brief's command::
+
+    python -m gsplat2d.train --dataset_path ./DIV2K_train_HR --epochs 50 --batch_size 8 \\
+        --lr 1e-4 --save_path models/my_model.pth
+
+Multi-GPU: ``torchrun --nproc_per_node 4 -m gsplat2d.train ...`` (DDP; gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from typing import List, Optional
+
+from gsplat2d.models.sr import PRESETS
+
+
+def _scales(text: str):
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not vals or any(not (v >= 1.0) for v in vals):
+        raise argparse.ArgumentTypeError(f"scales must be >= 1, got {text!r}")
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gsplat2d train",
+        description="Train a pixel-to-Gaussian (ContinuousSR-style) arbitrary-scale super-resolution model.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset_path", required=True, help="folder of HR training images (PNG/JPG/BMP, nested ok)")
+    g.add_argument("--val_path", default=None, help="folder of HR validation images")
+    g.add_argument("--val_split", type=int, default=0, help="hold out N training images for validation (no --val_path)")
+    g.add_argument("--val_scales", type=_scales, default=(2.0, 3.0, 4.0), help="validation scales, e.g. 2,3,4")
+    g.add_argument("--val_crop", type=int, default=0, help="centre-crop validation images to this side (0 = full)")
+    g.add_argument("--val_max_images", type=int, default=0, help="use at most N validation images (0 = all)")
+    g.add_argument("--patch_size", type=int, default=48, help="LR patch side; HR crop = round(patch * scale)")
+    g.add_argument("--scale_min", type=float, default=1.0, help="smallest training scale")
+    g.add_argument("--scale_max", type=float, default=4.0, help="largest training scale (one U(min,max) scale per batch)")
+    g.add_argument("--repeat", type=int, default=1, help="passes over the training images per epoch")
+    g.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=50)
+    g.add_argument("--batch_size", type=int, default=8)
+    g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (cosine decay to lr * min_lr_ratio)")
+    g.add_argument("--min_lr_ratio", type=float, default=0.01)
+    g.add_argument("--warmup_steps", type=int, default=0)
+    g.add_argument("--grad_clip", type=float, default=0.0, help="clip the gradient norm (0 = off)")
+    g.add_argument("--l1_weight", type=float, default=0.8, help="loss = l1_weight * L1 + ms_ssim_weight * (1 - MS-SSIM)")
+    g.add_argument("--ms_ssim_weight", type=float, default=0.2)
+    g.add_argument("--early_stop", type=int, default=0, help="stop after N epochs without val PSNR gain (0 = off)")
+    g.add_argument("--max_steps", type=int, default=0, help="stop after N optimiser steps in total (0 = no limit)")
+    g = p.add_argument_group("model and run")
+    g.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model architecture")
+    g.add_argument("--model", default="{}", help="JSON overrides of the preset's SRConfig, e.g. '{\"k\": 2}'")
+    g.add_argument("--save_path", default="models/my_model.pth", help="best model (by val PSNR); *.last.pth beside it resumes")
+    g.add_argument("--resume", default=None, help="continue a run from its *.last.pth checkpoint")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"), help="rasterizer backend")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast for the CNN (GPUs); rasterization stays fp32")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--samples_dir", default="train_samples", help="per-epoch LR | bicubic | SR | HR strips")
+    g.add_argument("--metrics_path", default=None, help="JSONL metrics (default: <save_path stem>.metrics.jsonl)")
+    g.add_argument("--no_lpips", action="store_true", help="skip val LPIPS")
+    g.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from gsplat2d.train.loop import TrainConfig, train
+
+    args = build_parser().parse_args(argv)
+    try:
+        overrides = json.loads(args.model)
+        if not isinstance(overrides, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        print(f"gsplat2d train: error: --model must be a JSON object of SRConfig fields ({e})", file=sys.stderr)
+        return 2
+    names = {f.name for f in fields(TrainConfig)}
+    kw = {k: v for k, v in vars(args).items() if k in names and k != "model"}
+    cfg = TrainConfig(**kw, model=overrides, lpips=not args.no_lpips, progress=not args.no_progress)
+    try:
+        train(cfg, resume=args.resume)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"gsplat2d train: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ngsplat2d train: interrupted; the last finished epoch is in the *.last.pth checkpoint", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,532 @@
+"""Training loop for :class:`gsplat2d.models.sr.GaussianSR` (single process or DDP via torchrun).
+
+One epoch = ``repeat`` passes of random crops over the training images, one random scale per
+batch. After each epoch: validation (loss, Y-PSNR, SSIM, optional LPIPS), a sample strip
+(LR | bicubic | SR | HR), one JSON line in the metrics file, the curves plot, the resumable
+``*.last.pth`` checkpoint and, when val PSNR improved, the best model at ``save_path``. All
+checkpoints are written atomically; a run killed mid-epoch resumes from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from gsplat2d.eval.metrics import bicubic_upscale, load_image, psnr_y, ssim_y
+from gsplat2d.models.sr import PRESETS, GaussianSR, SRConfig, load_checkpoint, save_checkpoint
+from gsplat2d.train.data import CustomImageDataset, make_loader
+from gsplat2d.train.plot import plot_curves
+from gsplat2d.train.samples import save_sample_strip
+
+__all__ = ["TrainConfig", "SRLoss", "train", "last_checkpoint_path", "evaluate"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs (stored in checkpoints so ``--resume`` can check it)."""
+
+    dataset_path: str = ""
+    save_path: str = "models/my_model.pth"
+    val_path: Optional[str] = None
+    val_split: int = 0  # hold out this many training images for validation (when no val_path)
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.01  # cosine schedule ends at lr * min_lr_ratio
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # 0 = off
+    patch_size: int = 48  # LR patch side; HR crop side = round(patch_size * scale)
+    scale_min: float = 1.0
+    scale_max: float = 4.0
+    repeat: int = 1  # passes over the training images per epoch
+    preset: str = "tiny"
+    model: Dict[str, Any] = field(default_factory=dict)  # SRConfig overrides
+    l1_weight: float = 0.8
+    ms_ssim_weight: float = 0.2
+    val_scales: Tuple[float, ...] = (2.0, 3.0, 4.0)
+    val_crop: int = 0  # centre-crop validation HR images to this side (0 = full image)
+    val_max_images: int = 0  # 0 = all
+    lpips: bool = True
+    early_stop: int = 0  # stop after this many epochs without val-PSNR improvement (0 = off)
+    device: str = "auto"
+    backend: str = "auto"
+    amp: bool = False
+    num_workers: int = 0
+    seed: int = 0
+    samples_dir: str = "train_samples"
+    metrics_path: Optional[str] = None  # default: <save_path stem>.metrics.jsonl
+    max_steps: int = 0  # stop after this many optimiser steps in total (0 = no limit; for tests)
+    progress: bool = True
+
+
+def last_checkpoint_path(save_path: str) -> str:
+    """The resumable checkpoint written beside ``save_path`` (``my_model.last.pth``)."""
+    p = Path(save_path)
+    return str(p.with_name(p.stem + ".last" + (p.suffix or ".pth")))
+
+
+def _metrics_path(cfg: TrainConfig) -> str:
+    if cfg.metrics_path:
+        return cfg.metrics_path
+    p = Path(cfg.save_path)
+    return str(p.with_name(p.stem + ".metrics.jsonl"))
+
+
+# ---------------------------------------------------------------------- loss
+class SRLoss(torch.nn.Module):
+    """``l1_weight * L1 + ms_ssim_weight * (1 - MS-SSIM)`` on RGB in [0, 1].
+
+    MS-SSIM (torchmetrics, Gaussian 11-tap window) needs ``side // (m-1)^2 > 10`` for ``m``
+    scales, so the number of scales adapts to the patch (3 scales at 48 px, 5 from 176 px) with
+    the standard weights of the scales kept, renormalised to sum to one. ``normalize='relu'``
+    keeps the product well defined early in training, when contrast terms can go negative.
+    """
+
+    BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+    def __init__(self, l1_weight: float = 0.8, ms_ssim_weight: float = 0.2) -> None:
+        super().__init__()
+        if l1_weight < 0 or ms_ssim_weight < 0 or l1_weight + ms_ssim_weight <= 0:
+            raise ValueError(f"loss weights must be >= 0 and not both 0, got {l1_weight}, {ms_ssim_weight}")
+        self.l1_weight, self.ms_ssim_weight = float(l1_weight), float(ms_ssim_weight)
+
+    @classmethod
+    def betas_for(cls, side: int) -> Optional[Tuple[float, ...]]:
+        # torchmetrics' own check: side // max(1, m - 1)^2 > kernel - 1.
+        m = 0
+        while m < len(cls.BETAS) and side // max(1, m) ** 2 > 10:
+            m += 1
+        if m < 1:
+            return None
+        b = cls.BETAS[:m]
+        return tuple(v / sum(b) for v in b)
+
+    def forward(self, sr: Tensor, hr: Tensor) -> Tuple[Tensor, Dict[str, float]]:
+        from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as ms_ssim
+
+        sr = sr.float()
+        l1 = F.l1_loss(sr, hr)
+        loss = self.l1_weight * l1
+        parts = {"l1": float(l1.detach())}
+        if self.ms_ssim_weight > 0:
+            betas = self.betas_for(min(hr.shape[-2:]))
+            if betas is not None:
+                m = ms_ssim(sr.clamp(0, 1), hr, data_range=1.0, betas=betas, normalize="relu")
+                loss = loss + self.ms_ssim_weight * (1.0 - m)
+                parts["ms_ssim"] = float(m.detach())
+        return loss, parts
+
+
+# ---------------------------------------------------------------------- helpers
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def _rng_state() -> Dict[str, Any]:
+    state: Dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": json.dumps(np.random.get_state()[1].tolist()),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "python": json.dumps(random.getstate()[1]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    keys = np.array(json.loads(state["numpy"]), dtype=np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], 0, 0.0))
+    pstate = tuple(json.loads(state["python"]))
+    random.setstate((3, pstate, None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _lr_lambda(cfg: TrainConfig, total_steps: int):
+    def f(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+class _Validator:
+    """Fixed validation images (full or centre-cropped HR, PIL-bicubic LR per scale)."""
+
+    def __init__(self, files: Sequence[Path], cfg: TrainConfig) -> None:
+        self.items: List[Tuple[str, float, Tensor, Tensor]] = []
+        for f in files:
+            try:
+                hr = load_image(f)
+            except Exception as e:  # a bad validation file is skipped like a bad training file
+                warnings.warn(f"skipping unreadable validation image {f}: {e}")
+                continue
+            if cfg.val_crop:
+                h, w = hr.shape[-2:]
+                c = min(cfg.val_crop, h, w)
+                y0, x0 = (h - c) // 2, (w - c) // 2
+                hr = hr[:, y0 : y0 + c, x0 : x0 + c]
+            for s in cfg.val_scales:
+                h, w = hr.shape[-2:]
+                lw, lh = int(w // s), int(h // s)
+                if lw < 4 or lh < 4:
+                    continue
+                hw, hh = round(lw * s), round(lh * s)
+                hr_s = hr[:, :hh, :hw].contiguous()
+                lr = bicubic_upscale(hr_s, (lw, lh))
+                lr = (lr * 255).round() / 255  # an 8-bit LR image, as on disk
+                self.items.append((f.name, float(s), lr, hr_s))
+        if not self.items:
+            raise ValueError("no usable validation images (all unreadable or smaller than 4 px at the scales)")
+        self.bicubic_psnr: Optional[float] = None
+        self.lpips = None
+        self.lpips_note: Optional[str] = None
+
+    def _lpips_metric(self, device: torch.device):
+        if self.lpips is None and self.lpips_note is None:
+            try:
+                from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+                self.lpips = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True).to(device)
+            except Exception as e:  # no torchvision / no weights offline
+                self.lpips_note = f"val_lpips skipped: LPIPS weights could not be loaded ({type(e).__name__}: {e})"
+        return self.lpips
+
+    @torch.no_grad()
+    def run(self, model: GaussianSR, loss_fn: SRLoss, device: torch.device, backend: str, use_lpips: bool):
+        model.eval()
+        losses, psnrs, ssims, lp = [], [], [], []
+        bic = []
+        for _, s, lr, hr in self.items:
+            shave = int(math.ceil(s))
+            sr = model(lr[None].to(device), (hr.shape[-1], hr.shape[-2]), backend=backend).float()
+            loss, _ = loss_fn(sr, hr[None].to(device))
+            losses.append(float(loss))
+            sr = sr[0].clamp(0, 1).cpu()
+            psnrs.append(psnr_y(sr, hr, shave))
+            ssims.append(ssim_y(sr, hr, shave))
+            if self.bicubic_psnr is None:
+                bic.append(psnr_y(bicubic_upscale(lr, (hr.shape[-1], hr.shape[-2])), hr, shave))
+            if use_lpips and self._lpips_metric(device) is not None:
+                lp.append(float(self.lpips(sr[None].to(device), hr[None].to(device))))
+        if self.bicubic_psnr is None:
+            self.bicubic_psnr = float(np.mean(bic))
+        model.train()
+        out = {
+            "val_loss": float(np.mean(losses)),
+            "val_psnr": float(np.mean(psnrs)),
+            "val_ssim": float(np.mean(ssims)),
+        }
+        if lp:
+            out["val_lpips"] = float(np.mean(lp))
+        return out
+
+
+def evaluate(model: GaussianSR, files: Sequence[Path], cfg: TrainConfig, device: torch.device) -> Dict[str, float]:
+    """Validation metrics of ``model`` on ``files`` with ``cfg``'s scales/crop (no LPIPS)."""
+    v = _Validator(files, cfg)
+    out = v.run(model, SRLoss(cfg.l1_weight, cfg.ms_ssim_weight), device, cfg.backend, False)
+    out["bicubic_psnr"] = v.bicubic_psnr
+    return out
+
+
+# ---------------------------------------------------------------------- main loop
+def _dist_info() -> Tuple[int, int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    return 0, 1, 0
+
+
+def _log(msg: str, rank: int) -> None:
+    if rank == 0:
+        print(msg, flush=True)
+
+
+def train(cfg: TrainConfig, resume: Optional[str] = None) -> Dict[str, Any]:
+    """Run training; returns a summary dict (best val PSNR, epochs run, paths, time).
+
+    Under torchrun (``WORLD_SIZE > 1``) the process group is initialised here (NCCL on CUDA,
+    gloo on CPU) and the model is wrapped in DDP; rank 0 validates and writes files.
+    """
+    started_dist = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (dist.is_available() and dist.is_initialized()):
+        want_cuda = cfg.device in ("auto", "cuda") and torch.cuda.is_available()
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+        started_dist = True
+    try:
+        return _train(cfg, resume)
+    finally:
+        if started_dist:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, resume: Optional[str]) -> Dict[str, Any]:
+    rank, world, local_rank = _dist_info()
+    device = _pick_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if cfg.epochs < 1 or cfg.batch_size < 1 or not (cfg.lr > 0):
+        raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {cfg.epochs}, {cfg.batch_size}, {cfg.lr}")
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"unknown --preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
+
+    # Data first: a missing or empty folder is an error before any model is built.
+    dataset = CustomImageDataset(
+        cfg.dataset_path, patch_size=cfg.patch_size, scale_range=(cfg.scale_min, cfg.scale_max)
+    )
+    val_files: List[Path] = []
+    if cfg.val_path:
+        from gsplat2d.train.data import _list_images
+
+        val_files = _list_images(Path(cfg.val_path))
+    elif cfg.val_split:
+        if cfg.val_split >= len(dataset.files):
+            raise ValueError(f"--val_split {cfg.val_split} leaves no training images (dataset has {len(dataset.files)})")
+        # Every k-th image (deterministic, spread over sub-folders) is held out.
+        step = len(dataset.files) / cfg.val_split
+        held = {int(i * step) for i in range(cfg.val_split)}
+        val_files = [f for i, f in enumerate(dataset.files) if i in held]
+        dataset.files = [f for i, f in enumerate(dataset.files) if i not in held]
+    if cfg.val_max_images:
+        val_files = val_files[: cfg.val_max_images]
+    validator = _Validator(val_files, cfg) if (val_files and rank == 0) else None
+
+    loader = make_loader(
+        dataset, cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed, drop_last=len(dataset) >= cfg.batch_size,
+        repeat=cfg.repeat, rank=rank, world_size=world,
+    )
+    steps_per_epoch = len(loader.batch_sampler)
+    if steps_per_epoch < 1:
+        raise ValueError(f"no batches: {len(dataset)} images x repeat {cfg.repeat} for {world} process(es)")
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    _seed_all(cfg.seed)
+    mcfg = SRConfig(**{**asdict(PRESETS[cfg.preset]), **cfg.model}).validate()
+    model = GaussianSR(mcfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total_steps))
+    loss_fn = SRLoss(cfg.l1_weight, cfg.ms_ssim_weight)
+
+    start_epoch, step, best_psnr, history, stale = 0, 0, -math.inf, [], 0
+    if resume:
+        ck = load_checkpoint(resume, map_location="cpu")
+        if "optimizer" not in ck:
+            raise ValueError(f"{resume} holds weights only (no optimiser state); resume from a *.last.pth file")
+        if ck["config"] != asdict(mcfg):
+            raise ValueError(f"{resume}: its model config {ck['config']} differs from this run's {asdict(mcfg)}")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start_epoch, step = int(ck["epoch"]), int(ck["step"])
+        best_psnr = float(ck.get("best_psnr", -math.inf))
+        stale = int(ck.get("stale", 0))
+        history = json.loads(ck.get("history", "[]"))
+        _set_rng_state(ck["rng"])
+        if rank == 0:  # drop metrics lines of an epoch that was cut before its checkpoint
+            _write_jsonl(_metrics_path(cfg), history)
+        _log(f"resumed from {resume}: epoch {start_epoch}, step {step}", rank)
+
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    amp_dtype = torch.bfloat16 if cfg.amp else None
+    if cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        amp_dtype = torch.float16  # pre-Ampere: fp16 autocast (no grad scaler needed for small nets? we add one)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    _log(
+        f"gsplat2d train: {len(dataset.files)} training images, {len(val_files)} validation images, "
+        f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs, preset {cfg.preset} "
+        f"({model.num_parameters()} parameters), device {device}, world size {world}"
+        + (f", AMP {amp_dtype}" if amp_dtype else ""),
+        rank,
+    )
+    metrics_path = _metrics_path(cfg)
+    t_start = time.time()
+    epoch = start_epoch
+    stopped_early = False
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+        loader.batch_sampler.set_epoch(epoch)
+        net.train()
+        sums, count, t0, n_img = {}, 0, time.time(), 0
+        it = loader
+        bar = None
+        if cfg.progress and rank == 0:
+            from tqdm import tqdm
+
+            bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+            it = bar
+        for batch in it:
+            lr_img = batch["lr"].to(device, non_blocking=True)
+            hr = batch["hr"].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+                sr = net(lr_img, (hr.shape[-1], hr.shape[-2]), backend=cfg.backend)
+            loss, parts = loss_fn(sr.float(), hr)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}, step {step}: {float(loss)}")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            step += 1
+            count += 1
+            n_img += hr.shape[0]
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if bar is not None:
+                bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", img_s=f"{n_img / (time.time() - t0):.1f}")
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+        if bar is not None:
+            bar.close()
+        record: Dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": sched.get_last_lr()[0],
+            "train_loss": sums.get("loss", float("nan")) / max(count, 1),
+            "train_l1": sums.get("l1", float("nan")) / max(count, 1),
+            "epoch_time_s": time.time() - t0,
+            "images_per_s": n_img * world / max(time.time() - t0, 1e-9),
+        }
+        if world > 1:
+            t = torch.tensor([record["train_loss"]], device=device)
+            dist.all_reduce(t)
+            record["train_loss"] = float(t) / world
+        improved = False
+        if rank == 0:
+            if validator is not None:
+                record.update(validator.run(model, loss_fn, device, cfg.backend, cfg.lpips))
+                record["bicubic_psnr"] = validator.bicubic_psnr
+                if validator.lpips_note and epoch == start_epoch:
+                    _log(validator.lpips_note, rank)
+                improved = record["val_psnr"] > best_psnr
+                if improved:
+                    best_psnr, stale = record["val_psnr"], 0
+                else:
+                    stale += 1
+                if history and "val_loss" in history[-1]:
+                    prev = history[-1]
+                    if record["val_loss"] > prev["val_loss"] and record["train_loss"] < prev["train_loss"]:
+                        msg = (
+                            f"warning: val_loss rose ({prev['val_loss']:.4f} -> {record['val_loss']:.4f}) while "
+                            f"train_loss fell: possible overfitting"
+                        )
+                        record["overfit_warning"] = True
+                        _log(msg, rank)
+                _, s, lr_v, hr_v = validator.items[0]
+                save_sample_strip(model, lr_v, hr_v, Path(cfg.samples_dir) / f"epoch_{epoch + 1:03d}.png", device, cfg.backend)
+            else:
+                improved = True  # no validation: the latest model is the best we know
+            history.append(record)
+            _append_jsonl(metrics_path, record)
+            plot_curves(history, str(Path(metrics_path).with_suffix(".png")))
+            extra = {"train_config": json.dumps(asdict(cfg)), "epoch": epoch + 1, "step": step,
+                     "best_psnr": best_psnr, "stale": stale, "history": json.dumps(history)}
+            if improved:
+                save_checkpoint(cfg.save_path, model, metrics=json.dumps(record), **{k: extra[k] for k in ("train_config", "epoch", "step")})
+            save_checkpoint(
+                last_checkpoint_path(cfg.save_path), model, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                rng=_rng_state(), **extra,
+            )
+            line = f"epoch {epoch + 1}/{cfg.epochs}  train_loss {record['train_loss']:.4f}"
+            if "val_psnr" in record:
+                line += (
+                    f"  val_loss {record['val_loss']:.4f}  val_psnr {record['val_psnr']:.3f} dB "
+                    f"(bicubic {record['bicubic_psnr']:.3f})  val_ssim {record['val_ssim']:.4f}"
+                )
+                if "val_lpips" in record:
+                    line += f"  val_lpips {record['val_lpips']:.4f}"
+            line += f"  {record['images_per_s']:.1f} img/s" + ("  *best*" if improved and validator else "")
+            _log(line, rank)
+        if world > 1:
+            flag = torch.tensor([stale], device=device)
+            dist.broadcast(flag, 0)
+            stale = int(flag)
+        if cfg.early_stop and stale >= cfg.early_stop:
+            _log(f"early stopping: no val PSNR improvement for {stale} epochs", rank)
+            stopped_early = True
+            break
+
+    summary = {
+        "epochs_run": (history[-1]["epoch"] if history else start_epoch),
+        "steps": step,
+        "best_val_psnr": best_psnr if math.isfinite(best_psnr) else None,
+        "bicubic_val_psnr": validator.bicubic_psnr if validator else None,
+        "final_train_loss": history[-1]["train_loss"] if history else None,
+        "time_s": time.time() - t_start,
+        "save_path": cfg.save_path,
+        "last_checkpoint": last_checkpoint_path(cfg.save_path),
+        "metrics": metrics_path,
+        "stopped_early": stopped_early,
+        "history": history,
+    }
+    if rank == 0:
+        print("--- Training Complete ---")
+        print(f"Epochs:          {summary['epochs_run']} ({step} steps, {summary['time_s'] / 60:.1f} min)")
+        if summary["final_train_loss"] is not None:
+            print(f"Final train loss: {summary['final_train_loss']:.4f}")
+        if summary["best_val_psnr"] is not None:
+            print(f"Best val PSNR:   {summary['best_val_psnr']:.3f} dB (bicubic {summary['bicubic_val_psnr']:.3f} dB)")
+        print(f"Model:           {cfg.save_path}")
+        print(f"Resume from:     {summary['last_checkpoint']}")
+        print(f"Metrics:         {metrics_path} (+ plot {Path(metrics_path).with_suffix('.png')})")
+        print("-------------------------")
+    return summary
+
+
+def _write_jsonl(path: str, records: List[Dict[str, Any]]) -> None:
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(tmp, path)
+
+
+def _append_jsonl(path: str, record: Dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
