@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from gsplat2d._io import atomic_write, short_load_error
 from gsplat2d.conics import covariances_from_cholesky, covariances_from_scale_rotation
 from gsplat2d.gaussians import Gaussians2D
 
@@ -232,20 +232,7 @@ def save_checkpoint(path: Union[str, "os.PathLike[str]"], model: GaussianSR, **e
         "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         **extra,
     }
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f), suffix=".pth")
 
 
 def load_checkpoint(path: Union[str, "os.PathLike[str]"], map_location: Any = "cpu") -> Dict[str, Any]:
@@ -257,7 +244,7 @@ def load_checkpoint(path: Union[str, "os.PathLike[str]"], map_location: Any = "c
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} is not a readable gsplat2d model checkpoint: {e}") from None
+        raise ValueError(f"{path} is not a readable gsplat2d model checkpoint: {short_load_error(e)}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a gsplat2d super-resolution checkpoint (no '{CHECKPOINT_FORMAT}' header)")
     if payload.get("version") != CHECKPOINT_VERSION:
