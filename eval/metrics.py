@@ -4,7 +4,9 @@ Conventions follow the super-resolution literature (and ``/work/shared/data/READ
 images are float tensors ``[C, H, W]`` (or batched ``[..., C, H, W]``) in ``[0, 1]``; metrics are
 computed on the ITU-R BT.601 luma (``[16, 235] / 255`` range, like MATLAB ``rgb2ycbcr``) after
 quantising to 8 bit, with ``shave`` pixels cut from every border, and HR images are mod-cropped
-to a multiple of the scale.
+to a multiple of the scale. ``round_hr_y=True`` (used by ``python -m gsplat2d.eval``) additionally
+rounds the ground truth's Y to 8 bit as MATLAB does, which reproduces the published Set5 bicubic
+figures; see ``gsplat2d.eval.resize`` for the MATLAB ``imresize`` baseline.
 """
 
 from __future__ import annotations
@@ -16,9 +18,15 @@ import torch
 from PIL import Image, UnidentifiedImageError
 # torchmetrics.functional.peak_signal_noise_ratio / ...structural_similarity_index_measure are
 # deprecated wrappers (FutureWarning in torchmetrics 1.9) around these implementations.
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import (
+    multiscale_structural_similarity_index_measure,
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
 
-__all__ = ["rgb_to_y", "mod_crop", "psnr_y", "ssim_y", "load_image", "bicubic_upscale"]
+__all__ = [
+    "rgb_to_y", "mod_crop", "psnr_y", "ssim_y", "ms_ssim_y", "load_image", "load_image_uint8", "bicubic_upscale",
+]
 
 
 def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
@@ -54,16 +62,30 @@ def mod_crop(img: torch.Tensor, scale: int) -> torch.Tensor:
     return img[..., : h - h % scale, : w - w % scale]
 
 
-def _prepare(sr: torch.Tensor, hr: torch.Tensor, shave: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _luma(x: torch.Tensor, grey: bool) -> torch.Tensor:
+    """Y of ``[N, C, H, W]`` float64 in [0, 1]: BT.601 ``[16, 235]`` Y, or for greyscale images the
+    full-range grey level (MATLAB skips ``rgb2ycbcr`` for one-channel images): the BT.601 weights
+    normalised to sum to 1, which is exactly ``g`` for ``R = G = B = g``."""
+    if not grey or x.shape[-3] == 1:
+        return rgb_to_y(x)
+    r, g, b = x[..., 0:1, :, :], x[..., 1:2, :, :], x[..., 2:3, :, :]
+    return (65.481 * r + 128.553 * g + 24.966 * b) / 219.0
+
+
+def _prepare(
+    sr: torch.Tensor, hr: torch.Tensor, shave: int, round_hr_y: bool = False, grey: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantise to 8 bit, take Y, shave borders; returns two ``[N, 1, H', W']`` float64 tensors."""
     if sr.shape != hr.shape:
         raise ValueError(f"sr and hr shapes differ: {tuple(sr.shape)} vs {tuple(hr.shape)}")
     if shave < 0:
         raise ValueError(f"shave must be >= 0, got {shave}")
     out = []
-    for x in (sr, hr):
+    for x, round_y in ((sr, False), (hr, round_hr_y)):
         x = torch.round(x.detach().to(torch.float64).clamp(0.0, 1.0) * 255.0) / 255.0
-        y = rgb_to_y(x)
+        y = _luma(x, grey)
+        if round_y:  # MATLAB rgb2ycbcr on a uint8 image returns uint8 Y (round half away from 0)
+            y = torch.floor(y * 255.0 + 0.5) / 255.0
         if shave:
             y = y[..., shave:-shave, shave:-shave]
         if y.shape[-1] == 0 or y.shape[-2] == 0:
@@ -72,28 +94,78 @@ def _prepare(sr: torch.Tensor, hr: torch.Tensor, shave: int) -> tuple[torch.Tens
     return out[0], out[1]
 
 
-def psnr_y(sr: torch.Tensor, hr: torch.Tensor, shave: int) -> float:
+def psnr_y(
+    sr: torch.Tensor, hr: torch.Tensor, shave: int, *, round_hr_y: bool = False, grey: bool = False
+) -> float:
     """PSNR in dB on the Y channel, the SR-literature way.
 
     Both images (``[..., 3 or 1, H, W]``, floats in ``[0, 1]``, same shape) are clamped and
     quantised to 8 bit (``round(x * 255) / 255``), converted to BT.601 Y, ``shave`` pixels are cut
     from each border, and PSNR is computed with data range 1.0 over all remaining pixels
     (a batch is pooled into one MSE). Identical inputs give ``inf`` (torchmetrics' result).
+
+    Keyword options (``python -m gsplat2d.eval`` sets both, see ``gsplat2d.eval.cli.METRIC``;
+    the defaults keep the older symmetric convention used by ``gsplat2d.train``):
+        round_hr_y: also round the *HR* image's Y to 8 bit, as MATLAB ``rgb2ycbcr`` does for the
+            ``uint8`` ground truth (the SR image's Y stays unrounded, as for a ``double`` image).
+            This is the convention that reproduces the published Set5 bicubic figures
+            (see ``gsplat2d.eval.resize.BICUBIC_STUDY``).
+        grey: the images are greyscale (``R = G = B``): Y is the full-range grey level, not
+            rescaled to ``[16, 235]`` (MATLAB pipelines skip ``rgb2ycbcr`` for one-channel images,
+            e.g. Set14 ``bridge``).
     """
-    a, b = _prepare(sr, hr, shave)
+    a, b = _prepare(sr, hr, shave, round_hr_y, grey)
     return float(peak_signal_noise_ratio(a, b, data_range=1.0))
 
 
-def ssim_y(sr: torch.Tensor, hr: torch.Tensor, shave: int) -> float:
-    """SSIM on the Y channel (same preprocessing as :func:`psnr_y`).
+def ssim_y(
+    sr: torch.Tensor, hr: torch.Tensor, shave: int, *, round_hr_y: bool = False, grey: bool = False
+) -> float:
+    """SSIM on the Y channel (same preprocessing and options as :func:`psnr_y`).
 
     Gaussian window 11x11, sigma 1.5, data range 1.0 (torchmetrics defaults otherwise);
     batched inputs give the mean SSIM over the batch.
     """
-    a, b = _prepare(sr, hr, shave)
+    a, b = _prepare(sr, hr, shave, round_hr_y, grey)
+    # float32 convolutions: ~10x faster than float64 on the CPU, SSIM differs by < 1e-6
     return float(
         structural_similarity_index_measure(
-            a, b, gaussian_kernel=True, kernel_size=11, sigma=1.5, data_range=1.0
+            a.float(), b.float(), gaussian_kernel=True, kernel_size=11, sigma=1.5, data_range=1.0
+        )
+    )
+
+
+MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003 (torchmetrics default)
+
+
+def ms_ssim_y(
+    sr: torch.Tensor, hr: torch.Tensor, shave: int, *, round_hr_y: bool = False, grey: bool = False
+) -> float:
+    """Multi-scale SSIM on the Y channel (same preprocessing and options as :func:`psnr_y`).
+
+    Gaussian window 11x11, sigma 1.5, data range 1.0, the standard 5 scale weights; an image too
+    small for 5 scales (the shorter side must be at least 176 px after the shave) uses as many
+    scales as fit (4: 99 px, 3: 44 px, 2: 21 px) with the first weights renormalised to sum to 1.
+    Images too small for 2 scales return ``nan``.
+    """
+    a, b = _prepare(sr, hr, shave, round_hr_y, grey)
+    side = min(a.shape[-2:])
+
+    def fits(n: int) -> bool:  # torchmetrics' size check and 11 px at the coarsest scale
+        return side // max(1, n - 1) ** 2 > 10 and side > 10 * 2 ** (n - 1)
+
+    n = len(MS_SSIM_BETAS)
+    while n > 1 and not fits(n):
+        n -= 1
+    if n < 2:
+        return float("nan")
+    if n == 0:
+        return float("nan")
+    betas = tuple(v / sum(MS_SSIM_BETAS[:n]) for v in MS_SSIM_BETAS[:n])
+    return float(
+        multiscale_structural_similarity_index_measure(
+            a.float(), b.float(), gaussian_kernel=True, kernel_size=11, sigma=1.5, data_range=1.0,
+            betas=betas, normalize="relu",
         )
     )
 
