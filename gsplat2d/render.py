@@ -1,0 +1,587 @@
+"""``gsplat2d render``: super-resolve an image (or a folder of images) at any size, or re-render a
+saved Gaussian field.
+
+Examples::
+
+    gsplat2d render --input_path lr.png --output_path hr.png --scale 4
+    gsplat2d render --model_path models/my_model.pth --input_path lr.png --output_path hr.png --scale 3.7
+    gsplat2d render --input_path lr.png --output_path hr.png --scale 2.5x3      # sx x sy
+    gsplat2d render --input_path lr.png --output_path hr.png --size 3840x2160   # exact W x H
+    gsplat2d render --input_path lr_dir/ --output_path sr_dir/ --scale 4        # a folder
+    gsplat2d render --input_path lr.png --save_gaussians field.g2d               # encode only
+    gsplat2d render --gaussians field.g2d --size 8000x8000 --output_path big.png
+
+The network runs once per input (``encode``); the field is then rasterized window by window
+(``--window`` pixels square, default 1024) into an 8-bit image, so the memory of a very large
+render is the uint8 output plus one window, and the result equals an untiled render.
+
+A ``.g2d`` file stores Gaussians in normalised image coordinates only: it knows neither the size of
+the image it came from nor the rasterizer mode. Re-rendering one therefore needs ``--size``
+(not ``--scale``), and ``--mode`` (default ``sum``, the mode every shipped super-resolution model
+uses; pass ``--mode alpha`` for fields from an alpha-mode model).
+
+Also ``python -m gsplat2d.render``. Exit status: 0 on success, 2 for bad arguments or inputs,
+1 when rendering fails; errors are one line on stderr, and no partial output file is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from gsplat2d._validate import MAX_SIDE
+from gsplat2d.gaussians import Gaussians2D
+
+__all__ = [
+    "MAX_PIXELS",
+    "DEFAULT_WINDOW",
+    "RenderError",
+    "parse_scale",
+    "parse_size",
+    "output_size",
+    "load_image_file",
+    "encode_image",
+    "render_to_array",
+    "save_image_atomic",
+    "main",
+]
+
+#: Largest output accepted, in pixels (the uint8 result alone is 3 bytes per pixel: 768 MiB).
+MAX_PIXELS = 1 << 28
+#: Side of the square windows a render is split into (bounded memory for any output size).
+DEFAULT_WINDOW = 1024
+#: File name endings treated as images when the input is a folder.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+#: Output formats by file ending.
+_OUTPUT_FORMATS = {
+    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
+    ".webp": "WEBP", ".ppm": "PPM",
+}
+
+_PROG = "gsplat2d render"
+
+
+class RenderError(Exception):
+    """A problem with the arguments or inputs; the message says what is wrong."""
+
+
+# ---------------------------------------------------------------------------------- parsing
+_NUM = r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:nan|inf|infinity))\s*"
+
+
+def parse_scale(text: str) -> Tuple[float, float]:
+    """``"4"`` -> ``(4.0, 4.0)``; ``"2.5x3"`` -> ``(2.5, 3.0)`` (horizontal x vertical).
+
+    Raises :class:`RenderError` unless both factors are finite and positive."""
+    s = str(text).strip()
+    m = re.fullmatch(_NUM + r"(?:[xX*]" + _NUM + r")?", s, flags=re.IGNORECASE)
+    if not m:
+        raise RenderError(f"--scale must be a number such as 4 or 3.7, or SXxSY such as 2.5x3; got {text!r}")
+    sx = float(m.group(1))
+    sy = float(m.group(2)) if m.group(2) is not None else sx
+    for v in (sx, sy):
+        if not math.isfinite(v) or v <= 0:
+            raise RenderError(f"--scale must be a finite number > 0, got {text!r}")
+    return sx, sy
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    """``"3840x2160"`` -> ``(3840, 2160)`` (width x height). Raises :class:`RenderError`."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+)\s*", str(text))
+    if not m:
+        raise RenderError(f"--size must be WIDTHxHEIGHT in pixels, such as 3840x2160; got {text!r}")
+    w, h = int(m.group(1)), int(m.group(2))
+    check_output_size(w, h, what=f"--size {text}")
+    return w, h
+
+
+def check_output_size(width: int, height: int, what: str = "output") -> None:
+    """Raise :class:`RenderError` for a side outside ``[1, 65536]`` or more than MAX_PIXELS."""
+    if width < 1 or height < 1:
+        raise RenderError(f"{what}: output size {width}x{height} is empty (each side must be >= 1 px)")
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise RenderError(f"{what}: output size {width}x{height} exceeds the largest side, {MAX_SIDE} px")
+    if width * height > MAX_PIXELS:
+        raise RenderError(
+            f"{what}: output size {width}x{height} = {width * height / 1e6:.0f} megapixels exceeds the "
+            f"limit of {MAX_PIXELS / 1e6:.0f} megapixels"
+        )
+
+
+def output_size(width: int, height: int, scale: Tuple[float, float]) -> Tuple[int, int]:
+    """``(round(width * sx), round(height * sy))``, checked with :func:`check_output_size`."""
+    sx, sy = scale
+    fw, fh = width * sx, height * sy
+    if fw > 2 * MAX_SIDE or fh > 2 * MAX_SIDE:  # before round(): keeps huge floats out of int()
+        raise RenderError(
+            f"--scale {sx:g}x{sy:g} turns {width}x{height} into more than {MAX_SIDE} px per side"
+        )
+    w, h = int(round(fw)), int(round(fh))
+    check_output_size(w, h, what=f"{width}x{height} at --scale {sx:g}x{sy:g}")
+    return w, h
+
+
+# ---------------------------------------------------------------------------------- images
+def _open_header(path: Path) -> Tuple[int, int]:
+    """Size ``(W, H)`` of an image file, reading only its header; RenderError if unreadable."""
+    try:
+        with Image.open(path) as im:
+            return int(im.width), int(im.height)
+    except Image.DecompressionBombError as e:
+        raise RenderError(f"input image {path} is too large: {e}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise RenderError(f"input {path} is not a readable image: {e}") from None
+
+
+def load_image_file(path: "str | os.PathLike[str]") -> torch.Tensor:
+    """Decode an image to float32 ``[3, H, W]`` in ``[0, 1]``.
+
+    Same conversion as ``gsplat2d.eval.metrics.load_image_uint8`` (grey replicated, alpha dropped,
+    palette expanded, 16/32-bit scaled to 8 bit); kept here so the CLI does not import torchmetrics
+    (which doubles its start-up time)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+                arr = np.asarray(im, dtype=np.float64)
+                maxval = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+                arr = np.round(np.clip(arr / maxval, 0.0, 1.0) * 255.0).astype(np.uint8)
+                im = Image.fromarray(arr, mode="L")
+            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except Image.DecompressionBombError as e:
+        raise RenderError(f"input image {path} is too large: {e}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise RenderError(f"input {path} is not a readable image: {e}") from None
+    return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)
+
+
+def save_image_atomic(array: np.ndarray, path: "str | os.PathLike[str]") -> None:
+    """Write ``uint8 [H, W, C]`` (C = 1 or 3) to ``path``; the format follows the file ending
+    (``.png`` etc.). Atomic: a temporary file in the same folder is renamed over ``path``, so a
+    failure never leaves a partial file."""
+    path = Path(path)
+    fmt = _OUTPUT_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise RenderError(f"output {path}: unsupported file ending {path.suffix!r}; use .png")
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (1, 3):
+        raise ValueError(f"expected uint8 [H, W, 1 or 3], got {array.dtype} {array.shape}")
+    img = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array, mode="L" if array.shape[2] == 1 else "RGB")
+    folder = path.parent if str(path.parent) else Path(".")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+            img.save(f, format=fmt, **kwargs)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give outputs the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------------- model / field
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RenderError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise RenderError(f"--device {name!r}: {e}") from None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def encode_image(model, lr: torch.Tensor) -> Gaussians2D:
+    """Run the network on ``lr [3, h, w]`` (on the model's device); returns the unbatched field
+    (``means [N, 2]`` ...) in normalised coordinates."""
+    dev = next(model.parameters()).device
+    with torch.inference_mode():
+        field = model.encode(lr.to(dev)[None])
+    return Gaussians2D(field.means[0], field.covariances[0], field.colors[0], field.opacities[0])
+
+
+def _unbatch(field: Gaussians2D, source: str) -> Gaussians2D:
+    shape = tuple(field.batch_shape)
+    if math.prod(shape) != 1 and shape != ():
+        raise RenderError(
+            f"{source} holds a batch of {math.prod(shape)} fields (batch shape {shape}); render needs one"
+        )
+    if shape == ():
+        return field
+    n, c = field.num_gaussians, field.channels
+    return Gaussians2D(
+        field.means.reshape(n, 2), field.covariances.reshape(n, 3), field.colors.reshape(n, c),
+        field.opacities.reshape(n),
+    )
+
+
+def _extents(means_px: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor):
+    """Conservative pixel bounding boxes ``(x0, x1, y0, y1)`` of where each Gaussian's weight can
+    reach 1/255 (the rasterizer's own bound, ``compute_tile_bounds``, plus a pixel), float64;
+    non-contributing Gaussians get an empty box."""
+    m = means_px.detach().double()
+    q = conics.detach().double()
+    o = opacities.detach().double()
+    a, b, c = q[:, 0], q[:, 1], q[:, 2]
+    det = a * c - b * b
+    valid = (
+        torch.isfinite(m).all(-1) & torch.isfinite(q).all(-1) & torch.isfinite(o)
+        & (a > 0) & (c > 0) & (det > 0) & (255.0 * o >= 1.0)
+    )
+    one = torch.ones((), dtype=torch.float64, device=m.device)
+    r2 = 2.0 * torch.log(255.0 * torch.where(valid, o, one))
+    r2 = r2.clamp_min(0.0)
+    det_s = torch.where(valid, det, one)
+    ex = torch.sqrt(r2 * torch.where(valid, c, one) / det_s) * (1.0 + 1e-3) + 1.0
+    ey = torch.sqrt(r2 * torch.where(valid, a, one) / det_s) * (1.0 + 1e-3) + 1.0
+    valid = valid & torch.isfinite(ex) & torch.isfinite(ey)
+    inf = torch.full_like(ex, math.inf)
+    x0 = torch.where(valid, m[:, 0] - ex, inf)
+    x1 = torch.where(valid, m[:, 0] + ex, -inf)
+    y0 = torch.where(valid, m[:, 1] - ey, inf)
+    y1 = torch.where(valid, m[:, 1] + ey, -inf)
+    return x0, x1, y0, y1
+
+
+def render_to_array(
+    field: Gaussians2D,
+    width: int,
+    height: int,
+    *,
+    mode: str = "sum",
+    window: int = DEFAULT_WINDOW,
+    backend: str = "auto",
+    tile_size: int = 16,
+    as_uint8: bool = True,
+) -> np.ndarray:
+    """Render an unbatched field at ``width x height`` window by window.
+
+    Each ``window x window`` piece is rasterized with only the Gaussians that can reach it (means
+    shifted by the window origin), so memory stays bounded for any output size; the stitched result
+    equals ``field.render(width, height, mode=mode)``.
+
+    Returns ``uint8 [H, W, C]`` (clamped to [0, 1], rounded) or, with ``as_uint8=False``, the
+    unclamped float32 image.
+    """
+    from gsplat2d.rasterize import rasterize
+
+    field = _unbatch(field, "field")
+    check_output_size(int(width), int(height))
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    means_px, conics = field.to_pixels(width, height)
+    colors, opac = field.colors, field.opacities
+    x0s, x1s, y0s, y1s = _extents(means_px, conics, opac)
+    C = field.channels
+    out = np.empty((height, width, C), dtype=np.uint8 if as_uint8 else np.float32)
+    with torch.inference_mode():
+        for wy in range(0, height, window):
+            h = min(window, height - wy)
+            # Pixel centres of this band: wy + 0.5 .. wy + h - 0.5 (the extents carry a 1 px margin).
+            band = torch.nonzero((y1s >= wy + 0.5) & (y0s <= wy + h - 0.5)).squeeze(1)
+            bx0, bx1 = x0s[band], x1s[band]
+            for wx in range(0, width, window):
+                w = min(window, width - wx)
+                idx = band[(bx1 >= wx + 0.5) & (bx0 <= wx + w - 0.5)]  # ascending: order kept
+                shift = torch.tensor([float(wx), float(wy)], dtype=means_px.dtype, device=means_px.device)
+                img, _ = rasterize(
+                    means_px[idx] - shift, conics[idx], colors[idx], opac[idx], w, h,
+                    mode=mode, tile_size=tile_size, backend=backend,
+                )
+                if as_uint8:
+                    piece = img.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+                else:
+                    piece = img.float()
+                out[wy : wy + h, wx : wx + w] = piece.cpu().numpy()
+    return out
+
+
+# ---------------------------------------------------------------------------------- CLI
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=_PROG,
+        description="Super-resolve an image (or every image in a folder) to any size with a "
+        "pixel-to-Gaussian model, or re-render a saved .g2d Gaussian field.",
+        epilog="A .g2d field knows neither its source size nor its mode: re-render it with --size and "
+        "(for alpha-mode models) --mode alpha.",
+    )
+    p.add_argument("--input_path", help="LR image file, or a folder of images")
+    p.add_argument("--output_path", help="output image (.png), or a folder when --input_path is a folder")
+    p.add_argument("--model_path", help="model checkpoint (.pth); default: the shipped model")
+    p.add_argument("--scale", help="upscaling factor: a number > 0 (4, 3.7, 12) or SXxSY (2.5x3)")
+    p.add_argument("--size", help="exact output size WIDTHxHEIGHT in pixels, e.g. 3840x2160")
+    p.add_argument("--save_gaussians", metavar="PATH",
+                   help="also write the encoded field to PATH (.g2d; a folder for a folder input)")
+    p.add_argument("--gaussians", metavar="FIELD.g2d",
+                   help="render this saved field instead of encoding an image (needs --size)")
+    p.add_argument("--mode", choices=("sum", "alpha"),
+                   help="rasterizer mode; default: the model's mode, or 'sum' for --gaussians")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"), help="rasterizer backend")
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                   help=f"render in square windows of this many pixels (bounded memory; default {DEFAULT_WINDOW})")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
+def _fail(msg: str) -> None:
+    raise RenderError(msg)
+
+
+def _short(e: BaseException) -> str:
+    """An error message without torch.load's multi-paragraph advice (which suggests
+    ``weights_only=False``, wrong for an untrusted file)."""
+    msg = str(e)
+    cut = msg.find("Weights only load failed")
+    if cut >= 0:
+        return msg[:cut].rstrip(": ") + ": the file is damaged or not of this kind"
+    return msg.splitlines()[0] if msg else type(e).__name__
+
+
+def _list_images(folder: Path) -> List[Path]:
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                   and not f.name.startswith("."))
+    if not files:
+        _fail(f"input folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    stems = {}
+    for f in files:
+        if f.stem in stems:
+            _fail(f"input folder {folder}: {stems[f.stem].name} and {f.name} would both write {f.stem}.png")
+        stems[f.stem] = f
+    return files
+
+
+def _check_backend(backend: str, device: torch.device) -> None:
+    from gsplat2d.rasterize import _pick_backend
+
+    try:
+        _pick_backend(backend, device, 16)
+    except RuntimeError as e:
+        raise RenderError(f"--backend {backend}: {e}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    say = (lambda *a, **k: None) if args.quiet else print
+
+    # ---- arguments that need no file access
+    if args.window < 1:
+        _fail(f"--window must be >= 1 pixel, got {args.window}")
+    scale = parse_scale(args.scale) if args.scale is not None else None
+    size = parse_size(args.size) if args.size is not None else None
+    if scale is not None and size is not None:
+        _fail("give either --scale or --size, not both")
+
+    if args.gaussians is not None:
+        for flag, val in (("--input_path", args.input_path), ("--model_path", args.model_path),
+                          ("--save_gaussians", args.save_gaussians)):
+            if val is not None:
+                _fail(f"{flag} cannot be combined with --gaussians (which renders a saved field)")
+        if args.output_path is None:
+            _fail("--gaussians needs --output_path")
+        if scale is not None:
+            _fail("--gaussians needs --size WIDTHxHEIGHT: a .g2d field does not record the size of its "
+                  "source image, so --scale has nothing to scale")
+        if size is None:
+            _fail("--gaussians needs --size WIDTHxHEIGHT")
+        return _run_field(args, size, say)
+
+    if args.input_path is None:
+        _fail("give --input_path (an image or a folder), or --gaussians FIELD.g2d")
+    if args.output_path is None and args.save_gaussians is None:
+        _fail("nothing to write: give --output_path and/or --save_gaussians")
+    if args.output_path is not None and scale is None and size is None:
+        _fail("give the output size with --scale (e.g. 4 or 2.5x3) or --size (e.g. 3840x2160)")
+    if args.output_path is None and (scale is not None or size is not None):
+        _fail("--scale/--size need --output_path")
+
+    # ---- inputs and outputs, all checked before anything is written
+    inp = Path(args.input_path)
+    if not inp.exists():
+        _fail(f"input not found: {inp}")
+    folder_mode = inp.is_dir()
+    inputs = _list_images(inp) if folder_mode else [inp]
+    sizes = [_open_header(f) for f in inputs]
+    out_sizes: List[Optional[Tuple[int, int]]] = []
+    for f, (w, h) in zip(inputs, sizes):
+        if args.output_path is None:
+            out_sizes.append(None)
+        elif size is not None:
+            out_sizes.append(size)
+        else:
+            try:
+                out_sizes.append(output_size(w, h, scale))
+            except RenderError as e:
+                raise RenderError(f"{f}: {e}") from None
+
+    outputs: List[Optional[Path]] = [None] * len(inputs)
+    fields: List[Optional[Path]] = [None] * len(inputs)
+    if args.output_path is not None:
+        out = Path(args.output_path)
+        if folder_mode:
+            if out.exists() and not out.is_dir():
+                _fail(f"--output_path {out} is a file, but --input_path is a folder: give a folder")
+            outputs = [out / (f.stem + ".png") for f in inputs]
+        else:
+            if out.is_dir() or args.output_path.endswith(("/", os.sep)):
+                out = out / (inp.stem + ".png")
+            if out.suffix.lower() not in _OUTPUT_FORMATS:
+                _fail(f"--output_path {out}: unsupported file ending {out.suffix!r}; use .png")
+            outputs = [out]
+        for src, dst in zip(inputs, outputs):
+            if dst.exists() and dst.resolve() == src.resolve():
+                _fail(f"--output_path would overwrite the input {src}")
+    if args.save_gaussians is not None:
+        g = Path(args.save_gaussians)
+        if folder_mode:
+            if g.exists() and not g.is_dir():
+                _fail(f"--save_gaussians {g} is a file, but --input_path is a folder: give a folder")
+            fields = [g / (f.stem + ".g2d") for f in inputs]
+        else:
+            fields = [g / (inp.stem + ".g2d") if g.is_dir() else g]
+
+    device = pick_device(args.device)
+    _check_backend(args.backend, device)
+
+    # ---- model
+    from gsplat2d.models.sr import default_model_path, load_model
+
+    mpath = args.model_path if args.model_path is not None else default_model_path()
+    try:
+        model = load_model(mpath, map_location="cpu").to(device)
+    except FileNotFoundError as e:
+        _fail(f"{e}" + ("" if args.model_path else " (the shipped default model is missing)"))
+    except ValueError as e:
+        _fail(_short(e))
+    mode = args.mode or model.config.mode
+    if args.mode and args.mode != model.config.mode:
+        print(f"{_PROG}: warning: {mpath} was trained for --mode {model.config.mode}, rendering with {args.mode}",
+              file=sys.stderr)
+
+    # ---- work
+    # The first forward pass pays one-off start-up costs (allocator, conv algorithm choice, CUDA
+    # context); run it on a tiny input so the printed encode times measure the network.
+    encode_image(model, torch.zeros(3, 8, 8))
+    _sync(device)
+    progress = None
+    if folder_mode and not args.quiet:
+        try:
+            from tqdm import tqdm
+
+            progress = tqdm(total=len(inputs), unit="img", file=sys.stderr)
+            say = progress.write
+        except ImportError:
+            pass
+    t_enc = t_ren = 0.0
+    for src, (w, h), osz, dst, gdst in zip(inputs, sizes, out_sizes, outputs, fields):
+        lr = load_image_file(src)
+        _sync(device)
+        t0 = time.perf_counter()
+        field = encode_image(model, lr)
+        _sync(device)
+        t1 = time.perf_counter()
+        enc_ms = (t1 - t0) * 1e3
+        t_enc += enc_ms
+        line = f"{src}: {w}x{h}, {field.num_gaussians} Gaussians, encode {enc_ms:.1f} ms"
+        if gdst is not None:
+            field.save(gdst)
+            line += f", field -> {gdst}"
+        if dst is not None:
+            ow, oh = osz
+            t2 = time.perf_counter()
+            arr = render_to_array(field, ow, oh, mode=mode, window=args.window, backend=args.backend)
+            _sync(device)
+            ren_ms = (time.perf_counter() - t2) * 1e3
+            t_ren += ren_ms
+            save_image_atomic(arr, dst)
+            line += f", render {ow}x{oh} {ren_ms:.1f} ms -> {dst}"
+        say(line)
+        if progress is not None:
+            progress.update(1)
+    if progress is not None:
+        progress.close()
+    if len(inputs) > 1:
+        (print if not args.quiet else (lambda *a: None))(
+            f"{len(inputs)} images: encode {t_enc:.0f} ms, render {t_ren:.0f} ms in total"
+        )
+    if args.save_gaussians is not None and not args.quiet:
+        print(f"re-render a field with: {_PROG} --gaussians FIELD.g2d --size WxH --mode {mode} --output_path OUT.png")
+    return 0
+
+
+def _run_field(args: argparse.Namespace, size: Tuple[int, int], say) -> int:
+    gpath = Path(args.gaussians)
+    out = Path(args.output_path)
+    if out.is_dir() or args.output_path.endswith(("/", os.sep)):
+        out = out / (gpath.stem + ".png")
+    if out.suffix.lower() not in _OUTPUT_FORMATS:
+        _fail(f"--output_path {out}: unsupported file ending {out.suffix!r}; use .png")
+    device = pick_device(args.device)
+    _check_backend(args.backend, device)
+    try:
+        field = Gaussians2D.load(gpath, map_location=device)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    except (ValueError, TypeError) as e:
+        _fail(f"bad Gaussian file: {_short(e)}")
+    field = _unbatch(field, str(gpath))
+    if field.channels not in (1, 3):
+        _fail(f"{gpath} has {field.channels} colour channels; an image needs 1 or 3")
+    field = field.to(torch.float32) if field.dtype != torch.float32 else field
+    mode = args.mode or "sum"
+    w, h = size
+    _sync(device)
+    t0 = time.perf_counter()
+    arr = render_to_array(field, w, h, mode=mode, window=args.window, backend=args.backend)
+    _sync(device)
+    ren_ms = (time.perf_counter() - t0) * 1e3
+    save_image_atomic(arr, out)
+    say(f"{gpath}: {field.num_gaussians} Gaussians, mode {mode}, render {w}x{h} {ren_ms:.1f} ms -> {out}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``gsplat2d render``; returns the exit status."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(None if argv is None else list(argv))
+    except SystemExit as e:  # --help (0) or an argparse error (2; message already printed)
+        return int(e.code or 0)
+    try:
+        return _run(args)
+    except RenderError as e:
+        print(f"{_PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{_PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError, MemoryError) as e:
+        # Out of memory, an unwritable output folder, a truncated image...: one line, no traceback.
+        print(f"{_PROG}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
