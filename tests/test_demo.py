@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from gsplat2d.demo import ASSET, main
-from gsplat2d.models.sr import GaussianSR, save_checkpoint
+from gsplat2d.models.sr import Pixel2GaussianSR, save_checkpoint
 
 
 def test_bundled_image():
@@ -18,7 +18,7 @@ def test_bundled_image():
 def test_demo_quick(tmp_path, capsys):
     model = tmp_path / "tiny.pth"
     torch.manual_seed(0)
-    save_checkpoint(model, GaussianSR("tiny"))
+    save_checkpoint(model, Pixel2GaussianSR("tiny"))
     out = tmp_path / "demo"
     assert main(["--quick", "--model_path", str(model), "--out_dir", str(out)]) == 0
     text = capsys.readouterr().out

@@ -16,7 +16,7 @@ from PIL import Image
 
 from gsplat2d.eval.cli import main
 from gsplat2d.eval.resize import imresize
-from gsplat2d.models.sr import GaussianSR, save_checkpoint
+from gsplat2d.models.sr import Pixel2GaussianSR, save_checkpoint
 
 W, H = 40, 36  # synthetic HR size
 
@@ -31,7 +31,7 @@ def _smooth_rgb(seed: int, w: int = W, h: int = H) -> np.ndarray:
 def model_path(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     p = tmp_path_factory.mktemp("model") / "m.pth"
-    save_checkpoint(p, GaussianSR("tiny"))
+    save_checkpoint(p, Pixel2GaussianSR("tiny"))
     return p
 
 

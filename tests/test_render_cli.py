@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from gsplat2d import Gaussians2D
-from gsplat2d.models.sr import GaussianSR, save_checkpoint
+from gsplat2d.models.sr import Pixel2GaussianSR, save_checkpoint
 from gsplat2d.render import main, render_to_array
 
 LR_W, LR_H = 17, 13
@@ -28,7 +28,7 @@ def _lr_image(seed: int, w: int = LR_W, h: int = LR_H) -> np.ndarray:
 def model_path(tmp_path_factory):
     p = tmp_path_factory.mktemp("model") / "tiny.pth"
     torch.manual_seed(0)
-    save_checkpoint(p, GaussianSR("tiny"))
+    save_checkpoint(p, Pixel2GaussianSR("tiny"))
     return str(p)
 
 

@@ -1,4 +1,4 @@
-"""GaussianSR: encode once / render any size, parameter bounds, presets, checkpoint files."""
+"""Pixel2GaussianSR: encode once / render any size, parameter bounds, presets, checkpoint files."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from gsplat2d import Gaussians2D
 from gsplat2d.models.sr import (
     PRESETS,
-    GaussianSR,
+    Pixel2GaussianSR,
     SRConfig,
     load_checkpoint,
     load_model,
@@ -29,7 +29,7 @@ def _lr(b=1, h=7, w=9, seed=0):
 @pytest.mark.parametrize("size", [(23, 17), (40, 9), (9, 7)], ids=lambda s: f"{s[0]}x{s[1]}")
 def test_forward_renders_exact_size(size):
     torch.manual_seed(0)
-    m = GaussianSR("tiny").eval()
+    m = Pixel2GaussianSR("tiny").eval()
     with torch.no_grad():
         out = m(_lr(2), size, backend="torch")
     assert out.shape == (2, 3, size[1], size[0])
@@ -38,7 +38,7 @@ def test_forward_renders_exact_size(size):
 
 @pytest.mark.parametrize("scale", [1.0, 2.0, 3.7], ids=lambda s: f"x{s}")
 def test_forward_scale_rounds_like_the_cli(scale):
-    m = GaussianSR("tiny").eval()
+    m = Pixel2GaussianSR("tiny").eval()
     with torch.no_grad():
         out = m(_lr(1, 7, 9), scale=scale, backend="torch")
     assert out.shape[-2:] == (round(7 * scale), round(9 * scale))
@@ -46,7 +46,7 @@ def test_forward_scale_rounds_like_the_cli(scale):
 
 def test_encode_once_render_many_matches_forward():
     torch.manual_seed(1)
-    m = GaussianSR("tiny").eval()
+    m = Pixel2GaussianSR("tiny").eval()
     lr = _lr(1, 6, 8)
     with torch.no_grad():
         field = m.encode(lr)
@@ -61,7 +61,7 @@ def test_encode_once_render_many_matches_forward():
 def test_encode_shapes_and_bounds(k, head):
     torch.manual_seed(2)
     cfg = SRConfig(n_feats=8, n_blocks=1, k=k, head=head)
-    m = GaussianSR(cfg)
+    m = Pixel2GaussianSR(cfg)
     # Large random head weights push every raw parameter to its bounds.
     torch.nn.init.normal_(m.head.weight, std=5.0)
     b, h, w = 2, 5, 7
@@ -91,7 +91,7 @@ def test_encode_shapes_and_bounds(k, head):
 def test_untrained_field_is_a_partition_of_unity(k):
     """A flat LR image renders flat (interior) at integer, non-integer and non-uniform sizes."""
     torch.manual_seed(3)
-    m = GaussianSR(SRConfig(n_feats=8, n_blocks=1, k=k))
+    m = Pixel2GaussianSR(SRConfig(n_feats=8, n_blocks=1, k=k))
     torch.nn.init.zeros_(m.head.weight)
     lr = torch.full((1, 3, 10, 12), 0.3) + torch.tensor([0.0, 0.2, 0.4]).view(1, 3, 1, 1)
     with torch.no_grad():
@@ -110,7 +110,7 @@ def test_untrained_field_is_a_partition_of_unity(k):
 
 def test_gradients_reach_every_parameter():
     torch.manual_seed(4)
-    m = GaussianSR(SRConfig(n_feats=8, n_blocks=2, k=2))
+    m = Pixel2GaussianSR(SRConfig(n_feats=8, n_blocks=2, k=2))
     out = m(_lr(2, 6, 5), (13, 15), backend="torch")
     (out * torch.randn_like(out)).sum().backward()
     for name, p in m.named_parameters():
@@ -119,7 +119,7 @@ def test_gradients_reach_every_parameter():
 
 
 def test_alpha_mode_renders():
-    m = GaussianSR(SRConfig(n_feats=8, n_blocks=1, mode="alpha")).eval()
+    m = Pixel2GaussianSR(SRConfig(n_feats=8, n_blocks=1, mode="alpha")).eval()
     with torch.no_grad():
         out = m(_lr(1, 6, 6), (13, 11), backend="torch")
     assert out.shape == (1, 3, 11, 13) and torch.isfinite(out).all()
@@ -133,24 +133,24 @@ def test_alpha_mode_renders():
 def test_config_validation_names_the_field(bad):
     field = next(iter(bad))
     with pytest.raises(ValueError, match=field):
-        GaussianSR(SRConfig(**bad))
+        Pixel2GaussianSR(SRConfig(**bad))
 
 
 def test_unknown_preset():
     with pytest.raises(ValueError, match="preset"):
-        GaussianSR("huge")
+        Pixel2GaussianSR("huge")
     assert set(PRESETS) >= {"tiny", "base", "cholesky"}
 
 
 def test_bad_input_shape():
     with pytest.raises(ValueError, match=r"lr must be \[B, 3, H, W\]"):
-        GaussianSR("tiny")(torch.rand(3, 8, 8), (16, 16))
+        Pixel2GaussianSR("tiny")(torch.rand(3, 8, 8), (16, 16))
 
 
 # ---------------------------------------------------------------------- checkpoints
 def test_checkpoint_round_trip(tmp_path):
     torch.manual_seed(5)
-    m = GaussianSR(SRConfig(n_feats=8, n_blocks=1, k=2, head="cholesky")).eval()
+    m = Pixel2GaussianSR(SRConfig(n_feats=8, n_blocks=1, k=2, head="cholesky")).eval()
     p = tmp_path / "sub" / "m.pth"
     save_checkpoint(p, m, epoch=3)
     m2 = load_model(p)
@@ -164,7 +164,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_failed_save_keeps_old_file(tmp_path, monkeypatch):
     p = tmp_path / "m.pth"
-    m = GaussianSR(SRConfig(n_feats=8, n_blocks=1))
+    m = Pixel2GaussianSR(SRConfig(n_feats=8, n_blocks=1))
     save_checkpoint(p, m)
     before = p.read_bytes()
 
@@ -174,7 +174,7 @@ def test_failed_save_keeps_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(p, GaussianSR(SRConfig(n_feats=8, n_blocks=2)))
+        save_checkpoint(p, Pixel2GaussianSR(SRConfig(n_feats=8, n_blocks=2)))
     assert p.read_bytes() == before
     assert os.listdir(tmp_path) == ["m.pth"]
 
@@ -188,7 +188,7 @@ def test_load_never_executes_code(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     p = tmp_path / "evil.pth"
     with open(p, "wb") as f:
-        torch.save({"format": "gsplat2d.GaussianSR", "version": 1, "config": {}, "model": {}, "x": _Evil()}, f)
+        torch.save({"format": "gsplat2d.Pixel2GaussianSR", "version": 1, "config": {}, "model": {}, "x": _Evil()}, f)
     with pytest.raises(ValueError, match="evil.pth"):
         load_model(p)
     assert not (tmp_path / "pwned").exists()
@@ -205,7 +205,7 @@ def test_load_errors_name_the_file(tmp_path):
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(ValueError, match="not a gsplat2d super-resolution checkpoint"):
         load_model(other)
-    m = GaussianSR(SRConfig(n_feats=8, n_blocks=1))
+    m = Pixel2GaussianSR(SRConfig(n_feats=8, n_blocks=1))
     ver = tmp_path / "ver.pth"
     save_checkpoint(ver, m)
     ck = torch.load(ver, weights_only=True)
@@ -228,7 +228,7 @@ def test_load_errors_name_the_file(tmp_path):
 
 def test_shipped_default_model_loads():
     m = load_model(None)
-    assert isinstance(m, GaussianSR)
+    assert isinstance(m, Pixel2GaussianSR)
     with torch.no_grad():
         out = m(_lr(1, 8, 8), scale=2.5, backend="torch")
     assert out.shape == (1, 3, 20, 20) and torch.isfinite(out).all()

@@ -170,7 +170,7 @@ def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, result_dir: 
     from gsplat2d.train.loop import _Validator  # noqa: F401  (import check in the child)
 
     # Each rank writes its final weights so the parent can check they agree.
-    from gsplat2d.models.sr import GaussianSR  # noqa: F401
+    from gsplat2d.models.sr import Pixel2GaussianSR  # noqa: F401
 
     torch.save({"steps": summary["steps"]}, os.path.join(result_dir, f"rank{rank}.pt"))
 

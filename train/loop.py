@@ -1,4 +1,4 @@
-"""Training loop for :class:`gsplat2d.models.sr.GaussianSR` (single process or DDP via torchrun).
+"""Training loop for :class:`gsplat2d.models.sr.Pixel2GaussianSR` (single process or DDP via torchrun).
 
 One epoch = ``repeat`` passes of random crops over the training images, one random scale per
 batch. After each epoch: validation (loss, Y-PSNR, SSIM, optional LPIPS), a sample strip
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gsplat2d.eval.metrics import bicubic_upscale, load_image, psnr_y, ssim_y
-from gsplat2d.models.sr import PRESETS, GaussianSR, SRConfig, load_checkpoint, save_checkpoint
+from gsplat2d.models.sr import PRESETS, Pixel2GaussianSR, SRConfig, load_checkpoint, save_checkpoint
 from gsplat2d.train.data import CustomImageDataset, make_loader
 from gsplat2d.train.plot import plot_curves
 from gsplat2d.train.samples import save_sample_strip
@@ -222,7 +222,7 @@ class _Validator:
         return self.lpips
 
     @torch.no_grad()
-    def run(self, model: GaussianSR, loss_fn: SRLoss, device: torch.device, backend: str, use_lpips: bool):
+    def run(self, model: Pixel2GaussianSR, loss_fn: SRLoss, device: torch.device, backend: str, use_lpips: bool):
         model.eval()
         losses, psnrs, ssims, lp = [], [], [], []
         bic = []
@@ -232,10 +232,11 @@ class _Validator:
             loss, _ = loss_fn(sr, hr[None].to(device))
             losses.append(float(loss))
             sr = sr[0].clamp(0, 1).cpu()
-            psnrs.append(psnr_y(sr, hr, shave))
-            ssims.append(ssim_y(sr, hr, shave))
+            # The benchmark convention (gsplat2d.eval): HR's Y rounded to 8 bits, SR's not.
+            psnrs.append(psnr_y(sr, hr, shave, round_hr_y=True))
+            ssims.append(ssim_y(sr, hr, shave, round_hr_y=True))
             if self.bicubic_psnr is None:
-                bic.append(psnr_y(bicubic_upscale(lr, (hr.shape[-1], hr.shape[-2])), hr, shave))
+                bic.append(psnr_y(bicubic_upscale(lr, (hr.shape[-1], hr.shape[-2])), hr, shave, round_hr_y=True))
             if use_lpips and self._lpips_metric(device) is not None:
                 lp.append(float(self.lpips(sr[None].to(device), hr[None].to(device))))
         if self.bicubic_psnr is None:
@@ -251,7 +252,7 @@ class _Validator:
         return out
 
 
-def evaluate(model: GaussianSR, files: Sequence[Path], cfg: TrainConfig, device: torch.device) -> Dict[str, float]:
+def evaluate(model: Pixel2GaussianSR, files: Sequence[Path], cfg: TrainConfig, device: torch.device) -> Dict[str, float]:
     """Validation metrics of ``model`` on ``files`` with ``cfg``'s scales/crop (no LPIPS)."""
     v = _Validator(files, cfg)
     out = v.run(model, SRLoss(cfg.l1_weight, cfg.ms_ssim_weight), device, cfg.backend, False)
@@ -334,7 +335,7 @@ def _train(cfg: TrainConfig, resume: Optional[str]) -> Dict[str, Any]:
 
     _seed_all(cfg.seed)
     mcfg = SRConfig(**{**asdict(PRESETS[cfg.preset]), **cfg.model}).validate()
-    model = GaussianSR(mcfg).to(device)
+    model = Pixel2GaussianSR(mcfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total_steps))
     loss_fn = SRLoss(cfg.l1_weight, cfg.ms_ssim_weight)

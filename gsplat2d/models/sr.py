@@ -1,7 +1,7 @@
 """Pixel-to-Gaussian super-resolution (the ContinuousSR idea): a CNN turns a low-resolution image
 into K 2D Gaussians per LR pixel in one forward pass; the field renders at any output size.
 
-Encode once, render many sizes: :meth:`GaussianSR.encode` returns a :class:`Gaussians2D` in
+Encode once, render many sizes: :meth:`Pixel2GaussianSR.encode` returns a :class:`Gaussians2D` in
 normalised image coordinates, and :meth:`Gaussians2D.render` samples it at any ``W x H``
 (non-integer and non-uniform scales included) without touching the network again.
 
@@ -44,7 +44,7 @@ from gsplat2d.gaussians import Gaussians2D
 __all__ = [
     "SRConfig",
     "PRESETS",
-    "GaussianSR",
+    "Pixel2GaussianSR",
     "save_checkpoint",
     "load_checkpoint",
     "load_model",
@@ -52,14 +52,14 @@ __all__ = [
     "CHECKPOINT_FORMAT",
 ]
 
-CHECKPOINT_FORMAT = "gsplat2d.GaussianSR"
+CHECKPOINT_FORMAT = "gsplat2d.Pixel2GaussianSR"
 CHECKPOINT_VERSION = 1
 NUM_RAW = 9  # raw parameters per Gaussian
 
 
 @dataclass
 class SRConfig:
-    """Architecture of :class:`GaussianSR` (stored in every checkpoint)."""
+    """Architecture of :class:`Pixel2GaussianSR` (stored in every checkpoint)."""
 
     n_feats: int = 32  # backbone width (channels)
     n_blocks: int = 4  # EDSR residual blocks
@@ -116,7 +116,7 @@ class _ResBlock(nn.Module):
         return x + self.body(x) * self.res_scale
 
 
-class GaussianSR(nn.Module):
+class Pixel2GaussianSR(nn.Module):
     """EDSR-style backbone + a head predicting ``K x 9`` raw Gaussian parameters per LR pixel.
 
     Args:
@@ -219,7 +219,7 @@ class GaussianSR(nn.Module):
 
 
 # ---------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Union[str, "os.PathLike[str]"], model: GaussianSR, **extra: Any) -> None:
+def save_checkpoint(path: Union[str, "os.PathLike[str]"], model: Pixel2GaussianSR, **extra: Any) -> None:
     """Write ``{format, version, config, model, **extra}`` atomically (temp file + fsync + rename).
 
     ``extra`` may hold optimiser/scheduler state, epoch, RNG states and metrics (anything
@@ -263,8 +263,8 @@ def default_model_path() -> str:
 
 def load_model(
     path: Union[str, "os.PathLike[str]", None] = None, map_location: Any = "cpu"
-) -> GaussianSR:
-    """Build a :class:`GaussianSR` from a checkpoint (``None``: the shipped default model), in
+) -> Pixel2GaussianSR:
+    """Build a :class:`Pixel2GaussianSR` from a checkpoint (``None``: the shipped default model), in
     eval mode, float32."""
     path = default_model_path() if path is None else os.fspath(path)
     payload = load_checkpoint(path, map_location=map_location)
@@ -272,7 +272,7 @@ def load_model(
         config = SRConfig.from_dict(payload["config"])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: bad model config: {e}") from None
-    model = GaussianSR(config)
+    model = Pixel2GaussianSR(config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()}
     try:
         model.load_state_dict(state)
