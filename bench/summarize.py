@@ -114,6 +114,8 @@ def summarize(raw: dict, out_dir: str, date: str | None = None, tag: str | None 
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {"bin": 0, "fwd": 1, "bwd": 2, "fwdbwd": 3}
+    sr = [r for r in records if r["extra_info"].get("stage") in ("encode", "render")]
+    records = [r for r in records if r not in sr]
     records.sort(key=lambda r: (
         r["extra_info"].get("H", 0) * r["extra_info"].get("W", 0), r["extra_info"].get("N", 0),
         r["extra_info"].get("case", ""), order.get(r["extra_info"].get("stage"), 9),
@@ -127,6 +129,25 @@ def summarize(raw: dict, out_dir: str, date: str | None = None, tag: str | None 
             f"{i.get('W', '')}x{i.get('H', '')} | {i.get('N', '')} | {i.get('C', '')} | {i.get('pairs', '')} | "
             f"{mean_ms} | {r['rounds']} | {_fmt_rate(i.get('gauss_pixel_evals_per_s'))} |"
         )
+    if sr:
+        lines += [
+            "",
+            "Super-resolution (shipped default model): encode = the network once; render = rasterize the",
+            "field at the output size (no network).",
+            "",
+            "| name | stage | LR W x H | scale | output W x H | mean ms | rounds | output Mpix/s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        sr.sort(key=lambda r: (r["extra_info"]["stage"] != "encode", r["extra_info"].get("scale", 0)))
+        for r in sr:
+            i = r["extra_info"]
+            mean_ms = "-" if r["mean_s"] is None else f"{r['mean_s'] * 1e3:.2f}"
+            out = f"{i['out_w']}x{i['out_h']}" if "out_w" in i else "-"
+            rate = f"{i['output_mpix_per_s']:.2f}" if i.get("output_mpix_per_s") else "-"
+            lines.append(
+                f"| {r['name']} | {i['stage']} | {i.get('lr_w')}x{i.get('lr_h')} | {i.get('scale', '-')} | {out} | "
+                f"{mean_ms} | {r['rounds']} | {rate} |"
+            )
     with open(md_path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return json_path, md_path
