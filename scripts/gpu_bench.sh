@@ -46,6 +46,20 @@ $PY -m pytest bench/ --benchmark-only --benchmark-json="$RAW/bench-$STAMP.json" 
     | tee "$RAW/bench-$STAMP.log"
 rc=${PIPESTATUS[0]}; [ "$rc" -ne 0 ] && { echo "benchmarks: exit $rc"; status=1; }
 
+echo "== super-resolution on CUDA: 60 training steps (triton backend, bf16 AMP), shipped model on Set5"
+DATA=${GSPLAT2D_DATA:-../shared/data}
+if [ -d "$DATA/train" ] && [ -d "$DATA/Set5" ]; then
+    $PY -m gsplat2d.train --dataset_path "$DATA/train" --epochs 1 --max_steps 60 --batch_size 16 \
+        --amp --backend triton --device cuda --val_split 5 --val_scales 2,4 --no_progress --no_lpips \
+        --save_path "$RAW/sr-$STAMP.pth" --samples_dir "$RAW/sr-samples-$STAMP" 2>&1 | tee "$RAW/sr-train-$STAMP.log"
+    rc=${PIPESTATUS[0]}; [ "$rc" -ne 0 ] && { echo "sr train: exit $rc"; status=1; }
+    $PY -m gsplat2d.eval --benchmark --device cuda --data_path "$DATA/Set5" --json "$RAW/sr-set5-$STAMP.json" \
+        2>&1 | tee "$RAW/sr-set5-$STAMP.log"
+    rc=${PIPESTATUS[0]}; [ "$rc" -ne 0 ] && { echo "sr eval: exit $rc"; status=1; }
+else
+    echo "(no $DATA/train or $DATA/Set5: set GSPLAT2D_DATA to the shared data folder to run this step)"
+fi
+
 if [ -s "$RAW/bench-$STAMP.json" ]; then
     echo "== summary"
     $PY bench/summarize.py "$RAW/bench-$STAMP.json" || status=1
