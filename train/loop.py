@@ -448,7 +448,8 @@ def _train(cfg: TrainConfig, resume: Optional[str]) -> Dict[str, Any]:
                     stale += 1
                 if history and "val_loss" in history[-1]:
                     prev = history[-1]
-                    if record["val_loss"] > prev["val_loss"] and record["train_loss"] < prev["train_loss"]:
+                    # 1% margin: epoch-to-epoch noise in val_loss is not a trend.
+                    if record["val_loss"] > 1.01 * prev["val_loss"] and record["train_loss"] < prev["train_loss"]:
                         msg = (
                             f"warning: val_loss rose ({prev['val_loss']:.4f} -> {record['val_loss']:.4f}) while "
                             f"train_loss fell: possible overfitting"
