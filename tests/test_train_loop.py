@@ -234,3 +234,24 @@ def test_cli_runs_the_briefs_command(tmp_path, image_dir, monkeypatch):
     assert (tmp_path / "models" / "my_model.pth").is_file()
     assert (tmp_path / "models" / "my_model.last.pth").is_file()
     assert (tmp_path / "train_samples" / "epoch_001.png").is_file()
+
+
+def test_overfitting_warning_and_early_stop(tmp_path, image_dir, monkeypatch, capsys):
+    """Validation that only gets worse: warn whenever train loss fell meanwhile, keep the epoch-1
+    model as the best, and stop after ``early_stop`` stale epochs."""
+    calls = {"n": 0}
+
+    def worse_every_epoch(self, model, loss_fn, device, backend, use_lpips):
+        calls["n"] += 1
+        self.bicubic_psnr = 20.0
+        return {"val_loss": 0.1 * calls["n"], "val_psnr": 30.0 - calls["n"], "val_ssim": 0.5}
+
+    monkeypatch.setattr(loop_mod._Validator, "run", worse_every_epoch)
+    cfg = _cfg(tmp_path, image_dir, epochs=6, early_stop=2)
+    out = train(cfg)
+    hist = out["history"]
+    assert out["stopped_early"] and len(hist) == 3  # epoch 1 best, epochs 2 and 3 stale
+    for prev, cur in zip(hist, hist[1:]):
+        assert cur.get("overfit_warning", False) == (cur["train_loss"] < prev["train_loss"])
+    assert ("possible overfitting" in capsys.readouterr().out) == any(r.get("overfit_warning") for r in hist)
+    assert load_checkpoint(cfg.save_path)["epoch"] == 1
