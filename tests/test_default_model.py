@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gsplat2d.eval.cli import main as test_main
+from gsplat2d.eval.cli import main as eval_main
 from gsplat2d.models.sr import default_model_path, load_checkpoint
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -29,7 +29,7 @@ def test_shipped_weights_are_small_and_documented():
 @pytest.mark.skipif(not (DATA / "Set5" / "HR").is_dir(), reason="shared Set5 data not present")
 def test_shipped_model_beats_bicubic_on_set5(tmp_path, capsys):
     out = tmp_path / "set5.json"
-    rc = test_main(["--benchmark", "--data_path", str(DATA / "Set5"), "--scales", "2,4", "--json", str(out)])
+    rc = eval_main(["--benchmark", "--data_path", str(DATA / "Set5"), "--scales", "2,4", "--json", str(out)])
     assert rc == 0
     rows = {r["scale"]: r for r in json.loads(out.read_text())["results"]}
     # Measured 2026-11-26 (2-core AMD EPYC, torch 2.13 CPU): bicubic 33.6586 / 28.4235 dB,
