@@ -152,7 +152,7 @@ def test_triton_backend_matches_torch_per_step(tmp_path, image_dir):
     la = [r["train_loss"] for r in a["history"]]
     lb = [r["train_loss"] for r in b["history"]]
     assert len(la) == 3
-    np.testing.assert_allclose(lb, la, rtol=1e-4)  # worst observed ~1e-6 relative
+    np.testing.assert_allclose(lb, la, rtol=1e-4)  # worst observed 2.9e-7 relative
 
 
 def _free_port() -> int:
