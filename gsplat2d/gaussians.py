@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -14,6 +14,9 @@ from gsplat2d.conics import (
     covariances_from_cholesky,
     covariances_from_scale_rotation,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gsplat2d.codec import QuantSpec
 
 __all__ = ["Gaussians2D"]
 
@@ -146,17 +149,60 @@ class Gaussians2D:
         )
 
     # ------------------------------------------------------------------ files
-    def save(self, path: Union[str, "os.PathLike[str]"], *, dtype: Optional[torch.dtype] = None) -> None:
-        """Write the field to ``path`` (a ``.g2d`` file: a ``torch.save`` dict of plain tensors).
+    def save(
+        self,
+        path: Union[str, "os.PathLike[str]"],
+        *,
+        dtype: Optional[torch.dtype] = None,
+        codec: Optional[str] = None,
+        quant: Optional["QuantSpec"] = None,
+        meta: Optional[Dict[str, Any]] = None,
+    ) -> int:
+        """Write the field to ``path`` (a ``.g2d`` file); returns the file size in bytes.
 
-        The write is atomic (temporary file in the same folder, then rename), so an interrupted
-        save never leaves a half-written file. ``dtype`` (e.g. ``torch.float16``) stores the
-        tensors at lower precision; default: as they are. Tensors are saved from the CPU.
+        Three encodings, all read back by :meth:`load`:
+
+        * ``codec=None`` (default): a ``torch.save`` dict of plain tensors (``format``/``version``
+          header, optional ``meta`` dict); ``dtype`` (e.g. ``torch.float16``) stores the tensors
+          at lower precision, default: as they are.
+        * ``codec="lossless"``: the binary container (:mod:`gsplat2d.codec`) with float32 arrays;
+          a float32 field reads back bit-exactly.
+        * ``codec="quantized"``: the compact binary codec (fixed-point positions, few-bit
+          covariances, colours and opacities; bit depths from ``quant``, default
+          ``QuantSpec.for_size(width, height)`` when ``meta`` gives the size, else ``QuantSpec()``).
+
+        ``meta`` (optional) records how the field renders: ``{"mode": "sum"|"alpha", "width": W,
+        "height": H, "background": [...]}`` plus any JSON-serialisable extras; :meth:`load_with_meta`
+        returns it. The write is atomic (temporary file in the same folder, then rename), so an
+        interrupted save never leaves a half-written file. Tensors are saved from the CPU.
         """
+        from gsplat2d import codec as _codec
+
+        meta = _codec.validate_meta(meta)
+        if codec is not None:
+            if dtype is not None:
+                raise ValueError("dtype applies only to the default (torch) encoding; the binary codecs fix it")
+            if codec not in ("lossless", "quantized"):
+                raise ValueError(f"codec must be None, 'lossless' or 'quantized', got {codec!r}")
+            if codec == "lossless" and quant is not None:
+                raise ValueError("quant is only used with codec='quantized'")
+            spec = None
+            if codec == "quantized":
+                spec = quant
+                if spec is None:
+                    w, h = meta.get("width"), meta.get("height")
+                    spec = _codec.QuantSpec.for_size(w, h) if w and h else _codec.QuantSpec()
+            data = _codec.encode(self, quant=spec, meta=meta)
+            _codec.write_atomic(path, data)
+            return len(data)
+        if quant is not None:
+            raise ValueError("quant is only used with codec='quantized'")
         fields = {name: getattr(self, name).detach().cpu() for name in _FIELDS}
         if dtype is not None:
             fields = {k: v.to(dtype) for k, v in fields.items()}
         payload = {"format": _FORMAT, "version": _VERSION, **fields}
+        if meta:
+            payload["meta"] = meta
         path = os.fspath(path)
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
@@ -171,19 +217,38 @@ class Gaussians2D:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+        return os.path.getsize(path)
 
     @classmethod
     def load(
         cls, path: Union[str, "os.PathLike[str]"], *, map_location: Union[str, torch.device] = "cpu"
     ) -> "Gaussians2D":
-        """Read a field written by :meth:`save`.
+        """Read a field written by :meth:`save` (any of its encodings; told apart by the first
+        bytes of the file).
 
-        Loading never executes code from the file (``torch.load(weights_only=True)``: only
-        tensors and plain containers are accepted). Errors name the file and what is wrong.
+        Loading never executes code from the file: the torch encoding goes through
+        ``torch.load(weights_only=True)`` (only tensors and plain containers are accepted), the
+        binary ones are parsed with ``struct``/``numpy`` after checking magic, version, sizes and
+        a CRC32. Errors name the file and what is wrong.
         """
+        return cls.load_with_meta(path, map_location=map_location)[0]
+
+    @classmethod
+    def load_with_meta(
+        cls, path: Union[str, "os.PathLike[str]"], *, map_location: Union[str, torch.device] = "cpu"
+    ) -> Tuple["Gaussians2D", Dict[str, Any]]:
+        """Like :meth:`load`, also returning the file's metadata dict (``{}`` when it has none;
+        keys as in :meth:`save`: ``mode``, ``width``, ``height``, ``background``, extras)."""
+        from gsplat2d import codec as _codec
+
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Gaussian file not found: {path}")
+        with open(path, "rb") as f:
+            head = f.read(len(_codec.MAGIC))
+            if _codec.is_binary_g2d(head):
+                field, meta, _ = _codec.decode(head + f.read(), source=path)
+                return field.to(map_location), meta
         try:
             payload = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as e:
@@ -198,7 +263,12 @@ class Gaussians2D:
         missing = [k for k in _FIELDS if not isinstance(payload.get(k), Tensor)]
         if missing:
             raise ValueError(f"{path} lacks the tensor field(s) {', '.join(missing)}")
-        return cls(*(payload[k] for k in _FIELDS))
+        try:
+            field = cls(*(payload[k] for k in _FIELDS))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: inconsistent Gaussian field: {e}") from None
+        meta = _codec.validate_meta(payload.get("meta"), path)
+        return field, meta
 
     def to_pixels(self, width: int, height: int) -> Tuple[Tensor, Tensor]:
         """Pixel-space means and conics for a ``width x height`` image.

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import gsplat2d
+from gsplat2d.codec import QuantSpec
 
 
 def _field(batch=(), n=37, c=3, seed=0):
@@ -84,3 +85,45 @@ def test_load_never_executes_code(tmp_path):
         pickle.dump({"format": "gsplat2d.Gaussians2D", "version": 1, "evil": _Evil()}, f)
     with pytest.raises(ValueError, match="evil.g2d"):
         gsplat2d.Gaussians2D.load(path)
+
+
+# ---------------------------------------------------------------------------------- metadata, codecs
+def test_torch_container_metadata_and_old_files(tmp_path):
+    field = _field()
+    meta = {"mode": "sum", "width": 96, "height": 64}
+    path = tmp_path / "m.g2d"
+    size = field.save(path, meta=meta)
+    assert size == path.stat().st_size
+    back, got = gsplat2d.Gaussians2D.load_with_meta(path)
+    assert got == meta
+    assert torch.equal(back.means, field.means)
+    # a version-1 file as the original save() wrote it (no "meta" key) still loads, with {} meta
+    old = tmp_path / "old.g2d"
+    torch.save({"format": "gsplat2d.Gaussians2D", "version": 1,
+                **{k: getattr(field, k) for k in ("means", "covariances", "colors", "opacities")}}, old)
+    back, got = gsplat2d.Gaussians2D.load_with_meta(old)
+    assert got == {} and torch.equal(back.colors, field.colors)
+    bad = tmp_path / "bad.g2d"
+    torch.save({"format": "gsplat2d.Gaussians2D", "version": 1, "meta": {"mode": "max"},
+                **{k: getattr(field, k) for k in ("means", "covariances", "colors", "opacities")}}, bad)
+    with pytest.raises(ValueError, match="bad.g2d.*mode"):
+        gsplat2d.Gaussians2D.load(bad)
+    mismatched = tmp_path / "mismatched.g2d"
+    torch.save({"format": "gsplat2d.Gaussians2D", "version": 1, "means": torch.rand(4, 2),
+                "covariances": torch.rand(5, 3), "colors": torch.rand(4, 3), "opacities": torch.rand(4)},
+               mismatched)
+    with pytest.raises(ValueError, match="mismatched.g2d"):
+        gsplat2d.Gaussians2D.load(mismatched)
+
+
+def test_save_codec_arguments(tmp_path):
+    field = _field()
+    with pytest.raises(ValueError, match="codec"):
+        field.save(tmp_path / "x.g2d", codec="zip")
+    with pytest.raises(ValueError, match="dtype"):
+        field.save(tmp_path / "x.g2d", codec="lossless", dtype=torch.float16)
+    with pytest.raises(ValueError, match="quant"):
+        field.save(tmp_path / "x.g2d", quant=QuantSpec())
+    sizes = {c: field.save(tmp_path / f"{c}.g2d", codec=c) for c in ("lossless", "quantized")}
+    assert sizes["quantized"] < sizes["lossless"] < (tmp_path / "lossless.g2d").stat().st_size + 1
+    assert not list(tmp_path.glob(".tmp-*"))
