@@ -10,15 +10,16 @@ Examples::
     gsplat2d render --input_path lr_dir/ --output_path sr_dir/ --scale 4        # a folder
     gsplat2d render --input_path lr.png --save_gaussians field.g2d               # encode only
     gsplat2d render --gaussians field.g2d --size 8000x8000 --output_path big.png
+    gsplat2d render --gaussians field.g2d --scale 2.5 --output_path big.png     # x2.5 of the source size
 
 The network runs once per input (``encode``); the field is then rasterized window by window
 (``--window`` pixels square, default 1024) into an 8-bit image, so the memory of a very large
 render is the uint8 output plus one window, and the result equals an untiled render.
 
-A ``.g2d`` file stores Gaussians in normalised image coordinates only: it knows neither the size of
-the image it came from nor the rasterizer mode. Re-rendering one therefore needs ``--size``
-(not ``--scale``), and ``--mode`` (default ``sum``, the mode every shipped super-resolution model
-uses; pass ``--mode alpha`` for fields from an alpha-mode model).
+A ``.g2d`` file stores Gaussians in normalised image coordinates plus metadata: fields written by
+``--save_gaussians`` or ``gsplat2d fit`` record their render mode and source size, so ``--scale``
+(relative to that size) and the right mode work; for older files without metadata give ``--size``
+(and ``--mode alpha`` for alpha-mode fields; the default is ``sum``).
 
 Also ``python -m gsplat2d.render``. Exit status: 0 on success, 2 for bad arguments or inputs,
 1 when rendering fails; errors are one line on stderr, and no partial output file is left.
@@ -325,8 +326,8 @@ def _build_parser() -> argparse.ArgumentParser:
         prog=_PROG,
         description="Super-resolve an image (or every image in a folder) to any size with a "
         "pixel-to-Gaussian model, or re-render a saved .g2d Gaussian field.",
-        epilog="A .g2d field knows neither its source size nor its mode: re-render it with --size and "
-        "(for alpha-mode models) --mode alpha.",
+        epilog="A .g2d field from --save_gaussians or 'gsplat2d fit' records its mode and source size, so "
+        "--scale works on it; files without that metadata need --size (and --mode alpha for alpha fields).",
     )
     p.add_argument("--input_path", help="LR image file, or a folder of images")
     p.add_argument("--output_path", help="output image (.png), or a folder when --input_path is a folder")
@@ -336,7 +337,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_gaussians", metavar="PATH",
                    help="also write the encoded field to PATH (.g2d; a folder for a folder input)")
     p.add_argument("--gaussians", metavar="FIELD.g2d",
-                   help="render this saved field instead of encoding an image (needs --size)")
+                   help="render this saved field instead of encoding an image (--size, or --scale of its source size)")
     p.add_argument("--mode", choices=("sum", "alpha"),
                    help="rasterizer mode; default: the model's mode, or 'sum' for --gaussians")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
@@ -401,12 +402,10 @@ def _run(args: argparse.Namespace) -> int:
                 _fail(f"{flag} cannot be combined with --gaussians (which renders a saved field)")
         if args.output_path is None:
             _fail("--gaussians needs --output_path")
-        if scale is not None:
-            _fail("--gaussians needs --size WIDTHxHEIGHT: a .g2d field does not record the size of its "
-                  "source image, so --scale has nothing to scale")
-        if size is None:
-            _fail("--gaussians needs --size WIDTHxHEIGHT")
-        return _run_field(args, size, say)
+        if scale is None and size is None:
+            _fail("--gaussians needs --size WIDTHxHEIGHT or --scale S (--scale only for files that record "
+                  "their source size)")
+        return _run_field(args, size, scale, say)
 
     if args.input_path is None:
         _fail("give --input_path (an image or a folder), or --gaussians FIELD.g2d")
@@ -506,7 +505,8 @@ def _run(args: argparse.Namespace) -> int:
         t_enc += enc_ms
         line = f"{src}: {w}x{h}, {field.num_gaussians} Gaussians, encode {enc_ms:.1f} ms"
         if gdst is not None:
-            field.save(gdst)
+            # Mode and LR size travel with the field, so it re-renders with --scale and the right mode.
+            field.save(gdst, meta={"mode": mode, "width": int(w), "height": int(h)})
             line += f", field -> {gdst}"
         if dst is not None:
             ow, oh = osz
@@ -527,11 +527,11 @@ def _run(args: argparse.Namespace) -> int:
             f"{len(inputs)} images: encode {t_enc:.0f} ms, render {t_ren:.0f} ms in total"
         )
     if args.save_gaussians is not None and not args.quiet:
-        print(f"re-render a field with: {_PROG} --gaussians FIELD.g2d --size WxH --mode {mode} --output_path OUT.png")
+        print(f"re-render a field with: {_PROG} --gaussians FIELD.g2d --scale S (or --size WxH) --output_path OUT.png")
     return 0
 
 
-def _run_field(args: argparse.Namespace, size: Tuple[int, int], say) -> int:
+def _run_field(args: argparse.Namespace, size: Optional[Tuple[int, int]], scale, say) -> int:
     gpath = Path(args.gaussians)
     out = Path(args.output_path)
     if out.is_dir() or args.output_path.endswith(("/", os.sep)):
@@ -541,7 +541,7 @@ def _run_field(args: argparse.Namespace, size: Tuple[int, int], say) -> int:
     device = pick_device(args.device)
     _check_backend(args.backend, device)
     try:
-        field = Gaussians2D.load(gpath, map_location=device)
+        field, meta = Gaussians2D.load_with_meta(gpath, map_location=device)
     except FileNotFoundError as e:
         _fail(str(e))
     except (ValueError, TypeError) as e:
@@ -550,8 +550,19 @@ def _run_field(args: argparse.Namespace, size: Tuple[int, int], say) -> int:
     if field.channels not in (1, 3):
         _fail(f"{gpath} has {field.channels} colour channels; an image needs 1 or 3")
     field = field.to(torch.float32) if field.dtype != torch.float32 else field
-    mode = args.mode or "sum"
+    # Files record their render mode and source size when written by --save_gaussians or
+    # gsplat2d fit; older files fall back to sum mode and need --size.
+    mode = args.mode or meta.get("mode") or "sum"
+    if args.mode and meta.get("mode") and args.mode != meta["mode"]:
+        print(f"warning: {gpath} was made for mode {meta['mode']!r}; rendering with --mode {args.mode}",
+              file=sys.stderr)
+    if size is None:
+        src_w, src_h = meta.get("width"), meta.get("height")
+        if not (isinstance(src_w, int) and isinstance(src_h, int)):
+            _fail(f"--scale: {gpath} does not record its source size; give --size WIDTHxHEIGHT")
+        size = output_size(src_w, src_h, scale)
     w, h = size
+    check_output_size(w, h)
     _sync(device)
     t0 = time.perf_counter()
     arr = render_to_array(field, w, h, mode=mode, window=args.window, backend=args.backend)

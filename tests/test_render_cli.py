@@ -98,6 +98,24 @@ def test_saved_field_rerenders_like_direct(tmp_path, model_path, lr_path, capsys
     assert _size(big) == (300, 90)
 
 
+def test_saved_field_records_mode_and_size_for_scale(tmp_path, model_path, lr_path):
+    """--save_gaussians stores the mode and the LR size, so --scale works on the field alone and
+    matches rendering the image directly at that scale; a field without metadata needs --size."""
+    field, direct, again = tmp_path / "f.g2d", tmp_path / "direct.png", tmp_path / "again.png"
+    assert main(["--model_path", model_path, "--input_path", lr_path, "--output_path", str(direct),
+                 "--scale", "2.5x1.5", "--save_gaussians", str(field), "--quiet"]) == 0
+    g, meta = Gaussians2D.load_with_meta(field)
+    assert meta["mode"] == "sum" and (meta["width"], meta["height"]) == (LR_W, LR_H)
+    assert main(["--gaussians", str(field), "--scale", "2.5x1.5", "--output_path", str(again), "--quiet"]) == 0
+    assert _size(again) == _size(direct) == (round(LR_W * 2.5), round(LR_H * 1.5))
+    assert np.abs(_read(direct) - _read(again)).max() <= 1
+    legacy = tmp_path / "legacy.g2d"
+    g.save(legacy)  # no metadata
+    out = tmp_path / "legacy.png"
+    assert main(["--gaussians", str(legacy), "--scale", "2", "--output_path", str(out), "--quiet"]) == 2
+    assert not out.exists()
+
+
 def test_encode_only(tmp_path, model_path, lr_path):
     field = tmp_path / "only.g2d"
     assert main(["--model_path", model_path, "--input_path", lr_path, "--save_gaussians", str(field), "--quiet"]) == 0
@@ -204,7 +222,7 @@ BAD = [
     (["--gaussians", "{corrupt}", "--size", "40x40"], "corrupt.g2d"),
     (["--gaussians", "{wrong}", "--size", "40x40"], "not a gsplat2d Gaussian file"),
     (["--gaussians", "{nofield}", "--size", "40x40"], "not found"),
-    (["--gaussians", "{corrupt}", "--scale", "2"], "--size"),
+    (["--gaussians", "{corrupt}", "--scale", "2"], "bad Gaussian file"),
     (["--gaussians", "{corrupt}"], "--size"),
     (["--gaussians", "{corrupt}", "--size", "40x40", "--input_path", "{lr}"], "--input_path"),
     (["--scale", "2"], "--input_path"),
