@@ -46,7 +46,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Tuple, Union
@@ -54,6 +53,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 import torch
 from torch import Tensor
+
+from gsplat2d._io import atomic_write
 
 __all__ = [
     "MAGIC",
@@ -530,20 +531,4 @@ def decode(data: bytes, *, source: str = "<bytes>"):
 
 def write_atomic(path: Union[str, "os.PathLike[str]"], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".g2d", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(data), suffix=".g2d")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from gsplat2d._io import atomic_write, short_load_error
 from gsplat2d.conics import (
     conics_from_covariances,
     covariances_from_cholesky,
@@ -204,19 +204,7 @@ class Gaussians2D:
         if meta:
             payload["meta"] = meta
         path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".g2d", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda f: torch.save(payload, f), suffix=".g2d")
         return os.path.getsize(path)
 
     @classmethod
@@ -252,7 +240,7 @@ class Gaussians2D:
         try:
             payload = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as e:
-            raise ValueError(f"{path} is not a readable gsplat2d Gaussian file: {e}") from None
+            raise ValueError(f"{path} is not a readable gsplat2d Gaussian file: {short_load_error(e)}") from None
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a gsplat2d Gaussian file (no '{_FORMAT}' header)")
         if payload.get("version") != _VERSION:

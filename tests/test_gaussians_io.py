@@ -127,3 +127,18 @@ def test_save_codec_arguments(tmp_path):
     sizes = {c: field.save(tmp_path / f"{c}.g2d", codec=c) for c in ("lossless", "quantized")}
     assert sizes["quantized"] < sizes["lossless"] < (tmp_path / "lossless.g2d").stat().st_size + 1
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("codec", [None, "lossless", "quantized"])
+def test_saved_files_get_the_usual_mode(tmp_path, codec):
+    """Atomic writes go through mkstemp (0600); the result must still be readable by others
+    as any normal file would be (0666 & ~umask)."""
+    import stat
+
+    g = gsplat2d.Gaussians2D(torch.rand(5, 2), torch.rand(5, 3) * 0.01 + torch.tensor([0.02, 0.0, 0.02]),
+                    torch.rand(5, 3), torch.rand(5))
+    p = tmp_path / "f.g2d"
+    g.save(p, codec=codec)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask
