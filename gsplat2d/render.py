@@ -32,7 +32,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from gsplat2d._io import atomic_write, short_load_error
 from gsplat2d._validate import MAX_SIDE
 from gsplat2d.gaussians import Gaussians2D
 
@@ -179,23 +179,8 @@ def save_image_atomic(array: np.ndarray, path: "str | os.PathLike[str]") -> None
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (1, 3):
         raise ValueError(f"expected uint8 [H, W, 1 or 3], got {array.dtype} {array.shape}")
     img = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array, mode="L" if array.shape[2] == 1 else "RGB")
-    folder = path.parent if str(path.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-            img.save(f, format=fmt, **kwargs)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give outputs the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    atomic_write(path, lambda f: img.save(f, format=fmt, **kwargs), suffix=path.suffix)
 
 
 # ---------------------------------------------------------------------------------- model / field
@@ -353,13 +338,7 @@ def _fail(msg: str) -> None:
 
 
 def _short(e: BaseException) -> str:
-    """An error message without torch.load's multi-paragraph advice (which suggests
-    ``weights_only=False``, wrong for an untrusted file)."""
-    msg = str(e)
-    cut = msg.find("Weights only load failed")
-    if cut >= 0:
-        return msg[:cut].rstrip(": ") + ": the file is damaged or not of this kind"
-    return msg.splitlines()[0] if msg else type(e).__name__
+    return short_load_error(e)
 
 
 def _list_images(folder: Path) -> List[Path]:
