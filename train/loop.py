@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from gsplat2d._io import atomic_write
 from gsplat2d.eval.metrics import bicubic_upscale, load_image, psnr_y, ssim_y
 from gsplat2d.models.sr import PRESETS, Pixel2GaussianSR, SRConfig, load_checkpoint, save_checkpoint
 from gsplat2d.train.data import CustomImageDataset, make_loader
@@ -518,14 +519,7 @@ def _train(cfg: TrainConfig, resume: Optional[str]) -> Dict[str, Any]:
 
 
 def _write_jsonl(path: str, records: List[Dict[str, Any]]) -> None:
-    import tempfile
-
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()), suffix=".jsonl")
 
 
 def _append_jsonl(path: str, record: Dict[str, Any]) -> None:

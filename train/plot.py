@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from typing import Any, Dict, List, Sequence
 
 from PIL import Image, ImageDraw
+
+from gsplat2d._io import atomic_write
 
 __all__ = ["plot_curves"]
 
@@ -53,14 +53,4 @@ def plot_curves(history: List[Dict[str, Any]], path: str) -> None:
     psnr = {k: [r.get(k) for r in history] for k in ("val_psnr", "bicubic_psnr") if any(k in r for r in history)}
     _panel(d, (10, 24, 350, 280), xs, losses, "loss vs epoch")
     _panel(d, (370, 24, 710, 280), xs, psnr, "val PSNR (dB) vs epoch")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    os.close(fd)
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: img.save(f, format="PNG"), suffix=".png")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from gsplat2d._io import atomic_write
 from gsplat2d.eval.metrics import bicubic_upscale, psnr_y
 
 __all__ = ["save_sample_strip"]
@@ -37,14 +36,4 @@ def save_sample_strip(model, lr: Tensor, hr: Tensor, path: Path, device: torch.d
     for i, (label, im) in enumerate(panels):
         strip.paste(Image.fromarray(_u8(im)), (i * (W + 5), 16))
         draw.text((i * (W + 5) + 2, 2), label, fill=(0, 0, 0))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        strip.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: strip.save(f, format="PNG"), suffix=".png")
