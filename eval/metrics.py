@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 # torchmetrics.functional.peak_signal_noise_ratio / ...structural_similarity_index_measure are
 # deprecated wrappers (FutureWarning in torchmetrics 1.9) around these implementations.
+from gsplat2d._io import read_image_uint8
 from torchmetrics.functional.image import (
     multiscale_structural_similarity_index_measure,
     peak_signal_noise_ratio,
@@ -175,19 +176,9 @@ def load_image_uint8(path: str | Path) -> np.ndarray:
     expanded, 16/32-bit integer images scaled from their full range to 8 bit.
 
     Raises ``ValueError`` naming the file when pillow cannot read it (also truncated files).
+    The decoder lives in :func:`gsplat2d._io.read_image_uint8` (no torchmetrics import, for the CLIs).
     """
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                maxval = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                arr = np.round(np.clip(arr / maxval, 0.0, 1.0) * 255.0).astype(np.uint8)
-                im = Image.fromarray(arr, mode="L")
-            rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read image file {path}: {e}") from e
-    return np.asarray(rgb, dtype=np.uint8).copy()
+    return read_image_uint8(path)
 
 
 def load_image(path: str | Path) -> torch.Tensor:

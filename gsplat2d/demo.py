@@ -32,6 +32,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from gsplat2d.render import (
+    run_command,
     RenderError,
     _check_backend,
     _short,
@@ -231,21 +232,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``gsplat2d demo``; returns the exit status."""
-    try:
-        args = _build_parser().parse_args(None if argv is None else list(argv))
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
-        return _run(args)
-    except RenderError as e:
-        print(f"{_PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{_PROG}: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, RuntimeError, MemoryError) as e:
-        print(f"{_PROG}: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+    return run_command(_PROG, _build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

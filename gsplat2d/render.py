@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from gsplat2d._io import atomic_write, short_load_error
+from gsplat2d._io import atomic_write, read_image_uint8, short_load_error
 from gsplat2d._validate import MAX_SIDE
 from gsplat2d.gaussians import Gaussians2D
 
@@ -146,25 +146,15 @@ def _open_header(path: Path) -> Tuple[int, int]:
 
 
 def load_image_file(path: "str | os.PathLike[str]") -> torch.Tensor:
-    """Decode an image to float32 ``[3, H, W]`` in ``[0, 1]``.
-
-    Same conversion as ``gsplat2d.eval.metrics.load_image_uint8`` (grey replicated, alpha dropped,
-    palette expanded, 16/32-bit scaled to 8 bit); kept here so the CLI does not import torchmetrics
-    (which doubles its start-up time)."""
+    """Decode an image to float32 ``[3, H, W]`` in ``[0, 1]`` (:func:`gsplat2d._io.read_image_uint8`:
+    grey replicated, alpha dropped, palette expanded, 16/32-bit scaled to 8 bit)."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                maxval = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                arr = np.round(np.clip(arr / maxval, 0.0, 1.0) * 255.0).astype(np.uint8)
-                im = Image.fromarray(arr, mode="L")
-            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+        rgb = read_image_uint8(path)
     except Image.DecompressionBombError as e:
         raise RenderError(f"input image {path} is too large: {e}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise RenderError(f"input {path} is not a readable image: {e}") from None
+    except ValueError as e:
+        raise RenderError(f"input {path} is not a readable image: {e.__cause__ or e}") from None
     return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)
 
 
@@ -552,25 +542,30 @@ def _run_field(args: argparse.Namespace, size: Optional[Tuple[int, int]], scale,
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``gsplat2d render``; returns the exit status."""
-    parser = _build_parser()
+def run_command(prog: str, parser: argparse.ArgumentParser, run, argv: Optional[Sequence[str]]) -> int:
+    """Parse ``argv`` and call ``run(args)``; user errors (:class:`RenderError`) exit 2, runtime
+    failures (out of memory, unwritable folder, truncated image...) exit 1, each as one line on
+    stderr with no traceback. Shared by ``gsplat2d render`` and ``gsplat2d demo``."""
     try:
         args = parser.parse_args(None if argv is None else list(argv))
     except SystemExit as e:  # --help (0) or an argparse error (2; message already printed)
         return int(e.code or 0)
     try:
-        return _run(args)
+        return run(args)
     except RenderError as e:
-        print(f"{_PROG}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{_PROG}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, RuntimeError, MemoryError) as e:
-        # Out of memory, an unwritable output folder, a truncated image...: one line, no traceback.
-        print(f"{_PROG}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"{prog}: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``gsplat2d render``; returns the exit status."""
+    return run_command(_PROG, _build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gsplat2d._io import atomic_write
-from gsplat2d.eval.metrics import bicubic_upscale, load_image, psnr_y, ssim_y
+from gsplat2d.eval.metrics import MS_SSIM_BETAS, bicubic_upscale, load_image, psnr_y, ssim_y
 from gsplat2d.models.sr import PRESETS, Pixel2GaussianSR, SRConfig, load_checkpoint, save_checkpoint
 from gsplat2d.train.data import CustomImageDataset, make_loader
 from gsplat2d.train.plot import plot_curves
 from gsplat2d.train.samples import save_sample_strip
 
-__all__ = ["TrainConfig", "SRLoss", "train", "last_checkpoint_path", "evaluate"]
+__all__ = ["TrainConfig", "SRLoss", "train", "last_checkpoint_path"]
 
 
 @dataclass
@@ -97,7 +97,7 @@ class SRLoss(torch.nn.Module):
     keeps the product well defined early in training, when contrast terms can go negative.
     """
 
-    BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+    BETAS = MS_SSIM_BETAS  # the standard 5-scale weights (Wang et al. 2003)
 
     def __init__(self, l1_weight: float = 0.8, ms_ssim_weight: float = 0.2) -> None:
         super().__init__()
@@ -253,14 +253,6 @@ class _Validator:
         return out
 
 
-def evaluate(model: Pixel2GaussianSR, files: Sequence[Path], cfg: TrainConfig, device: torch.device) -> Dict[str, float]:
-    """Validation metrics of ``model`` on ``files`` with ``cfg``'s scales/crop (no LPIPS)."""
-    v = _Validator(files, cfg)
-    out = v.run(model, SRLoss(cfg.l1_weight, cfg.ms_ssim_weight), device, cfg.backend, False)
-    out["bicubic_psnr"] = v.bicubic_psnr
-    return out
-
-
 # ---------------------------------------------------------------------- main loop
 def _dist_info() -> Tuple[int, int, int]:
     if dist.is_available() and dist.is_initialized():
@@ -367,7 +359,7 @@ def _train(cfg: TrainConfig, resume: Optional[str]) -> Dict[str, Any]:
         )
     amp_dtype = torch.bfloat16 if cfg.amp else None
     if cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        amp_dtype = torch.float16  # pre-Ampere: fp16 autocast (no grad scaler needed for small nets? we add one)
+        amp_dtype = torch.float16  # pre-Ampere GPUs: fp16 autocast, with the gradient scaler below
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     _log(
