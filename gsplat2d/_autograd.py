@@ -31,7 +31,7 @@ class RasterizeTriton(torch.autograd.Function):
         )
         ctx.save_for_backward(
             means_c, conics_c, colors_c, opac_c, binning.ranges, binning.gauss_ids,
-            binning.counts, image, t_final,
+            binning.counts, binning.params, image, t_final,
         )
         ctx.meta = (binning.tiles_x, binning.tiles_y, width, height, tile_size, mode)
         ctx.has_bg = background is not None
@@ -45,7 +45,7 @@ class RasterizeTriton(torch.autograd.Function):
     def backward(ctx, grad_image, grad_alpha):
         from gsplat2d.kernels.rasterize_bwd import rasterize_bwd
 
-        means, conics, colors, opac, ranges, ids, counts, image, t_final = ctx.saved_tensors
+        means, conics, colors, opac, ranges, ids, counts, params, image, t_final = ctx.saved_tensors
         tiles_x, tiles_y, width, height, tile_size, mode = ctx.meta
         B, N, C = colors.shape
         dev = colors.device
@@ -53,7 +53,7 @@ class RasterizeTriton(torch.autograd.Function):
             grad_image = torch.zeros((B, height, width, C), dtype=torch.float32, device=dev)
         if grad_alpha is None:
             grad_alpha = torch.zeros((B, height, width, 1), dtype=torch.float32, device=dev)
-        binning = Binning(tiles_x, tiles_y, ranges, ids, counts)
+        binning = Binning(tiles_x, tiles_y, ranges, ids, counts, params)
         g_means, g_conics, g_colors, g_opac, g_bg = rasterize_bwd(
             means, conics, colors, opac, ctx.has_bg, binning, image, t_final,
             grad_image.float().contiguous(), grad_alpha.float().contiguous(),

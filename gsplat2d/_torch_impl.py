@@ -49,6 +49,9 @@ class Binning(NamedTuple):
         in ``gauss_ids`` (``[0, 0]`` for empty tiles). Global tile = ``b*T + ty*tiles_x + tx``.
     gauss_ids: int32 ``[P]``, Gaussian index within its batch element, sorted by (tile, index).
     counts: int32 ``[B, N]``, number of tiles each Gaussian touches (0 = non-contributing).
+    params: float32 ``[B, N, 8]``, the per-Gaussian record the Triton rasterizer reads
+        (``mx, my, qa, qb, qc, log2 o, 1/o, 0`` with ``(qa, qb, qc) = -log2(e) (a/2, b, c/2)``;
+        zeros for non-contributing Gaussians), see :func:`gaussian_records`.
     """
 
     tiles_x: int
@@ -56,6 +59,7 @@ class Binning(NamedTuple):
     ranges: Tensor
     gauss_ids: Tensor
     counts: Tensor
+    params: Optional[Tensor] = None
 
 
 def _tiles(width: int, height: int, tile_size: int) -> Tuple[int, int]:
@@ -72,8 +76,9 @@ def compute_tile_bounds(
     width: int,
     height: int,
     tile_size: int,
-) -> Tuple[Tensor, Tensor]:
-    """Tile rectangle touched by each Gaussian (stage 1 of ``docs/design.md``).
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Tile rectangle touched by each Gaussian and its rasterizer record (stage 1 of
+    ``docs/design.md``).
 
     Args:
         means: ``[B, N, 2]`` pixel-space centres.
@@ -87,6 +92,7 @@ def compute_tile_bounds(
         counts: int32 ``[B, N]`` ``(tx1 - tx0) * (ty1 - ty0)``; 0 for non-contributing Gaussians
             (non-finite parameters, non positive-definite conic, ``255 * o < 1``) and for
             Gaussians whose rectangle lies entirely off the grid.
+        params: float32 ``[B, N, 8]``, :func:`gaussian_records` (zeros where not valid).
 
     Computed in float64 without gradients. Never fails on NaN/Inf/huge values (such Gaussians
     are non-contributing; a Gaussian whose float bound is NaN through overflow is too).
@@ -134,7 +140,29 @@ def compute_tile_bounds(
     counts = torch.where(valid, counts, torch.zeros_like(counts))
     rects = torch.stack([tx0, ty0, tx1, ty1], dim=-1)
     rects = torch.where((counts > 0).unsqueeze(-1), rects, torch.zeros_like(rects))
-    return rects.to(torch.int32).contiguous(), counts.to(torch.int32).contiguous()
+    params = gaussian_records(mx_s, my_s, a_s, torch.where(valid, b, zero), c_s, o_s, counts > 0)
+    return rects.to(torch.int32).contiguous(), counts.to(torch.int32).contiguous(), params
+
+
+_LOG2E = 1.4426950408889634
+
+
+def gaussian_records(mx: Tensor, my: Tensor, a: Tensor, b: Tensor, c: Tensor, o: Tensor,
+                     valid: Tensor) -> Tensor:
+    """The rasterizer's per-Gaussian record, float32 ``[..., 8]``, computed in float64:
+    ``(mx, my, qa, qb, qc, lo, inv_o, 0)`` with ``qa = -a/2 log2 e``, ``qb = -b log2 e``,
+    ``qc = -c/2 log2 e``, ``lo = log2 o``, ``inv_o = 1 / o``, so that
+    ``o exp(-sigma) = exp2(lo + qa dx^2 + qb dx dy + qc dy^2)``. Zeros where not ``valid``."""
+    f64 = torch.float64
+    a, b, c, o = (t.to(f64) for t in (a, b, c, o))
+    one = torch.ones((), dtype=f64, device=a.device)
+    o_s = torch.where(valid, o, one)
+    rec = torch.stack([
+        mx.to(f64), my.to(f64), a * (-0.5 * _LOG2E), b * (-_LOG2E), c * (-0.5 * _LOG2E),
+        torch.log2(o_s), 1.0 / o_s, torch.zeros_like(a),
+    ], dim=-1)
+    rec = torch.where(valid.unsqueeze(-1), rec, torch.zeros_like(rec))
+    return rec.to(torch.float32).contiguous()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,13 +287,13 @@ def bin_gaussians(
         B, N = opacities.shape[0], opacities.shape[1]
         tiles_x, tiles_y = _tiles(width, height, tile_size)
         n_tiles_total = B * tiles_x * tiles_y
-        rects, counts = compute_tile_bounds(means, conics, opacities, width, height, tile_size)
+        rects, counts, params = compute_tile_bounds(means, conics, opacities, width, height, tile_size)
         total = int(counts.sum(dtype=torch.int64).item()) if counts.numel() else 0
         check_pair_budget(total, B * N, n_tiles_total, counts.device)
         keys = emit_intersections(rects, counts, tiles_x, tiles_y)
         sorted_keys, _ = torch.sort(keys)
         ranges, gauss_ids = tile_ranges(sorted_keys, N, n_tiles_total)
-    return Binning(tiles_x, tiles_y, ranges, gauss_ids, counts)
+    return Binning(tiles_x, tiles_y, ranges, gauss_ids, counts, params)
 
 
 # ----------------------------------------------------------------------------------------------

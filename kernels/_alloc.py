@@ -38,6 +38,14 @@ def poisoned(enabled: bool = True) -> Iterator[None]:
         set_poison(old)
 
 
+def device_guard(device: torch.device):
+    """Context that makes ``device`` the current CUDA device for a launch (Triton launches on
+    the *current* device, which need not be the tensors' one); a no-op for CPU tensors."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
 def empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
     """``torch.empty`` that honours poisoning. Use for every tensor a kernel fully overwrites."""
     out = torch.empty(tuple(shape), dtype=dtype, device=device)

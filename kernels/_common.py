@@ -1,7 +1,17 @@
 """Triton device functions shared by the forward and backward rasterization kernels.
 
 Keeping them in one place makes the backward recompute *exactly* the forward's decisions (which
-Gaussians are skipped, where each pixel stops): both call the same code in the same order.
+Gaussians are skipped, where each pixel stops): both call the same code in the same order, and
+every multiply-add that feeds a decision is an explicit ``tl.fma`` so that no compiler
+contraction choice can differ between the two kernels.
+
+Per-Gaussian record (written by the binning stage, ``params [B, N, 8]`` float32, see
+``docs/design.md``): ``(mx, my, qa, qb, qc, lo, inv_o, 0)`` with ``qa = -a/2 log2 e``,
+``qb = -b log2 e``, ``qc = -c/2 log2 e``, ``lo = log2 o`` and ``inv_o = 1/o``, so that
+
+    o * exp(-sigma) = exp2(lo + qa dx^2 + qb dx dy + qc dy^2)
+
+costs one MUFU.EX2 per (Gaussian, pixel) pair and no per-pair multiply by the opacity.
 """
 
 from __future__ import annotations
@@ -11,103 +21,143 @@ import triton.language as tl
 
 #: Weights below this are skipped (both modes).
 ALPHA_MIN = tl.constexpr(1.0 / 255.0)
+#: log2(1/255) minus a margin, for the *conservative* backward pre-test (never skips a pair the
+#: exact test would keep: ex2.approx's error is ~2 ulp, far below 1e-3 in the exponent).
+LOG2_ALPHA_MIN_LOOSE = tl.constexpr(-7.994353436858858 - 1e-3)
 #: alpha mode: a pixel stops once its transmittance would fall to this.
 T_STOP = tl.constexpr(1e-4)
 #: alpha mode: opacity clamp.
 ALPHA_MAX = tl.constexpr(0.99)
+#: Floats per Gaussian in the parameter record (and in the geometry-gradient record).
+REC = tl.constexpr(8)
 
 
 @triton.jit
-def tile_block_pixels(pid0, tiles_x, W, H, TILE: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Pixels handled by program ``pid0`` (int64).
+def exp2_approx(x, FAST: tl.constexpr):
+    """``2**x``. ``FAST``: one ``MUFU.EX2`` (``ex2.approx.ftz.f32``; ``tl.exp2`` adds a
+    denormal-range compare and two multiplies). The interpreter cannot run inline PTX, so
+    launchers pass ``FAST=False`` there (same math, numpy's exp2)."""
+    if FAST:
+        return tl.inline_asm_elementwise(
+            "ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+    else:
+        return tl.exp2(x)
 
-    A tile's ``TILE * TILE`` pixels may be split over ``TILE * TILE // BLOCK_P`` programs, so
-    each thread holds fewer ``[BLOCK_P, BLOCK_G]`` values (no register spills).
-    Returns the tile index within the image and ``px, py`` ([BLOCK_P] int64), ``inside``.
+
+@triton.jit
+def rcp_approx(x, FAST: tl.constexpr):
+    """``1/x``. ``FAST``: one ``MUFU.RCP`` (``rcp.approx.ftz.f32``, ~1 ulp) instead of an
+    IEEE division with its slow-path branch."""
+    if FAST:
+        return tl.inline_asm_elementwise(
+            "rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+    else:
+        return 1.0 / x
+
+
+@triton.jit
+def tile_pixels(pid0, tiles_x, n_tiles, W, H, TILE: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Pixels handled by program ``pid0`` (int64; the batch is folded into grid dimension 0).
+
+    A tile's ``TILE * TILE`` pixels may be split over ``TILE * TILE // BLOCK_P`` programs.
+    Returns ``gtile`` (global tile ``b * n_tiles + tile``, indexes ``ranges``), ``b``, and
+    ``px, py`` ([BLOCK_P] int32), ``inside`` ([BLOCK_P] bool).
     """
     SUBS: tl.constexpr = TILE * TILE // BLOCK_P
-    tile = pid0 // SUBS
-    sub = pid0 - tile * SUBS
+    gtile = pid0 // SUBS
+    sub = pid0 - gtile * SUBS
+    b = gtile // n_tiles
+    tile = gtile - b * n_tiles
     ty = tile // tiles_x
     tx = tile - ty * tiles_x
-    p = sub * BLOCK_P + tl.arange(0, BLOCK_P)  # [P] pixel index inside the tile
-    px = tx * TILE + p % TILE
-    py = ty * TILE + p // TILE
+    p = sub.to(tl.int32) * BLOCK_P + tl.arange(0, BLOCK_P)  # [P] pixel index inside the tile
+    px = tx.to(tl.int32) * TILE + p % TILE
+    py = ty.to(tl.int32) * TILE + p // TILE
     inside = (px < W) & (py < H)  # [P]
-    return tile, px, py, inside
+    return gtile, b, px, py, inside
 
 
 @triton.jit
-def load_gaussian_chunk(
-    ids_ptr, means_ptr, conics_ptr, opac_ptr, s, end, gbase, BLOCK_G: tl.constexpr
-):
-    """Gaussians ``s .. s + BLOCK_G`` of a tile's sorted list (masked past ``end``).
-
-    Returns the flat Gaussian index ``gid`` (int64), ``gmask`` and float32 ``mx, my, ca, cb,
-    cc, op``, each [BLOCK_G]. Masked lanes get opacity 0, so they never contribute.
-    """
-    g_off = s + tl.arange(0, BLOCK_G)  # [BLOCK_G]
-    gmask = g_off < end
-    gid = tl.load(ids_ptr + g_off, mask=gmask, other=0).to(tl.int64) + gbase
-    mx = tl.load(means_ptr + gid * 2, mask=gmask, other=0.0).to(tl.float32)
-    my = tl.load(means_ptr + gid * 2 + 1, mask=gmask, other=0.0).to(tl.float32)
-    ca = tl.load(conics_ptr + gid * 3, mask=gmask, other=0.0).to(tl.float32)
-    cb = tl.load(conics_ptr + gid * 3 + 1, mask=gmask, other=0.0).to(tl.float32)
-    cc = tl.load(conics_ptr + gid * 3 + 2, mask=gmask, other=0.0).to(tl.float32)
-    op = tl.load(opac_ptr + gid, mask=gmask, other=0.0).to(tl.float32)
-    return gid, gmask, mx, my, ca, cb, cc, op
+def load_record(params_ptr, gid):
+    """The six floats of Gaussian ``gid``'s record that the per-pair math needs (scalars)."""
+    rec = params_ptr + gid * REC
+    mx = tl.load(rec)
+    my = tl.load(rec + 1)
+    qa = tl.load(rec + 2)
+    qb = tl.load(rec + 3)
+    qc = tl.load(rec + 4)
+    lo = tl.load(rec + 5)
+    return mx, my, qa, qb, qc, lo
 
 
 @triton.jit
-def gaussian_weights(px, py, inside, gmask, mx, my, ca, cb, cc, op):
-    """Evaluate a chunk on a pixel block, all ``[P, BLOCK_G]``.
-
-    Returns ``dx, dy`` (pixel centre minus mean), ``e = exp(-sigma)``, ``raw = o * e`` and
-    ``ok`` (sigma >= 0, real Gaussian, pixel inside the image).
-    """
-    fx = px.to(tl.float32) + 0.5
-    fy = py.to(tl.float32) + 0.5
-    dx = fx[:, None] - mx[None, :]  # [P, BLOCK_G]
-    dy = fy[:, None] - my[None, :]
-    sigma = 0.5 * (ca[None, :] * dx * dx + cc[None, :] * dy * dy) + cb[None, :] * dx * dy
-    e = tl.exp(-sigma)
-    raw = op[None, :] * e
-    ok = (sigma >= 0) & gmask[None, :] & inside[:, None]
-    return dx, dy, e, raw, ok
+def log2_weight(fx, fy, mx, my, qa, qb, qc, lo):
+    """``dx, dy`` (pixel centre minus mean) and ``pw = log2(o exp(-sigma))``, all [P]
+    (five FMA-class instructions after the two subtractions). ``pw <= lo`` is ``sigma >= 0``."""
+    dx = fx - mx
+    dy = fy - my
+    pw = tl.fma(dx, tl.fma(qa, dx, qb * dy), lo)
+    pw = tl.fma(qc * dy, dy, pw)
+    return dx, dy, pw
 
 
 @triton.jit
-def front_to_back(raw, ok, t_run):
-    """alpha mode compositing of one chunk, in index order, for every pixel of the block.
+def composite_step(raw, pw, lo, T):
+    """alpha mode, one Gaussian on every pixel of the block, front to back.
 
-    ``t_run`` [P] is the running transmittance including the factors of stopping Gaussians.
-    Inside the chunk the transmittance in front of each Gaussian is an exclusive prefix product
-    ``exp(cumsum(log(1 - a)))``. T only falls, so ``T' <= T_STOP`` removes a suffix; since
-    ``t_run`` keeps the stopping factor, every later chunk stays out too.
-
-    Returns ``a`` (clamped alpha), ``contrib`` (the Gaussian is composited), ``t_after`` (T'),
-    ``t_in`` (T in front of the Gaussian), all [P, BLOCK_G], and the next ``t_run`` [P].
+    ``T`` [P] is the running transmittance *including* the factor of a stopping Gaussian, so
+    once a pixel stops every later ``T'`` stays ``<= T_STOP`` and nothing more is composited.
+    Returns ``a`` (clamped alpha), ``valid`` (not skipped), ``contrib`` (composited),
+    ``vis = a T`` masked to ``contrib``, ``tn = T (1 - a)`` and the next ``T``.
     """
     a = tl.minimum(raw, ALPHA_MAX)
-    valid = ok & (a >= ALPHA_MIN)
-    log1m = tl.where(valid, tl.log(1.0 - a), 0.0)  # [P, BLOCK_G]
-    incl = tl.cumsum(log1m, axis=1)
-    t_after = t_run[:, None] * tl.exp(incl)
-    contrib = valid & (t_after > T_STOP)
-    t_in = t_run[:, None] * tl.exp(incl - log1m)
-    t_next = t_run * tl.exp(tl.sum(log1m, axis=1))
-    return a, contrib, t_after, t_in, t_next
+    valid = (a >= ALPHA_MIN) & (pw <= lo)
+    tn = tl.fma(-a, T, T)
+    contrib = valid & (tn > T_STOP)
+    vis = tl.where(contrib, a * T, 0.0)
+    t_next = tl.where(valid, tn, T)
+    return a, valid, contrib, vis, tn, t_next
 
 
 @triton.jit
-def sum_weights(raw, ok):
-    """sum mode weights ``min(1, o exp(-sigma))``, 0 below 1/255: [P, BLOCK_G] and the mask."""
+def sum_step(raw, pw, lo):
+    """sum mode weight ``min(1, o exp(-sigma))`` (0 below 1/255 or for sigma < 0): [P]."""
     w = tl.minimum(raw, 1.0)
-    valid = ok & (w >= ALPHA_MIN)
+    valid = (w >= ALPHA_MIN) & (pw <= lo)
     return tl.where(valid, w, 0.0), valid
 
 
 @triton.jit
-def any_pixel_left(t_run, inside):
+def any_pixel_left(T, inside):
     """alpha mode: whether any pixel of the block can still take a contribution."""
-    return tl.max(tl.where(inside, t_run, 0.0), axis=0) > T_STOP
+    return tl.max(tl.where(inside, T, 0.0), axis=0) > T_STOP
+
+
+@triton.jit
+def pin_layout(x, FAST: tl.constexpr):
+    """Identity that keeps ``x`` [P] computed once per pixel. Without it Triton may rematerialise
+    the whole per-pixel chain (exp included) in a broadcast ``[P, C]`` layout, i.e. once per
+    channel (seen for sum mode: C+1 MUFU per pair). An opaque inline ``mov`` cannot be
+    rematerialised; the interpreter takes the identity."""
+    if FAST:
+        return tl.inline_asm_elementwise(
+            "mov.b32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=False, pack=1
+        )
+    else:
+        return x
+
+
+@triton.jit
+def opaque_zero(i, FAST: tl.constexpr):
+    """0, computed so the compiler cannot see it (``i``: any int32 scalar of the current loop
+    iteration). Adding it to a pointer keeps a per-iteration re-read of loop-invariant data
+    inside the loop; hoisting C such [P] loads out of the Gaussian loop would need C x 8
+    registers per thread and spill."""
+    if FAST:
+        return tl.inline_asm_elementwise(
+            "and.b32 $0, $1, 0;", "=r,r", [i], dtype=tl.int32, is_pure=False, pack=1
+        )
+    else:
+        return i * 0

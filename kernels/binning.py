@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from gsplat2d._torch_impl import Binning, check_pair_budget
-from gsplat2d.kernels._alloc import empty
+from gsplat2d.kernels._alloc import device_guard, empty
 from gsplat2d.kernels._aot import AotSpec
 
 __all__ = ["compute_tile_bounds", "emit_intersections", "tile_ranges", "bin_gaussians", "AOT_SPECS"]
@@ -23,13 +23,16 @@ BLOCK_BOUNDS = 256
 BLOCK_PAIRS = 512
 
 
-@triton.jit
+# Sizes change with every call: never specialise on their values (an int argument equal to 1 would
+# become a constexpr, and every new "divisible by 16" pattern would be another compile).
+@triton.jit(do_not_specialize=["total", "tiles_x", "tiles_y"])
 def _compute_tile_bounds_kernel(
     means_ptr,  # [B*N, 2]
     conics_ptr,  # [B*N, 3]
     opac_ptr,  # [B*N]
     rects_ptr,  # [B*N, 4] int32 out
     counts_ptr,  # [B*N] int32 out
+    params_ptr,  # [B*N, 8] fp32 out: per-Gaussian record of the rasterizer (docs/design.md)
     total,  # B*N
     tiles_x,
     tiles_y,
@@ -67,8 +70,9 @@ def _compute_tile_bounds_kernel(
     ext_x = tl.sqrt(r2 * cc / det) * (1.0 + 1e-3) + 1e-2
     ext_y = tl.sqrt(r2 * ca / det) * (1.0 + 1e-3) + 1e-2
 
-    tx_hi = tiles_x.to(tl.float64) + 1.0
-    ty_hi = tiles_y.to(tl.float64) + 1.0
+    # tl.cast (not .to) also accepts a constexpr: the JIT turns an int argument equal to 1 into one
+    tx_hi = tl.cast(tiles_x, tl.float64) + 1.0
+    ty_hi = tl.cast(tiles_y, tl.float64) + 1.0
     fx0 = tl.minimum(tl.maximum(tl.floor((mx - ext_x - 0.5) / TILE), -1.0), tx_hi)
     fx1 = tl.minimum(tl.maximum(tl.floor((mx + ext_x - 0.5) / TILE) + 1.0, -1.0), tx_hi)
     fy0 = tl.minimum(tl.maximum(tl.floor((my - ext_y - 0.5) / TILE), -1.0), ty_hi)
@@ -87,9 +91,21 @@ def _compute_tile_bounds_kernel(
     tl.store(rects_ptr + offs * 4 + 2, tl.where(valid, tx1, zero), mask=m)
     tl.store(rects_ptr + offs * 4 + 3, tl.where(valid, ty1, zero), mask=m)
     tl.store(counts_ptr + offs, tl.where(valid, cnt, zero), mask=m)
+    # Rasterizer record, from the float64 values: o exp(-sigma) = exp2(lo + qa dx^2 + qb dx dy
+    # + qc dy^2); inv_o for the opacity gradient. Zero for non-contributing Gaussians (never read).
+    LOG2E = 1.4426950408889634
+    rec = params_ptr + offs * 8
+    tl.store(rec, tl.where(valid, mx, 0.0).to(tl.float32), mask=m)
+    tl.store(rec + 1, tl.where(valid, my, 0.0).to(tl.float32), mask=m)
+    tl.store(rec + 2, tl.where(valid, ca * (-0.5 * LOG2E), 0.0).to(tl.float32), mask=m)
+    tl.store(rec + 3, tl.where(valid, cb * (-LOG2E), 0.0).to(tl.float32), mask=m)
+    tl.store(rec + 4, tl.where(valid, cc * (-0.5 * LOG2E), 0.0).to(tl.float32), mask=m)
+    tl.store(rec + 5, tl.where(valid, tl.log2(op), 0.0).to(tl.float32), mask=m)
+    tl.store(rec + 6, tl.where(valid, 1.0 / op, 0.0).to(tl.float32), mask=m)
+    tl.store(rec + 7, tl.zeros_like(mx).to(tl.float32), mask=m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_pairs", "N", "tiles_x", "tiles_y"])
 def _emit_intersections_kernel(
     pair_gid_ptr,  # [P] int64: flat Gaussian index b*N + g of each pair
     starts_ptr,  # [B*N] int64: exclusive prefix sum of counts
@@ -118,7 +134,7 @@ def _emit_intersections_kernel(
     tl.store(keys_ptr + offs, key, mask=m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_pairs", "N"])
 def _tile_ranges_kernel(
     keys_ptr,  # [P] int64, sorted
     ranges_ptr,  # [n_tiles_total, 2] int64, zero-initialised
@@ -148,25 +164,29 @@ def compute_tile_bounds(
     width: int,
     height: int,
     tile_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tile rectangle and tile count per Gaussian. Inputs ``[B, N, 2]``, ``[B, N, 3]``, ``[B, N]``.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tile rectangle, tile count and rasterizer record per Gaussian. Inputs ``[B, N, 2]``,
+    ``[B, N, 3]``, ``[B, N]``.
 
-    Returns ``rects`` int32 ``[B, N, 4]`` (tx0, ty0, tx1, ty1, half-open) and ``counts`` int32
-    ``[B, N]`` (0 for a non-contributing Gaussian).
+    Returns ``rects`` int32 ``[B, N, 4]`` (tx0, ty0, tx1, ty1, half-open), ``counts`` int32
+    ``[B, N]`` (0 for a non-contributing Gaussian) and ``params`` float32 ``[B, N, 8]``
+    (``mx, my, qa, qb, qc, log2 o, 1/o, 0``; zeros for a non-contributing Gaussian).
     """
     B, N = opacities.shape
     tiles_x = triton.cdiv(width, tile_size)
     tiles_y = triton.cdiv(height, tile_size)
     rects = empty((B, N, 4), torch.int32, means.device)
     counts = empty((B, N), torch.int32, means.device)
+    params = empty((B, N, 8), torch.float32, means.device)
     total = B * N
     if total > 0:
         grid = (triton.cdiv(total, BLOCK_BOUNDS),)
-        _compute_tile_bounds_kernel[grid](
-            means, conics, opacities, rects, counts, total, tiles_x, tiles_y,
-            TILE=tile_size, BLOCK=BLOCK_BOUNDS,
-        )
-    return rects, counts
+        with device_guard(means.device):
+            _compute_tile_bounds_kernel[grid](
+                means, conics, opacities, rects, counts, params, total, tiles_x, tiles_y,
+                TILE=tile_size, BLOCK=BLOCK_BOUNDS,
+            )
+    return rects, counts, params
 
 
 def emit_intersections(
@@ -186,9 +206,10 @@ def emit_intersections(
         torch.arange(B * N, device=counts.device), flat, output_size=n_pairs
     )
     grid = (triton.cdiv(n_pairs, BLOCK_PAIRS),)
-    _emit_intersections_kernel[grid](
-        pair_gid, starts, rects, keys, n_pairs, N, tiles_x, tiles_y, BLOCK=BLOCK_PAIRS
-    )
+    with device_guard(counts.device):
+        _emit_intersections_kernel[grid](
+            pair_gid, starts, rects, keys, n_pairs, N, tiles_x, tiles_y, BLOCK=BLOCK_PAIRS
+        )
     return keys
 
 
@@ -202,7 +223,8 @@ def tile_ranges(
     ids = empty((n_pairs,), torch.int32, sorted_keys.device)
     if n_pairs > 0:
         grid = (triton.cdiv(n_pairs, BLOCK_PAIRS),)
-        _tile_ranges_kernel[grid](sorted_keys, ranges, ids, n_pairs, N, BLOCK=BLOCK_PAIRS)
+        with device_guard(sorted_keys.device):
+            _tile_ranges_kernel[grid](sorted_keys, ranges, ids, n_pairs, N, BLOCK=BLOCK_PAIRS)
     return ranges, ids
 
 
@@ -218,11 +240,11 @@ def bin_gaussians(
     B, N = opacities.shape
     tiles_x = triton.cdiv(width, tile_size)
     tiles_y = triton.cdiv(height, tile_size)
-    rects, counts = compute_tile_bounds(means, conics, opacities, width, height, tile_size)
+    rects, counts, params = compute_tile_bounds(means, conics, opacities, width, height, tile_size)
     keys = emit_intersections(rects, counts, tiles_x, tiles_y)
     sorted_keys, _ = torch.sort(keys)
     ranges, ids = tile_ranges(sorted_keys, N, B * tiles_x * tiles_y)
-    return Binning(tiles_x, tiles_y, ranges, ids, counts)
+    return Binning(tiles_x, tiles_y, ranges, ids, counts, params)
 
 
 AOT_SPECS = [
@@ -231,17 +253,29 @@ AOT_SPECS = [
         _compute_tile_bounds_kernel,
         {
             "means_ptr": "*fp32", "conics_ptr": "*fp32", "opac_ptr": "*fp32",
-            "rects_ptr": "*i32", "counts_ptr": "*i32", "total": "i64",
+            "rects_ptr": "*i32", "counts_ptr": "*i32", "params_ptr": "*fp32", "total": "i32",
             "tiles_x": "i32", "tiles_y": "i32", "TILE": "constexpr", "BLOCK": "constexpr",
         },
         {"TILE": 16, "BLOCK": BLOCK_BOUNDS},
+    ),
+    # What the JIT would build for a one-tile-wide image if the sizes were specialised (they are
+    # not: do_not_specialize), kept as a guard: int arguments equal to 1 become constexprs.
+    AotSpec(
+        "compute_tile_bounds[TILE=16,tiles=1]",
+        _compute_tile_bounds_kernel,
+        {
+            "means_ptr": "*fp32", "conics_ptr": "*fp32", "opac_ptr": "*fp32",
+            "rects_ptr": "*i32", "counts_ptr": "*i32", "params_ptr": "*fp32", "total": "constexpr",
+            "tiles_x": "constexpr", "tiles_y": "constexpr", "TILE": "constexpr", "BLOCK": "constexpr",
+        },
+        {"TILE": 16, "BLOCK": BLOCK_BOUNDS, "total": 1, "tiles_x": 1, "tiles_y": 1},
     ),
     AotSpec(
         "emit_intersections",
         _emit_intersections_kernel,
         {
             "pair_gid_ptr": "*i64", "starts_ptr": "*i64", "rects_ptr": "*i32", "keys_ptr": "*i64",
-            "n_pairs": "i64", "N": "i64", "tiles_x": "i32", "tiles_y": "i32", "BLOCK": "constexpr",
+            "n_pairs": "i32", "N": "i32", "tiles_x": "i32", "tiles_y": "i32", "BLOCK": "constexpr",
         },
         {"BLOCK": BLOCK_PAIRS},
     ),
@@ -250,7 +284,7 @@ AOT_SPECS = [
         _tile_ranges_kernel,
         {
             "keys_ptr": "*i64", "ranges_ptr": "*i64", "ids_ptr": "*i32",
-            "n_pairs": "i64", "N": "i64", "BLOCK": "constexpr",
+            "n_pairs": "i32", "N": "i32", "BLOCK": "constexpr",
         },
         {"BLOCK": BLOCK_PAIRS},
     ),

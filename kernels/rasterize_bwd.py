@@ -1,19 +1,31 @@
 """Backward rasterization in Triton: gradients for means, conics, colours, opacities, background.
 
-One program per (pixel block of a tile, image), the same grid as the forward without the channel
-split: every channel is needed to form ``dL/da`` for a Gaussian, so the program loops over
-channel blocks inside each chunk.
+Same grid and Gaussian walk as the forward (one program per pixel block of a tile, Gaussians one
+at a time, front to back, the same device functions, so every skip/stop decision is the
+forward's). Per Gaussian and pixel, with ``g`` the pixel's image cotangent:
 
-alpha mode, walking front to back like the forward (no division of transmittances):
+alpha mode (no division of transmittances, no back-to-front walk):
     image = sum_j a_j T_j c_j + T_final * bg
-    S_i   = image - sum_{j <= i} a_j T_j c_j                 (what lies behind Gaussian i)
-    dL/da_i = T_i (g . c_i) - (g . S_i) / (1 - a_i) + g_alpha T_final / (1 - a_i)
-where ``g`` is the image cotangent of the pixel. ``g . S_i`` is ``g . image`` minus a running
-prefix of ``a_j T_j (g . c_j)``, a ``[P, BLOCK_G]`` cumsum, so no ``[P, G, C]`` block is formed.
+    dL/da_i = T_i (g . c_i) + (g_alpha T_final - g . S_i) / (1 - a_i),
+    g . S_i = g . image - sum_{j <= i} a_j T_j (g . c_j)      (what lies behind Gaussian i)
+so one running per-pixel value ``k = g_alpha T_final - g . S_i`` carries the whole suffix.
 sum mode: ``dL/dw_i = g . c_i + g_alpha``.
 
-Per-Gaussian gradients are reduced over the program's pixels first, then one atomic add per
-(Gaussian, pixel block), never one per pixel.
+A weight clamped at 0.99 (alpha) / 1 (sum) passes no gradient to the opacity or sigma. With
+``s = dL/d(raw) * raw`` per pixel (``raw = o exp(-sigma)``) the geometry gradients are six
+per-Gaussian sums over the block's pixels, ``S = sum s``, ``Sx = sum s dx``, ``Sy``, ``Sxx``,
+``Sxy``, ``Syy``:
+    dL/dmx = a Sx + b Sy,  dL/dmy = b Sx + c Sy,
+    dL/da = -Sxx / 2,  dL/db = -Sxy,  dL/dc = -Syy / 2,  dL/do = S / o.
+Each sum is reduced inside the program (one warp: in-thread adds, then shuffles), and the
+program issues **one relaxed vector atomic** per Gaussian for the six geometry values (lanes 0-5
+of an 8-float record) and one for the colours: never one per pixel, and no fences.
+
+Cheap path: before any exponential, a conservative test (``log2`` weight above log2(1/255)
+minus a margin, ``sigma >= 0``, pixel inside and not yet stopped) is voted over the block; a
+Gaussian that no pixel can use costs only that test. Its ``T`` update can be skipped too: a pixel
+that fails the test either is not touched (``T`` unchanged in the forward) or has already
+stopped (``T <= 1e-4`` stays below the threshold either way).
 """
 
 from __future__ import annotations
@@ -23,39 +35,55 @@ import triton
 import triton.language as tl
 
 from gsplat2d._torch_impl import Binning
+from gsplat2d.kernels._alloc import device_guard
 from gsplat2d.kernels._aot import AotSpec
 from gsplat2d.kernels._common import (
-    ALPHA_MAX,
+    LOG2_ALPHA_MIN_LOOSE,
+    REC,
+    T_STOP,
     any_pixel_left,
-    front_to_back,
-    gaussian_weights,
-    load_gaussian_chunk,
-    sum_weights,
-    tile_block_pixels,
+    composite_step,
+    exp2_approx,
+    load_record,
+    log2_weight,
+    opaque_zero,
+    rcp_approx,
+    sum_step,
+    tile_pixels,
 )
-from gsplat2d.kernels.rasterize_fwd import launch_config
+from gsplat2d.kernels.rasterize_fwd import (
+    fast_math,
+    launch_config,
+    launch_options,
+    pairs_per_iteration,
+)
 
 __all__ = ["rasterize_bwd", "AOT_SPECS"]
 
+# (-2 / log2 e, -1 / log2 e): conic entries back from the record's qa, qb, qc
+_A_FROM_Q = tl.constexpr(-1.3862943611198906)
+_B_FROM_Q = tl.constexpr(-0.6931471805599453)
 
 
 @triton.jit
+def _load_pixel(ptr, pix, inside, k, C: tl.constexpr):
+    """Channel ``k`` of a ``[B, H, W, C]`` float tensor at the block's pixels ([P], 0 outside)."""
+    return tl.load(ptr + pix * C + k, mask=inside, other=0.0).to(tl.float32)
+
+
+@triton.jit(do_not_specialize=["N", "C", "W", "H", "tiles_x", "n_tiles"])
 def _rasterize_bwd_kernel(
-    means_ptr,  # [B, N, 2]
-    conics_ptr,  # [B, N, 3]
+    params_ptr,  # [B, N, 8] fp32 per-Gaussian record (binning stage 1)
     colors_ptr,  # [B, N, C]
-    opac_ptr,  # [B, N]
     ranges_ptr,  # [B * n_tiles, 2] int64
     ids_ptr,  # [P_pairs] int32
-    image_ptr,  # [B, H, W, C] fp32, forward output (includes background)
+    image_ptr,  # C <= 4: [B, H, W, C] fp32 forward output (incl. background); else [B, H, W] g . image
     tfinal_ptr,  # [B, H, W] fp32 (alpha mode)
     gimage_ptr,  # [B, H, W, C] cotangent
     galpha_ptr,  # [B, H, W] cotangent
-    gmeans_ptr,  # [B, N, 2] fp32, accumulated
-    gconics_ptr,  # [B, N, 3] fp32, accumulated
+    ggeo_ptr,  # [B, N, 8] fp32, accumulated: dmx, dmy, da, db, dc, do, -, -
     gcolors_ptr,  # [B, N, C] fp32, accumulated
-    gopac_ptr,  # [B, N] fp32, accumulated
-    gbg_ptr,  # [B, C] fp32, accumulated (alpha mode with background)
+    gbg_ptr,  # [B, C] fp32, accumulated (alpha mode with background, C <= 4)
     N,
     C,
     W,
@@ -66,131 +94,157 @@ def _rasterize_bwd_kernel(
     HAS_BG: tl.constexpr,
     TILE: tl.constexpr,
     BLOCK_P: tl.constexpr,
-    BLOCK_G: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    NC: tl.constexpr,
     NUM_CB: tl.constexpr,
     SMALL_C: tl.constexpr,
+    CHUNK: tl.constexpr,
+    FAST: tl.constexpr,
 ):
     pid0 = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1).to(tl.int64)
-    tile, px, py, inside = tile_block_pixels(pid0, tiles_x, W, H, TILE, BLOCK_P)
+    gtile, b, px, py, inside = tile_pixels(pid0, tiles_x, n_tiles, W, H, TILE, BLOCK_P)
+    fx = px.to(tl.float32) + 0.5  # [P]
+    fy = py.to(tl.float32) + 0.5
     pix = (b * H + py) * W + px  # [P] int64
+    start = tl.load(ranges_ptr + gtile * 2).to(tl.int32)
+    end = tl.load(ranges_ptr + gtile * 2 + 1).to(tl.int32)
+    gbase = b * N
+    k8 = tl.arange(0, REC)  # [8] lanes of the geometry-gradient record
     cr = tl.arange(0, BLOCK_C)  # [BLOCK_C]
 
-    start = tl.load(ranges_ptr + (b * n_tiles + tile) * 2)
-    end = tl.load(ranges_ptr + (b * n_tiles + tile) * 2 + 1)
-    gbase = b * N
-
-    galpha = tl.load(galpha_ptr + pix, mask=inside, other=0.0).to(tl.float32)  # [P]
+    ga = tl.load(galpha_ptr + pix, mask=inside, other=0.0).to(tl.float32)  # [P]
     t_final = tl.full((BLOCK_P,), 1.0, dtype=tl.float32)
-    g_dot_img = tl.zeros((BLOCK_P,), dtype=tl.float32)  # [P] g . image
     if ALPHA_MODE:
         t_final = tl.load(tfinal_ptr + pix, mask=inside, other=1.0)
-        for k in tl.static_range(NUM_CB):
-            cidx = k * BLOCK_C + cr
-            m2 = inside[:, None] & (cidx < C)[None, :]
-            g = tl.load(gimage_ptr + pix[:, None] * C + cidx[None, :], mask=m2, other=0.0).to(tl.float32)
-            img = tl.load(image_ptr + pix[:, None] * C + cidx[None, :], mask=m2, other=0.0)
-            g_dot_img += tl.sum(g * img, axis=1)
+    # Loop-invariant cotangent: named vectors for C <= 4, else re-read per Gaussian (L1 hits).
+    g0 = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    g1 = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    g2 = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    g3 = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    g_dot_img = tl.zeros((BLOCK_P,), dtype=tl.float32)  # [P] g . image
+    if SMALL_C:
+        g0 = _load_pixel(gimage_ptr, pix, inside, 0, NC)
+        if NC > 1:
+            g1 = _load_pixel(gimage_ptr, pix, inside, 1, NC)
+        if NC > 2:
+            g2 = _load_pixel(gimage_ptr, pix, inside, 2, NC)
+        if NC > 3:
+            g3 = _load_pixel(gimage_ptr, pix, inside, 3, NC)
+        if ALPHA_MODE:
+            g_dot_img = g0 * _load_pixel(image_ptr, pix, inside, 0, NC)
+            if NC > 1:
+                g_dot_img = tl.fma(g1, _load_pixel(image_ptr, pix, inside, 1, NC), g_dot_img)
+            if NC > 2:
+                g_dot_img = tl.fma(g2, _load_pixel(image_ptr, pix, inside, 2, NC), g_dot_img)
+            if NC > 3:
+                g_dot_img = tl.fma(g3, _load_pixel(image_ptr, pix, inside, 3, NC), g_dot_img)
             if HAS_BG:
-                # d image / d bg = T_final; reduce over the block's pixels, one atomic per channel.
-                tl.atomic_add(
-                    gbg_ptr + b * C + cidx, tl.sum(g * t_final[:, None], axis=0), mask=cidx < C
-                )
+                # d image / d bg = T_final: reduce over the block, one atomic per channel
+                gbg = tl.where(cr == 0, tl.sum(g0 * t_final), 0.0)  # [BLOCK_C]
+                if NC > 1:
+                    gbg = tl.where(cr == 1, tl.sum(g1 * t_final), gbg)
+                if NC > 2:
+                    gbg = tl.where(cr == 2, tl.sum(g2 * t_final), gbg)
+                if NC > 3:
+                    gbg = tl.where(cr == 3, tl.sum(g3 * t_final), gbg)
+                tl.atomic_add(gbg_ptr + b * NC + cr, gbg, mask=cr < NC, sem="relaxed")
+    else:
+        if ALPHA_MODE:
+            # C > 4: g . image was reduced by the launcher (torch), [B, H, W] in image_ptr
+            g_dot_img = tl.load(image_ptr + pix, mask=inside, other=0.0).to(tl.float32)
+    # alpha mode: k = g_alpha T_final - g . S_i, updated by + a_i T_i (g . c_i) per Gaussian
+    kk = ga * t_final - g_dot_img  # [P]
 
-    t_run = tl.full((BLOCK_P,), 1.0, dtype=tl.float32)  # [P] includes stopping factors
-    prefix = tl.zeros((BLOCK_P,), dtype=tl.float32)  # [P] sum_j a_j T_j (g . c_j) so far
-
+    T = tl.full((BLOCK_P,), 1.0, dtype=tl.float32)  # [P] as in the forward
     s = start
     go = s < end
     while go:
-        gid, gmask, mx, my, ca, cb, cc, op = load_gaussian_chunk(
-            ids_ptr, means_ptr, conics_ptr, opac_ptr, s, end, gbase, BLOCK_G
-        )
-
-        # g . c_j for every pixel and Gaussian of the chunk: [P, C] @ [C, BLOCK_G].
-        gc = tl.zeros((BLOCK_P, BLOCK_G), dtype=tl.float32)
-        if SMALL_C:
-            for k in tl.static_range(BLOCK_C):
-                kk = tl.full((BLOCK_G,), k, tl.int32)
-                ck = tl.load(colors_ptr + gid * C + k, mask=gmask & (kk < C), other=0.0)
-                gk = tl.load(
-                    gimage_ptr + pix * C + k,
-                    mask=inside & (tl.full((BLOCK_P,), k, tl.int32) < C), other=0.0,
-                ).to(tl.float32)  # [P]
-                gc += gk[:, None] * ck.to(tl.float32)[None, :]
-        for k in tl.static_range(0 if SMALL_C else NUM_CB):
-            cidx = k * BLOCK_C + cr
-            cm = cidx < C
-            g = tl.load(
-                gimage_ptr + pix[:, None] * C + cidx[None, :],
-                mask=inside[:, None] & cm[None, :], other=0.0,
-            ).to(tl.float32)  # [P, BLOCK_C]
-            colt = tl.load(
-                colors_ptr + gid[None, :] * C + cidx[:, None],
-                mask=cm[:, None] & gmask[None, :], other=0.0,
-            ).to(tl.float32)  # [BLOCK_C, BLOCK_G]
-            gc += tl.dot(g, colt, input_precision="ieee")
-
-        dx, dy, e, raw, ok = gaussian_weights(px, py, inside, gmask, mx, my, ca, cb, cc, op)
-        if ALPHA_MODE:
-            a, contrib, t_after, t_in, t_run = front_to_back(raw, ok, t_run)
-            w = tl.where(contrib, a * t_in, 0.0)  # [P, BLOCK_G]
-            wg = w * gc
-            behind = g_dot_img[:, None] - (prefix[:, None] + tl.cumsum(wg, axis=1))  # g . S_i
-            inv1m = 1.0 / (1.0 - a)
-            dl_da = t_in * gc + (galpha[:, None] * t_final[:, None] - behind) * inv1m
-            dl_da = tl.where(contrib, dl_da, 0.0)
-            unclamped = raw <= ALPHA_MAX
-            prefix += tl.sum(wg, axis=1)
-        else:
-            w, valid = sum_weights(raw, ok)
-            dl_da = tl.where(valid, gc + galpha[:, None], 0.0)
-            unclamped = raw <= 1.0
-        # A clamped weight passes no gradient to the opacity or sigma.
-        dl_dsig = tl.where(unclamped, -dl_da * raw, 0.0)  # [P, BLOCK_G]
-        dl_dop = tl.sum(tl.where(unclamped, dl_da * e, 0.0), axis=0)  # [BLOCK_G]
-        dmx = -tl.sum(dl_dsig * (ca[None, :] * dx + cb[None, :] * dy), axis=0)
-        dmy = -tl.sum(dl_dsig * (cb[None, :] * dx + cc[None, :] * dy), axis=0)
-        dca = 0.5 * tl.sum(dl_dsig * dx * dx, axis=0)
-        dcb = tl.sum(dl_dsig * dx * dy, axis=0)
-        dcc = 0.5 * tl.sum(dl_dsig * dy * dy, axis=0)
-        tl.atomic_add(gmeans_ptr + gid * 2, dmx, mask=gmask)
-        tl.atomic_add(gmeans_ptr + gid * 2 + 1, dmy, mask=gmask)
-        tl.atomic_add(gconics_ptr + gid * 3, dca, mask=gmask)
-        tl.atomic_add(gconics_ptr + gid * 3 + 1, dcb, mask=gmask)
-        tl.atomic_add(gconics_ptr + gid * 3 + 2, dcc, mask=gmask)
-        tl.atomic_add(gopac_ptr + gid, dl_dop, mask=gmask)
-
-        # dL/dc_j = sum_p w_pj g_p: [BLOCK_G, P] @ [P, C].
-        if SMALL_C:
-            for k in tl.static_range(BLOCK_C):
-                kk = tl.full((BLOCK_G,), k, tl.int32)
-                gk = tl.load(
-                    gimage_ptr + pix * C + k,
-                    mask=inside & (tl.full((BLOCK_P,), k, tl.int32) < C), other=0.0,
-                ).to(tl.float32)  # [P]
-                tl.atomic_add(
-                    gcolors_ptr + gid * C + k, tl.sum(w * gk[:, None], axis=0), mask=gmask & (kk < C)
-                )
-        wt = tl.trans(w)  # [BLOCK_G, P]
-        for k in tl.static_range(0 if SMALL_C else NUM_CB):
-            cidx = k * BLOCK_C + cr
-            cm = cidx < C
-            g = tl.load(
-                gimage_ptr + pix[:, None] * C + cidx[None, :],
-                mask=inside[:, None] & cm[None, :], other=0.0,
-            ).to(tl.float32)  # [P, BLOCK_C]
-            dcol = tl.dot(wt, g, input_precision="ieee")  # [BLOCK_G, BLOCK_C]
-            tl.atomic_add(
-                gcolors_ptr + gid[:, None] * C + cidx[None, :], dcol,
-                mask=gmask[:, None] & cm[None, :],
-            )
-
-        s += BLOCK_G
+        s_end = tl.minimum(s + CHUNK, end)
+        for i in range(s, s_end):
+            gid = tl.load(ids_ptr + i).to(tl.int64) + gbase
+            mx, my, qa, qb, qc, lo = load_record(params_ptr, gid)
+            dx, dy, pw = log2_weight(fx, fy, mx, my, qa, qb, qc, lo)
+            # conservative vote: can any pixel of the block use this Gaussian?
+            pre = (pw >= LOG2_ALPHA_MIN_LOOSE) & (pw <= lo) & inside
+            if ALPHA_MODE:
+                pre = pre & (T > T_STOP)
+            if tl.max(pre.to(tl.int32), axis=0) > 0:
+                raw = exp2_approx(pw, FAST)  # [P]
+                if ALPHA_MODE:
+                    t_in = T
+                    a, valid, contrib, w, tn, T = composite_step(raw, pw, lo, T)
+                    live = contrib & (raw <= 0.99)
+                else:
+                    w, valid = sum_step(raw, pw, lo)
+                    live = valid & (raw <= 1.0)
+                # g . c for this Gaussian, [P]
+                if SMALL_C:
+                    cp = colors_ptr + gid * NC
+                    c0 = tl.load(cp).to(tl.float32)
+                    gc = g0 * c0
+                    if NC > 1:
+                        c1 = tl.load(cp + 1).to(tl.float32)
+                        gc = tl.fma(g1, c1, gc)
+                    if NC > 2:
+                        c2 = tl.load(cp + 2).to(tl.float32)
+                        gc = tl.fma(g2, c2, gc)
+                    if NC > 3:
+                        c3 = tl.load(cp + 3).to(tl.float32)
+                        gc = tl.fma(g3, c3, gc)
+                else:
+                    # C > 4: one pass over the channels computes g . c and the colour gradients
+                    # (w does not depend on g . c); the cotangent is re-read from L1 per Gaussian
+                    gc = tl.zeros((BLOCK_P,), dtype=tl.float32)
+                    cp = colors_ptr + gid * NC
+                    gptr = gimage_ptr + opaque_zero(i, FAST)
+                    for k0 in tl.static_range(0, NC, 8):
+                        dcol = tl.zeros((8,), dtype=tl.float32)  # [8] one group of channels
+                        for k in tl.static_range(8):
+                            if k0 + k < NC:
+                                gk = _load_pixel(gptr, pix, inside, k0 + k, NC)
+                                gc = tl.fma(gk, tl.load(cp + k0 + k).to(tl.float32), gc)
+                                dcol = tl.where(k8 == k, tl.sum(w * gk), dcol)
+                        tl.atomic_add(gcolors_ptr + gid * NC + k0 + k8, dcol, mask=k0 + k8 < NC,
+                                      sem="relaxed")
+                if ALPHA_MODE:
+                    kk = tl.fma(w, gc, kk)  # now g_alpha T_final - g . S_i (S_i excludes i)
+                    dl = tl.fma(t_in, gc, kk * rcp_approx(1.0 - a, FAST))  # dL/da, [P]
+                else:
+                    dl = gc + ga  # dL/dw
+                sg = tl.where(live, dl * raw, 0.0)  # dL/draw * raw = -dL/dsigma, [P]
+                u = sg * dx
+                v = sg * dy
+                # colour gradients sum_p w g_p (w is already 0 where not composited)
+                if SMALL_C:
+                    dcol = tl.where(cr == 0, tl.sum(w * g0), 0.0)  # [BLOCK_C]
+                    if NC > 1:
+                        dcol = tl.where(cr == 1, tl.sum(w * g1), dcol)
+                    if NC > 2:
+                        dcol = tl.where(cr == 2, tl.sum(w * g2), dcol)
+                    if NC > 3:
+                        dcol = tl.where(cr == 3, tl.sum(w * g3), dcol)
+                    tl.atomic_add(gcolors_ptr + gid * NC + cr, dcol, mask=cr < NC, sem="relaxed")
+                ss = tl.sum(sg)
+                sx = tl.sum(u)
+                sy = tl.sum(v)
+                sxx = tl.sum(u * dx)
+                sxy = tl.sum(u * dy)
+                syy = tl.sum(v * dy)
+                ca = qa * _A_FROM_Q
+                cb = qb * _B_FROM_Q
+                cc = qc * _A_FROM_Q
+                inv_o = tl.load(params_ptr + gid * REC + 6)
+                gv = tl.where(k8 == 0, ca * sx + cb * sy, 0.0)  # [8]
+                gv = tl.where(k8 == 1, cb * sx + cc * sy, gv)
+                gv = tl.where(k8 == 2, -0.5 * sxx, gv)
+                gv = tl.where(k8 == 3, -sxy, gv)
+                gv = tl.where(k8 == 4, -0.5 * syy, gv)
+                gv = tl.where(k8 == 5, ss * inv_o, gv)
+                tl.atomic_add(ggeo_ptr + gid * REC + k8, gv, mask=k8 < 6, sem="relaxed")
+        s = s_end
         go = s < end
         if ALPHA_MODE:
-            go = go & any_pixel_left(t_run, inside)
+            go = go & any_pixel_left(T, inside)
 
 
 def rasterize_bwd(
@@ -212,61 +266,76 @@ def rasterize_bwd(
     """Launch the backward kernel. Cotangents ``grad_image [B, H, W, C]``, ``grad_alpha
     [B, H, W, 1]`` (contiguous). Returns float32 gradients for means ``[B, N, 2]``, conics
     ``[B, N, 3]``, colors ``[B, N, C]``, opacities ``[B, N]`` and background ``[B, C]`` (None
-    without a background).
+    without a background). The first three geometry outputs are views of one ``[B, N, 8]``
+    accumulation record.
     """
     B, N, C = colors.shape
     dev = colors.device
     cfg = launch_config(tile_size, C, backward=True, mode=mode)
     alpha_mode = mode == "alpha"
     # Accumulation targets of the atomics: they must start at zero.
-    g_means = torch.zeros((B, N, 2), dtype=torch.float32, device=dev)
-    g_conics = torch.zeros((B, N, 3), dtype=torch.float32, device=dev)
+    g_geo = torch.zeros((B, N, 8), dtype=torch.float32, device=dev)
     g_colors = torch.zeros((B, N, C), dtype=torch.float32, device=dev)
-    g_opac = torch.zeros((B, N), dtype=torch.float32, device=dev)
     g_bg = torch.zeros((B, C), dtype=torch.float32, device=dev) if has_background else None
+    if not cfg["SMALL_C"] and alpha_mode:
+        # Many channels: the once-per-pixel reductions over channels are plain torch (a kernel
+        # prologue holding C [P] vectors would spill); the kernel reads g . image per pixel.
+        image = (grad_image * image).sum(-1)
+        if g_bg is not None:
+            g_bg = torch.einsum("bhwc,bhw->bc", grad_image, t_final)
     n_tiles = binning.tiles_x * binning.tiles_y
     subs = tile_size * tile_size // cfg["BLOCK_P"]
-    grid = (n_tiles * subs, B)
-    _rasterize_bwd_kernel[grid](
-        means, conics, colors, opacities, binning.ranges, binning.gauss_ids,
-        image, t_final if t_final is not None else grad_alpha,
-        grad_image, grad_alpha,
-        g_means, g_conics, g_colors, g_opac, g_bg if g_bg is not None else g_opac,
-        N, C, width, height, binning.tiles_x, n_tiles,
-        ALPHA_MODE=alpha_mode, HAS_BG=has_background, TILE=tile_size,
-        BLOCK_P=cfg["BLOCK_P"], BLOCK_G=cfg["BLOCK_G"], BLOCK_C=cfg["BLOCK_C"],
-        NUM_CB=triton.cdiv(C, cfg["BLOCK_C"]), SMALL_C=cfg["SMALL_C"], num_warps=cfg["num_warps"],
-    )
-    return g_means, g_conics, g_colors, g_opac, g_bg
+    grid = (B * n_tiles * subs,)
+    with device_guard(dev):
+        _rasterize_bwd_kernel[grid](
+            binning.params, colors, binning.ranges, binning.gauss_ids,
+            image, t_final if t_final is not None else grad_alpha,
+            grad_image, grad_alpha,
+            g_geo, g_colors, g_bg if (g_bg is not None and cfg["SMALL_C"]) else g_colors,
+            N, C, width, height, binning.tiles_x, n_tiles,
+            ALPHA_MODE=alpha_mode, HAS_BG=has_background and cfg["SMALL_C"], TILE=tile_size,
+            BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], NC=cfg["NC"],
+            NUM_CB=triton.cdiv(C, cfg["BLOCK_C"]), SMALL_C=cfg["SMALL_C"], CHUNK=cfg["CHUNK"],
+            FAST=fast_math(), **launch_options(cfg),
+        )
+    return g_geo[..., 0:2], g_geo[..., 2:5], g_colors, g_geo[..., 5], g_bg
+
+
+SIGNATURE = {
+    "params_ptr": "*fp32", "colors_ptr": "*fp32", "ranges_ptr": "*i64", "ids_ptr": "*i32",
+    "image_ptr": "*fp32", "tfinal_ptr": "*fp32", "gimage_ptr": "*fp32", "galpha_ptr": "*fp32",
+    "ggeo_ptr": "*fp32", "gcolors_ptr": "*fp32", "gbg_ptr": "*fp32",
+    "N": "i32", "C": "i32", "W": "i32", "H": "i32", "tiles_x": "i32", "n_tiles": "i32",
+    "ALPHA_MODE": "constexpr", "HAS_BG": "constexpr", "TILE": "constexpr",
+    "BLOCK_P": "constexpr", "BLOCK_C": "constexpr", "NC": "constexpr", "NUM_CB": "constexpr", "SMALL_C": "constexpr",
+    "CHUNK": "constexpr", "FAST": "constexpr",
+}
+
+AOT_VARIANTS = ((8, 3), (16, 1), (16, 2), (16, 3), (16, 4), (16, 8), (16, 16), (16, 32), (16, 64),
+                (16, 96), (32, 3))
 
 
 def _aot_specs() -> list[AotSpec]:
-    sig = {
-        "means_ptr": "*fp32", "conics_ptr": "*fp32", "colors_ptr": "*fp32", "opac_ptr": "*fp32",
-        "ranges_ptr": "*i64", "ids_ptr": "*i32", "image_ptr": "*fp32", "tfinal_ptr": "*fp32",
-        "gimage_ptr": "*fp32", "galpha_ptr": "*fp32", "gmeans_ptr": "*fp32",
-        "gconics_ptr": "*fp32", "gcolors_ptr": "*fp32", "gopac_ptr": "*fp32", "gbg_ptr": "*fp32",
-        "N": "i32", "C": "i32", "W": "i32", "H": "i32", "tiles_x": "i32", "n_tiles": "i32",
-        "ALPHA_MODE": "constexpr", "HAS_BG": "constexpr", "TILE": "constexpr",
-        "BLOCK_P": "constexpr", "BLOCK_G": "constexpr", "BLOCK_C": "constexpr",
-        "NUM_CB": "constexpr", "SMALL_C": "constexpr",
-    }
     specs = []
     for mode in ("alpha", "sum"):
-        for tile, C in ((8, 3), (16, 1), (16, 2), (16, 3), (16, 8), (16, 32), (16, 64), (16, 96), (32, 3)):
+        for tile, C in AOT_VARIANTS:
             cfg = launch_config(tile, C, backward=True, mode=mode)
             specs.append(
                 AotSpec(
                     f"rasterize_bwd[{mode},TILE={tile},C={C}]",
                     _rasterize_bwd_kernel,
-                    sig,
+                    SIGNATURE,
                     {
                         "ALPHA_MODE": mode == "alpha", "HAS_BG": mode == "alpha", "TILE": tile,
-                        "BLOCK_P": cfg["BLOCK_P"], "BLOCK_G": cfg["BLOCK_G"],
-                        "BLOCK_C": cfg["BLOCK_C"], "NUM_CB": triton.cdiv(C, cfg["BLOCK_C"]),
-                        "SMALL_C": cfg["SMALL_C"],
+                        "BLOCK_P": cfg["BLOCK_P"], "BLOCK_C": cfg["BLOCK_C"], "NC": cfg["NC"],
+                        "NUM_CB": triton.cdiv(C, cfg["BLOCK_C"]), "SMALL_C": cfg["SMALL_C"],
+                        "CHUNK": cfg["CHUNK"], "FAST": True,
                     },
                     num_warps=cfg["num_warps"],
+                    maxnreg=cfg["maxnreg"],
+                    pairs_per_iter=pairs_per_iteration(cfg),
+                    trips=(cfg["CHUNK"],),
+                    cost_key=f"bwd-{mode}" if C == 3 and tile == 16 else None,
                 )
             )
     return specs

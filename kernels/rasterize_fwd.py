@@ -1,78 +1,115 @@
-"""Forward rasterization in Triton: one program per (tile, image, channel block).
+"""Forward rasterization in Triton: one program per (pixel block of a tile, channel block).
 
-A program walks its tile's Gaussians front to back in chunks of ``BLOCK_G`` loaded as vectors
-and evaluates them on all ``TILE * TILE`` pixels at once (``[P, BLOCK_G]`` blocks).
+A program walks its tile's Gaussians **one at a time** over a vector of pixels (a 16 x 16 tile
+is one warp, 8 pixels per thread). Each Gaussian's record is read with scalar (warp-uniform)
+loads, so per (Gaussian, pixel) pair the inner loop issues only the per-pixel math: two
+subtractions, five FMA-class instructions for ``log2(o exp(-sigma))``, one ``MUFU.EX2``, the
+clamp and 1/255 test, ``T' = T - a T``, the stop test, three selects and one FMA per channel.
+Cross-lane work (the "all pixels done?" vote of alpha mode) runs once per ``CHUNK`` Gaussians.
+Measured per pair with ``python -m gsplat2d.kernels.report --cost`` (method in
+``docs/design.md``).
 
-* alpha mode: inside a chunk the transmittance in front of each Gaussian is an exclusive prefix
-  product, computed as ``exp(cumsum(log(1 - a)))``. T only falls, so the stop rule
-  ``T' <= 1e-4`` removes a suffix of the chunk; the running transmittance ``T_run`` includes the
-  stopping Gaussian's factor, which keeps every later chunk out too. The program leaves the loop
-  once every pixel of the tile has stopped.
-* sum mode: weights ``min(1, o exp(-sigma))``; no limit on Gaussians per tile.
+* alpha mode: front to back in index order, exactly the dense definition: skip
+  ``a < 1/255`` and ``sigma < 0``; a pixel whose ``T'`` would fall to ``<= 1e-4`` stops (that
+  Gaussian and every later one are not composited). ``T`` keeps the stopping factor so later
+  Gaussians fail the test without a separate flag; ``t_out`` holds the transmittance after the
+  last composited Gaussian (the final T). The program leaves once no pixel can take more.
+* sum mode: ``w = min(1, o exp(-sigma))`` (skipped below 1/255), no limit per tile.
 
-Colour accumulation is a ``[P, BLOCK_G] @ [BLOCK_G, BLOCK_C]`` product (``tl.dot`` in IEEE fp32,
-not TF32, so results match the float64 definition to ~1e-6). For C <= 4 (grey, RGB, RGBA) a dot
-padded to 16 channels would do 4-16x the needed multiply-adds, so SMALL_C reduces per channel.
+Channels: ``C <= 4`` (grey, RGB, RGBA) accumulate in named per-channel vectors, so a 3-channel
+image costs three FMAs per pair and no padded fourth channel. ``C > 4`` (feature splatting)
+accumulates a ``[BLOCK_P, BLOCK_C]`` block with a rank-1 update per Gaussian; channel blocks are
+grid dimension 1.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
 import triton.language as tl
 
 from gsplat2d._torch_impl import Binning
-from gsplat2d.kernels._alloc import empty
+from gsplat2d.kernels._alloc import device_guard, empty
 from gsplat2d.kernels._aot import AotSpec
 from gsplat2d.kernels._common import (
     any_pixel_left,
-    front_to_back,
-    gaussian_weights,
-    load_gaussian_chunk,
-    sum_weights,
-    tile_block_pixels,
+    composite_step,
+    exp2_approx,
+    load_record,
+    pin_layout,
+    log2_weight,
+    sum_step,
+    tile_pixels,
 )
 
-__all__ = ["rasterize_fwd", "launch_config", "AOT_SPECS"]
+__all__ = ["rasterize_fwd", "launch_config", "launch_options", "fast_math", "AOT_SPECS", "SMALL_C_MAX"]
 
+#: Up to this many channels use named per-channel accumulators.
+SMALL_C_MAX = 4
+#: Gaussians between two "all pixels stopped?" votes (alpha mode).
+CHUNK = 16
+
+
+def fast_math() -> bool:
+    """Whether launches use the inline-PTX ``ex2``/``rcp`` (compiled kernels). Triton's
+    interpreter cannot run inline PTX, so under ``TRITON_INTERPRET=1`` the plain ``tl.exp2`` and
+    division are used (same formula; the compiled form is checked by the AOT report)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("", "0", "false", "no", "off")
 
 
 def launch_config(tile_size: int, C: int, backward: bool = False, mode: str = "alpha") -> dict:
-    """Block sizes of the forward / backward launchers (and the AOT report), chosen so that no
-    variant spills registers on sm_80 or sm_90 (see ``python -m gsplat2d.kernels.report``).
+    """Block sizes and warps of the forward / backward launchers (and the AOT report).
 
-    BLOCK_P: pixels per program (a tile may be split over several programs). BLOCK_G: Gaussians
-    per chunk (>= 16 for tl.dot). BLOCK_C: channels per block (>= 16 for tl.dot).
+    Chosen with ``python -m gsplat2d.kernels.report --cost``: the fewest instructions per pair
+    with no register spills on sm_80 / sm_90 and at most 128 registers for ``C <= 4``.
+
+    BLOCK_P: pixels per program (a tile may be split over several programs). BLOCK_C: channels
+    per program (a power of two). NC: ``C`` when ``C <= 4`` (named per-channel accumulators with
+    constexpr strides; one program covers every channel), else 0.
     """
-    small_c = C <= 4
-    block_c = triton.next_power_of_2(C) if small_c else min(32, max(16, triton.next_power_of_2(C)))
+    if C <= SMALL_C_MAX:
+        cfg = {"BLOCK_P": min(tile_size * tile_size, 256), "BLOCK_C": triton.next_power_of_2(C),
+               "NC": C, "SMALL_C": True, "num_warps": 1, "CHUNK": CHUNK, "maxnreg": None}
+        if backward and mode == "alpha" and tile_size == 32 and C <= 3:
+            cfg["maxnreg"] = 128  # ptxas picks 139 otherwise; capped: 127, no spills, +0.9/pair
+        return cfg
     if backward:
-        # The backward keeps ~3x more [P, G] values alive than the forward. These pixel-block
-        # sizes and warp counts are the spill-free ones found with the compile report (ptxas
-        # caps registers by occupancy, so "more warps" is not always "fewer registers").
-        if small_c and mode == "alpha":
-            block_p, num_warps = 32, 4
-        elif C <= 32:
-            block_p, num_warps = 64, (8 if tile_size > 8 else 4)
-        else:
-            block_p, num_warps = 32, 4
-        return {"BLOCK_P": min(tile_size * tile_size, block_p), "BLOCK_G": 16,
-                "BLOCK_C": block_c, "num_warps": num_warps, "SMALL_C": small_c}
-    block_p = min(tile_size * tile_size, 128)
-    if small_c:
-        num_warps = (4 if mode == "alpha" else 8) if block_p == 128 else (2 if mode == "alpha" else 4)
+        # one warp per block; channels unrolled (NC = C), the cotangent re-read per Gaussian
+        block_p = 256 if (mode == "alpha" or C <= 8) else 128  # sum C=32/64 spill at 256
+        return {"BLOCK_P": min(tile_size * tile_size, block_p), "BLOCK_C": 32, "NC": C,
+                "SMALL_C": False, "num_warps": 1, "CHUNK": CHUNK, "maxnreg": None}
+    # forward: a [BLOCK_P, BLOCK_C] accumulator, channel blocks in grid dimension 1
+    if C <= 8:
+        block_c, block_p, num_warps = 8, 128, 1
+    elif C <= 16:
+        block_c, block_p, num_warps = 16, (128 if mode == "alpha" else 256), 2
     else:
-        num_warps = 2 if block_p == 64 else 4
-    return {"BLOCK_P": block_p, "BLOCK_G": 16, "BLOCK_C": block_c, "num_warps": num_warps,
-            "SMALL_C": small_c}
+        block_c, block_p, num_warps = 32, (128 if mode == "alpha" else 256), 4
+    return {"BLOCK_P": min(tile_size * tile_size, block_p), "BLOCK_C": block_c, "NC": 0,
+            "SMALL_C": False, "num_warps": num_warps, "CHUNK": CHUNK, "maxnreg": None}
 
 
-@triton.jit
+def launch_options(cfg: dict) -> dict:
+    """Compile options of a launch (``num_warps`` and, where set, ``maxnreg``)."""
+    opts = {"num_warps": cfg["num_warps"]}
+    if cfg.get("maxnreg") and fast_math():  # the interpreter takes no register cap
+        opts["maxnreg"] = cfg["maxnreg"]
+    return opts
+
+
+def pairs_per_iteration(cfg: dict) -> float:
+    """(Gaussian, pixel) pairs one thread covers per iteration of the Gaussian loop."""
+    return cfg["BLOCK_P"] / (32 * cfg["num_warps"])
+
+
+# Sizes change with every image / scene: never specialise on their values (an int equal to 1 would
+# otherwise become a constexpr, and each new "divisible by 16" pattern a recompile).
+@triton.jit(do_not_specialize=["N", "C", "W", "H", "tiles_x", "n_tiles"])
 def _rasterize_fwd_kernel(
-    means_ptr,  # [B, N, 2]
-    conics_ptr,  # [B, N, 3]
+    params_ptr,  # [B, N, 8] fp32 per-Gaussian record (binning stage 1)
     colors_ptr,  # [B, N, C]
-    opac_ptr,  # [B, N]
     bg_ptr,  # [B, C] (unused unless HAS_BG)
     ranges_ptr,  # [B * n_tiles, 2] int64
     ids_ptr,  # [P_pairs] int32
@@ -89,70 +126,88 @@ def _rasterize_fwd_kernel(
     HAS_BG: tl.constexpr,
     TILE: tl.constexpr,
     BLOCK_P: tl.constexpr,
-    BLOCK_G: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    NC: tl.constexpr,
     SMALL_C: tl.constexpr,
+    CHUNK: tl.constexpr,
+    FAST: tl.constexpr,
 ):
     pid0 = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1).to(tl.int64)
-    cblk = tl.program_id(2).to(tl.int64)
-    tile, px, py, inside = tile_block_pixels(pid0, tiles_x, W, H, TILE, BLOCK_P)
+    cblk = tl.program_id(1)
+    gtile, b, px, py, inside = tile_pixels(pid0, tiles_x, n_tiles, W, H, TILE, BLOCK_P)
+    fx = px.to(tl.float32) + 0.5  # [P]
+    fy = py.to(tl.float32) + 0.5
+    start = tl.load(ranges_ptr + gtile * 2).to(tl.int32)
+    end = tl.load(ranges_ptr + gtile * 2 + 1).to(tl.int32)
+    gbase = b * N  # int64: B * N may exceed 2**31 / 8
+
+    T = tl.full((BLOCK_P,), 1.0, dtype=tl.float32)  # [P] includes a stopping factor
+    t_out = tl.full((BLOCK_P,), 1.0, dtype=tl.float32)  # [P] after the last composited one
+    wsum = tl.zeros((BLOCK_P,), dtype=tl.float32)  # [P] sum mode alpha
+    acc0 = tl.zeros((BLOCK_P,), dtype=tl.float32)  # [P] channel 0 (SMALL_C)
+    acc1 = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_P,), dtype=tl.float32)
     cidx = cblk * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
     cmask = cidx < C
-
-    start = tl.load(ranges_ptr + (b * n_tiles + tile) * 2)
-    end = tl.load(ranges_ptr + (b * n_tiles + tile) * 2 + 1)
-    gbase = b * N
-
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)  # [P, BLOCK_C]
-    t_run = tl.full((BLOCK_P,), 1.0, dtype=tl.float32)  # [P] includes stopping factors
-    t_out = tl.full((BLOCK_P,), 1.0, dtype=tl.float32)  # [P] after last contributor
-    wsum = tl.zeros((BLOCK_P,), dtype=tl.float32)  # [P] sum mode alpha
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)  # [P, BLOCK_C] (C > 4)
 
     s = start
     go = s < end
     while go:
-        gid, gmask, mx, my, ca, cb, cc, op = load_gaussian_chunk(
-            ids_ptr, means_ptr, conics_ptr, opac_ptr, s, end, gbase, BLOCK_G
-        )
-        if not SMALL_C:
-            # Loaded before the [P, BLOCK_G] work: shorter live ranges, no spills.
-            col = tl.load(
-                colors_ptr + gid[:, None] * C + cidx[None, :],
-                mask=gmask[:, None] & cmask[None, :],
-                other=0.0,
-            ).to(tl.float32)  # [BLOCK_G, BLOCK_C]
-        dx, dy, e, raw, ok = gaussian_weights(px, py, inside, gmask, mx, my, ca, cb, cc, op)
-        if ALPHA_MODE:
-            a, contrib, t_after, t_in, t_run = front_to_back(raw, ok, t_run)
-            w = tl.where(contrib, a * t_in, 0.0)  # [P, BLOCK_G]
-            t_out = tl.minimum(t_out, tl.min(tl.where(contrib, t_after, 1.0), axis=1))
-        else:
-            w, valid = sum_weights(raw, ok)
-            wsum += tl.sum(w, axis=1)
-        if SMALL_C:
-            for k in tl.static_range(BLOCK_C):
-                kmask = gmask & (tl.full((BLOCK_G,), k, tl.int32) < C)  # [BLOCK_G]
-                ck = tl.load(colors_ptr + gid * C + k, mask=kmask, other=0.0)
-                ck = ck.to(tl.float32)  # [BLOCK_G]
-                part = tl.sum(w * ck[None, :], axis=1)  # [P]
-                acc += tl.where(cidx[None, :] == k, part[:, None], 0.0)  # [P, BLOCK_C]
-        else:
-            acc += tl.dot(w, col, input_precision="ieee")  # [P, BLOCK_C]
-
-        s += BLOCK_G
+        s_end = tl.minimum(s + CHUNK, end)
+        for i in range(s, s_end):
+            gid = tl.load(ids_ptr + i).to(tl.int64) + gbase
+            mx, my, qa, qb, qc, lo = load_record(params_ptr, gid)
+            dx, dy, pw = log2_weight(fx, fy, mx, my, qa, qb, qc, lo)
+            raw = exp2_approx(pw, FAST)  # o exp(-sigma), [P]
+            if ALPHA_MODE:
+                a, valid, contrib, w, tn, T = composite_step(raw, pw, lo, T)
+                t_out = tl.where(contrib, tn, t_out)
+            else:
+                w, valid = sum_step(raw, pw, lo)
+                wsum += w
+            if SMALL_C:
+                cp = colors_ptr + gid * NC
+                acc0 = tl.fma(w, tl.load(cp).to(tl.float32), acc0)
+                if NC > 1:
+                    acc1 = tl.fma(w, tl.load(cp + 1).to(tl.float32), acc1)
+                if NC > 2:
+                    acc2 = tl.fma(w, tl.load(cp + 2).to(tl.float32), acc2)
+                if NC > 3:
+                    acc3 = tl.fma(w, tl.load(cp + 3).to(tl.float32), acc3)
+            else:
+                col = tl.load(colors_ptr + gid * C + cidx, mask=cmask, other=0.0)
+                acc += pin_layout(w, FAST)[:, None] * col.to(tl.float32)[None, :]  # [P, BLOCK_C]
+        s = s_end
         go = s < end
         if ALPHA_MODE:
-            go = go & any_pixel_left(t_run, inside)
+            go = go & any_pixel_left(T, inside)
 
     pix = (b * H + py) * W + px  # [P] int64
-    if ALPHA_MODE:
+    if SMALL_C:
+        ip = image_ptr + pix * NC  # constexpr stride
+        if HAS_BG:
+            acc0 = tl.fma(t_out, tl.load(bg_ptr + b * NC).to(tl.float32), acc0)
+        tl.store(ip, acc0, mask=inside)
+        if NC > 1:
+            if HAS_BG:
+                acc1 = tl.fma(t_out, tl.load(bg_ptr + b * NC + 1).to(tl.float32), acc1)
+            tl.store(ip + 1, acc1, mask=inside)
+        if NC > 2:
+            if HAS_BG:
+                acc2 = tl.fma(t_out, tl.load(bg_ptr + b * NC + 2).to(tl.float32), acc2)
+            tl.store(ip + 2, acc2, mask=inside)
+        if NC > 3:
+            if HAS_BG:
+                acc3 = tl.fma(t_out, tl.load(bg_ptr + b * NC + 3).to(tl.float32), acc3)
+            tl.store(ip + 3, acc3, mask=inside)
+    else:
         if HAS_BG:
             bg = tl.load(bg_ptr + b * C + cidx, mask=cmask, other=0.0).to(tl.float32)
             acc += t_out[:, None] * bg[None, :]
-    tl.store(
-        image_ptr + pix[:, None] * C + cidx[None, :], acc, mask=inside[:, None] & cmask[None, :]
-    )
+        tl.store(image_ptr + pix[:, None] * C + cidx[None, :], acc,
+                 mask=inside[:, None] & cmask[None, :])
     if cblk == 0:
         if ALPHA_MODE:
             tl.store(alpha_ptr + pix, 1.0 - t_out, mask=inside)
@@ -173,7 +228,9 @@ def rasterize_fwd(
     tile_size: int,
     mode: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Launch the forward kernel. Inputs ``[B, N, *]`` contiguous; see ``docs/design.md``.
+    """Launch the forward kernel. Inputs ``[B, N, *]`` contiguous; ``binning.params`` is the
+    per-Gaussian record of the binning stage (``means``, ``conics`` and ``opacities`` are read
+    through it). See ``docs/design.md``.
 
     Returns ``image [B, H, W, C]``, ``alpha [B, H, W, 1]`` and (alpha mode) ``T_final [B, H, W]``
     (sum mode: None), all float32.
@@ -187,49 +244,58 @@ def rasterize_fwd(
     t_final = empty((B, height, width), torch.float32, dev) if alpha_mode else None
     n_tiles = binning.tiles_x * binning.tiles_y
     subs = tile_size * tile_size // cfg["BLOCK_P"]
-    grid = (n_tiles * subs, B, triton.cdiv(C, cfg["BLOCK_C"]))
-    _rasterize_fwd_kernel[grid](
-        means, conics, colors, opacities,
-        background if background is not None else image,
-        binning.ranges, binning.gauss_ids,
-        image, alpha, t_final if t_final is not None else alpha,
-        N, C, width, height, binning.tiles_x, n_tiles,
-        ALPHA_MODE=alpha_mode, HAS_BG=background is not None, TILE=tile_size,
-        BLOCK_P=cfg["BLOCK_P"], BLOCK_G=cfg["BLOCK_G"], BLOCK_C=cfg["BLOCK_C"],
-        SMALL_C=cfg["SMALL_C"], num_warps=cfg["num_warps"],
-    )
+    grid = (B * n_tiles * subs, triton.cdiv(C, cfg["BLOCK_C"]))
+    with device_guard(dev):
+        _rasterize_fwd_kernel[grid](
+            binning.params, colors,
+            background if background is not None else image,
+            binning.ranges, binning.gauss_ids,
+            image, alpha, t_final if t_final is not None else alpha,
+            N, C, width, height, binning.tiles_x, n_tiles,
+            ALPHA_MODE=alpha_mode, HAS_BG=background is not None, TILE=tile_size,
+            BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], NC=cfg["NC"], SMALL_C=cfg["SMALL_C"],
+            CHUNK=cfg["CHUNK"], FAST=fast_math(), **launch_options(cfg),
+        )
     return image, alpha, t_final
 
 
+#: Argument types of the kernel (the JIT sees the same: sizes are never specialised).
+SIGNATURE = {
+    "params_ptr": "*fp32", "colors_ptr": "*fp32", "bg_ptr": "*fp32", "ranges_ptr": "*i64",
+    "ids_ptr": "*i32", "image_ptr": "*fp32", "alpha_ptr": "*fp32", "tfinal_ptr": "*fp32",
+    "N": "i32", "C": "i32", "W": "i32", "H": "i32", "tiles_x": "i32", "n_tiles": "i32",
+    "ALPHA_MODE": "constexpr", "HAS_BG": "constexpr", "TILE": "constexpr", "BLOCK_P": "constexpr",
+    "BLOCK_C": "constexpr", "NC": "constexpr", "SMALL_C": "constexpr", "CHUNK": "constexpr",
+    "FAST": "constexpr",
+}
+
+#: (tile, C) variants compiled by the AOT report for each mode.
+AOT_VARIANTS = ((8, 3), (16, 1), (16, 2), (16, 3), (16, 4), (16, 8), (16, 16), (16, 32), (16, 64),
+                (16, 96), (32, 3))
+
+
 def _aot_specs() -> list[AotSpec]:
-    sig = {
-        "means_ptr": "*fp32", "conics_ptr": "*fp32", "colors_ptr": "*fp32", "opac_ptr": "*fp32",
-        "bg_ptr": "*fp32", "ranges_ptr": "*i64", "ids_ptr": "*i32", "image_ptr": "*fp32",
-        "alpha_ptr": "*fp32", "tfinal_ptr": "*fp32", "N": "i32", "C": "i32", "W": "i32",
-        "H": "i32", "tiles_x": "i32", "n_tiles": "i32", "ALPHA_MODE": "constexpr",
-        "HAS_BG": "constexpr", "TILE": "constexpr", "BLOCK_P": "constexpr", "BLOCK_G": "constexpr", "BLOCK_C": "constexpr",
-        "SMALL_C": "constexpr",
-    }
     specs = []
     for mode in ("alpha", "sum"):
-        for tile in (8, 16, 32):
-            for C in (1, 2, 3, 8, 32, 64):
-                if tile != 16 and C != 3:
-                    continue
-                cfg = launch_config(tile, C, mode=mode)
-                specs.append(
-                    AotSpec(
-                        f"rasterize_fwd[{mode},TILE={tile},C={C}]",
-                        _rasterize_fwd_kernel,
-                        sig,
-                        {
-                            "ALPHA_MODE": mode == "alpha", "HAS_BG": mode == "alpha",
-                            "TILE": tile, "BLOCK_P": cfg["BLOCK_P"], "BLOCK_G": cfg["BLOCK_G"], "BLOCK_C": cfg["BLOCK_C"],
-                            "SMALL_C": cfg["SMALL_C"],
-                        },
-                        num_warps=cfg["num_warps"],
-                    )
+        for tile, C in AOT_VARIANTS:
+            cfg = launch_config(tile, C, mode=mode)
+            specs.append(
+                AotSpec(
+                    f"rasterize_fwd[{mode},TILE={tile},C={C}]",
+                    _rasterize_fwd_kernel,
+                    SIGNATURE,
+                    {
+                        "ALPHA_MODE": mode == "alpha", "HAS_BG": mode == "alpha", "TILE": tile,
+                        "BLOCK_P": cfg["BLOCK_P"], "BLOCK_C": cfg["BLOCK_C"], "NC": cfg["NC"],
+                        "SMALL_C": cfg["SMALL_C"], "CHUNK": cfg["CHUNK"], "FAST": True,
+                    },
+                    num_warps=cfg["num_warps"],
+                    maxnreg=cfg["maxnreg"],
+                    pairs_per_iter=pairs_per_iteration(cfg),
+                    trips=(cfg["CHUNK"],),
+                    cost_key=f"fwd-{mode}" if C == 3 and tile == 16 else None,
                 )
+            )
     return specs
 
 

@@ -8,6 +8,8 @@ of the result::
     python -m gsplat2d.kernels.report                   # table, sm_80 and sm_90
     python -m gsplat2d.kernels.report --json            # JSON: {"environment": ..., "records": [...]}
     python -m gsplat2d.kernels.report --arch 90 --fail-on-spills
+    python -m gsplat2d.kernels.report --cost            # + instructions per (Gaussian, pixel) pair
+    python -m gsplat2d.kernels.report --cost --check-budget   # exit 1 if a kernel got costlier
 
 How the numbers are obtained:
 
@@ -21,6 +23,12 @@ How the numbers are obtained:
   sm < 90, ``ptxas-blackwell`` otherwise), with Triton's flags plus ``-v``; its log gives spill
   store / load bytes (and a second register count, cross-checked against cuobjdump).
 * Shared memory is ``compiled.metadata.shared`` (Triton's static + scratch allocation, bytes).
+* Static cost (specs with ``pairs_per_iter``): the cubin is disassembled with the ``nvdisasm``
+  Triton ships and the main Gaussian loop is costed per (Gaussian, pixel) pair by
+  :mod:`gsplat2d.kernels.cost` (method in ``docs/design.md``): instructions by class on the
+  longest ("full") and shortest ("cheap") loop path, and the issue-bound pairs/s of an H100.
+  ``--check-budget`` compares with ``kernels/cost_budget.json`` (per-variant ceilings on
+  instructions per pair and registers, plus the absolute targets of the C = 3 variants).
 
 The tools come from Triton's knobs, so ``TRITON_PTXAS_PATH``, ``TRITON_PTXAS_BLACKWELL_PATH`` and
 ``TRITON_CUOBJDUMP_PATH`` are honoured; by default they are the binaries bundled in the wheel
@@ -134,6 +142,7 @@ def environment() -> dict[str, Any]:
             "ptxas": _tool("ptxas"),
             "ptxas_blackwell": _tool("ptxas_blackwell"),
             "cuobjdump": _tool("cuobjdump"),
+            "nvdisasm": _tool("nvdisasm"),
         }
     except Exception as exc:  # pragma: no cover
         info["tools"] = f"unavailable ({exc})"
@@ -218,6 +227,13 @@ def _attrs_for(spec, align_pointers: bool) -> dict:
     return attrs
 
 
+def _options(spec) -> dict:
+    opts = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
+    if getattr(spec, "maxnreg", None):
+        opts["maxnreg"] = spec.maxnreg
+    return opts
+
+
 def compile_spec(spec, cap: int, *, align_pointers: bool = True, module: str = "") -> dict[str, Any]:
     """Compile one spec for compute capability ``cap`` and measure its resource usage."""
     import triton
@@ -240,6 +256,8 @@ def compile_spec(spec, cap: int, *, align_pointers: bool = True, module: str = "
         "shared_limit": SHARED_LIMIT.get(cap),
         "ptxas_registers": None,
         "compile_s": None,
+        "cost": None,
+        "cost_key": getattr(spec, "cost_key", None),
         "error": None,
     }
     if _is_interpreted(spec.fn):
@@ -258,7 +276,7 @@ def compile_spec(spec, cap: int, *, align_pointers: bool = True, module: str = "
             compiled = triton.compile(
                 src,
                 target=GPUTarget("cuda", cap, 32),
-                options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
+                options=_options(spec),
             )
         rec["compile_s"] = round(time.perf_counter() - t0, 3)
         md = compiled.metadata
@@ -307,6 +325,13 @@ def compile_spec(spec, cap: int, *, align_pointers: bool = True, module: str = "
             rec["spill_stores"] = log["spill_stores"]
             rec["spill_loads"] = log["spill_loads"]
             rec["ptxas_registers"] = log["registers"]
+
+            if getattr(spec, "pairs_per_iter", None):
+                from gsplat2d.kernels.cost import disassemble, loop_cost
+
+                sass = disassemble(cubin_path, knobs.nvidia.nvdisasm.path)
+                rec["cost"] = loop_cost(sass, rec["function"], spec.pairs_per_iter,
+                                        tuple(spec.trips))
     except Exception as exc:  # report and keep going with the other specs
         rec["error"] = f"{type(exc).__name__}: {exc}".strip()[:4000]
     return rec
@@ -452,6 +477,102 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+_COST_CLASSES = ("mufu", "fp32", "cmp_sel", "shfl", "shared", "global", "atomic", "barrier_fence",
+                 "int", "other")
+
+#: Default per-variant budget file (a regression gate: a change may not exceed it).
+BUDGET_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cost_budget.json")
+
+
+def format_cost_table(records: Sequence[dict[str, Any]]) -> str:
+    """Instructions per (Gaussian, pixel) pair of every costed variant, by class."""
+    head = ["kernel", "arch", "regs", "path", "instr/pair", *_COST_CLASSES, "H100 Gpairs/s"]
+    rows = [head]
+    for r in records:
+        c = r.get("cost")
+        if not c:
+            continue
+        for path in ("full", "cheap"):
+            p = c["paths"][path]
+            if path == "cheap" and p["total"] == c["paths"]["full"]["total"]:
+                continue  # one path only
+            rate = p.get("issue_bound_pairs_per_s")
+            rows.append([r["kernel"], r["target"], str(r["registers"]), path, f"{p['total']:.1f}",
+                         *(f"{p[k]:.2f}" for k in _COST_CLASSES),
+                         f"{rate / 1e9:.0f}" if rate else "-"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    out = []
+    for j, row in enumerate(rows):
+        out.append("  ".join(c.ljust(w) if i < 2 or i == 3 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+        if j == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def load_budget(path: str = BUDGET_PATH) -> dict[str, Any]:
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_budget(records: Sequence[dict[str, Any]], budget: dict[str, Any]) -> list[str]:
+    """Violations (one line each) of ``budget`` by ``records``; empty when all hold.
+
+    ``budget["variants"]["<kernel>@sm_<arch>"] = {"full", "cheap", "registers"}``: ceilings
+    (instructions per pair, registers) a change may not exceed (``slack`` instructions per pair
+    of headroom for rounding). ``budget["targets"][cost_key] = {"full", "cheap", "registers"}``:
+    absolute ceilings for the variants carrying that ``cost_key`` on ``targets_arch``. A costed
+    variant with no budget entry is a violation too (new kernels must be budgeted).
+    """
+    bad = []
+    slack = float(budget.get("slack", 0.0))
+    variants = budget.get("variants", {})
+    targets = budget.get("targets", {})
+    t_arch = int(budget.get("targets_arch", 90))
+    for r in records:
+        c = r.get("cost")
+        if not c:
+            continue
+        key = f"{r['kernel']}@sm_{r['arch']}"
+        full, cheap = c["paths"]["full"]["total"], c["paths"]["cheap"]["total"]
+        b = variants.get(key)
+        if b is None:
+            bad.append(f"{key}: no budget entry (full {full:.2f}, cheap {cheap:.2f}, "
+                       f"{r['registers']} registers)")
+        else:
+            if full > b["full"] + slack:
+                bad.append(f"{key}: {full:.2f} instructions per pair on the full path > budget "
+                           f"{b['full']:.2f}")
+            if cheap > b["cheap"] + slack:
+                bad.append(f"{key}: {cheap:.2f} instructions per pair on the cheap path > budget "
+                           f"{b['cheap']:.2f}")
+            if r["registers"] > b["registers"]:
+                bad.append(f"{key}: {r['registers']} registers > budget {b['registers']}")
+        t = targets.get(r.get("cost_key") or "")
+        if t and r["arch"] == t_arch:
+            for what, val in (("full", full), ("cheap", cheap), ("registers", r["registers"])):
+                if what in t and val > t[what]:
+                    bad.append(f"{key}: {what} {val:.2f} > target {t[what]} ({r['cost_key']})")
+    return bad
+
+
+def budget_from(records: Sequence[dict[str, Any]], old: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A budget file holding the measured values of ``records`` (targets/slack kept from ``old``)."""
+    out = {k: v for k, v in (old or {}).items() if k != "variants"}
+    out.setdefault("slack", 0.25)
+    variants = {}
+    for r in records:
+        c = r.get("cost")
+        if c:
+            variants[f"{r['kernel']}@sm_{r['arch']}"] = {
+                "full": round(c["paths"]["full"]["total"], 3),
+                "cheap": round(c["paths"]["cheap"]["total"], 3),
+                "registers": r["registers"],
+            }
+    out["variants"] = dict(sorted(variants.items()))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m gsplat2d.kernels.report",
@@ -463,6 +584,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--jobs", "-j", type=int, default=None, help="parallel compile processes (default 1)")
     p.add_argument("--no-align", action="store_true", help="do not give pointer args the 16-byte divisibility hint")
     p.add_argument("--cached", action="store_true", help="allow Triton cache hits (compile_s is then not a compile time)")
+    p.add_argument("--cost", action="store_true", help="also print instructions per (Gaussian, pixel) pair by class")
+    p.add_argument("--check-budget", nargs="?", const=BUDGET_PATH, default=None, metavar="PATH",
+                   help="exit 1 if a variant exceeds its stored cost/register budget (default file: kernels/cost_budget.json)")
+    p.add_argument("--write-budget", default=None, metavar="PATH",
+                   help="write the measured costs as a new budget file (targets kept from --check-budget's file)")
     p.add_argument("--modules", nargs="+", default=list(KERNEL_MODULES), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -487,13 +613,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"triton {env.get('triton')}, torch {env.get('torch')}; "
               f"shared limits: " + ", ".join(f"sm_{a}: {SHARED_LIMIT.get(a, '?')} B" for a in args.arch))
         print(format_table(records))
+        if args.cost:
+            print()
+            print(format_cost_table(records))
         if spilled:
             print("\nspilling: " + ", ".join(f"{r['kernel']} ({r['target']})" for r in spilled))
+    rc = 0
+    if args.write_budget:
+        old = load_budget(args.check_budget or BUDGET_PATH) if os.path.exists(args.check_budget or BUDGET_PATH) else None
+        with open(args.write_budget, "w") as f:
+            json.dump(budget_from(records, old), f, indent=1)
+            f.write("\n")
+    if args.check_budget:
+        bad = check_budget(records, load_budget(args.check_budget))
+        for line in bad:
+            print(f"budget: {line}", file=sys.stderr)
+        if bad:
+            rc = 1
     if failed:
         return 1
     if args.fail_on_spills and spilled:
         return 1
-    return 0
+    return rc
 
 
 if __name__ == "__main__":

@@ -60,13 +60,17 @@ def test_backends_identical(scene):
     tiles_x, tiles_y = -(-w // tile), -(-h // tile)
     B = m.shape[0]
 
-    rects_a, counts_a = tt.compute_tile_bounds(m, q, o, w, h, tile)
-    rects_b, counts_b = tr.compute_tile_bounds(m, q, o, w, h, tile)
+    rects_a, counts_a, params_a = tt.compute_tile_bounds(m, q, o, w, h, tile)
+    rects_b, counts_b, params_b = tr.compute_tile_bounds(m, q, o, w, h, tile)
     assert rects_a.dtype == rects_b.dtype == torch.int32 and rects_a.shape == (B, n, 4)
     assert counts_a.dtype == counts_b.dtype == torch.int32 and counts_a.shape == (B, n)
     assert torch.equal(counts_a, counts_b)
     assert torch.equal(rects_a, rects_b)
     assert counts_a.sum() > 0
+    # the rasterizer record: float64 math rounded once to float32 in both (libdevice vs. torch
+    # log2 may differ in the last float64 ulp, hence one float32 ulp of slack; worst seen: 0)
+    assert params_a.dtype == params_b.dtype == torch.float32 and params_a.shape == (B, n, 8)
+    torch.testing.assert_close(params_b, params_a, rtol=1.2e-7, atol=0)
 
     keys_a = tt.emit_intersections(rects_a, counts_a, tiles_x, tiles_y)
     keys_b = tr.emit_intersections(rects_a, counts_a, tiles_x, tiles_y)
@@ -117,7 +121,7 @@ def test_tile_bounds_follow_design_and_are_conservative(backend, scene):
     batch, n, w, h, tile, seed, deg = scene
     m, q, o = _flat_scene(batch, n, w, h, seed, deg)
     st = _stages(backend)
-    rects, counts = st.compute_tile_bounds(m, q, o, w, h, tile)
+    rects, counts, params = st.compute_tile_bounds(m, q, o, w, h, tile)
     rects, counts = rects.long(), counts.long()
 
     valid, sigma, raw = _pixel_terms(m, q, o, w, h)
@@ -169,7 +173,7 @@ def test_bin_gaussians_ranges_and_ids(backend, scene):
     assert torch.equal(starts[1:], ends[:-1])
 
     # Per tile: ids strictly increasing, exactly the Gaussians whose rect contains the tile.
-    rects, counts_b = _torch_impl.compute_tile_bounds(m, q, o, w, h, tile)
+    rects, counts_b, _ = _torch_impl.compute_tile_bounds(m, q, o, w, h, tile)
     assert torch.equal(binning.counts, counts_b)
     rects = rects.long()
     members = torch.zeros(B, T, n, dtype=torch.bool)
@@ -197,7 +201,7 @@ def test_non_contributing_gaussians_get_zero_count(backend):
     make_degenerate(s, list(range(n)))
     # Plus: opacity exactly 0, negative, and a mean so far away its rect is off the grid.
     m, q, o = s["means"].contiguous(), s["conics"].contiguous(), s["opacities"].contiguous()
-    rects, counts = _stages(backend).compute_tile_bounds(m, q, o, 40, 30, 16)
+    rects, counts, _ = _stages(backend).compute_tile_bounds(m, q, o, 40, 30, 16)
     assert (counts == 0).all() and (rects == 0).all()
     binning = _stages(backend).bin_gaussians(m, q, o, 40, 30, 16)
     assert binning.gauss_ids.numel() == 0 and (binning.ranges == 0).all()
@@ -205,7 +209,7 @@ def test_non_contributing_gaussians_get_zero_count(backend):
     m = torch.tensor([[[20.0, 15.0], [20.0, 15.0], [-1e30, 15.0], [20.0, 3e38]]])
     q = torch.tensor([[[0.1, 0.0, 0.1]] * 4])
     o = torch.tensor([[0.0, -0.5, 0.9, 0.9]])
-    rects, counts = _stages(backend).compute_tile_bounds(m, q, o, 40, 30, 16)
+    rects, counts, _ = _stages(backend).compute_tile_bounds(m, q, o, 40, 30, 16)
     assert (counts == 0).all()
 
 
@@ -219,7 +223,7 @@ def test_huge_gaussians_cover_all_tiles(backend):
                        [1e-38, 0.0, 1e-38], [1e-35, 5e-36, 1e-35]]])
     o = torch.tensor([[0.9, 0.5, 1.0, 1.0, 0.9]])
     st = _stages(backend)
-    rects, counts = st.compute_tile_bounds(m, q, o, w, h, tile)
+    rects, counts, _ = st.compute_tile_bounds(m, q, o, w, h, tile)
     # All reach every tile (det = 1e-76 for Gaussian 3 must not underflow: stage 1 is float64).
     expect_rect = torch.tensor([0, 0, -(-w // tile), -(-h // tile)], dtype=torch.int32)
     for g in range(5):
@@ -242,7 +246,7 @@ def test_keys_beyond_int32(backend):
     m1 = torch.full((B, 1, 2), 100.0)
     q1 = torch.tensor([1e-10, 0.0, 1e-10]).expand(B, 1, 3).contiguous()
     o1 = torch.full((B, 1), 0.9)
-    r1, c1 = st.compute_tile_bounds(m1, q1, o1, w, h, tile)
+    r1, c1, _ = st.compute_tile_bounds(m1, q1, o1, w, h, tile)
     assert (c1 == T).all()
     # ... and sits at index N - 1 behind N - 1 non-contributing ones (count 0, rect 0).
     rects = torch.zeros(B, N, 4, dtype=torch.int32)
