@@ -21,10 +21,15 @@ class RasterizeTriton(torch.autograd.Function):
         from gsplat2d.kernels.binning import bin_gaussians
         from gsplat2d.kernels.rasterize_fwd import rasterize_fwd
 
-        means_c, conics_c, colors_c, opac_c = (
-            t.detach().contiguous() for t in (means, conics, colors, opacities)
+        # The kernels compute in float32 and exist as float32 variants only (the AOT report
+        # compiles exactly those): fp16/bf16 widen exactly; float64 geometry keeps its precision
+        # through the float64 binning stage, which rounds the per-Gaussian record once.
+        geo = torch.float64 if torch.float64 in (means.dtype, conics.dtype, opacities.dtype) else torch.float32
+        means_c, conics_c, opac_c = (
+            t.detach().to(geo).contiguous() for t in (means, conics, opacities)
         )
-        bg_c = background.detach().contiguous() if background is not None else None
+        colors_c = colors.detach().float().contiguous()
+        bg_c = background.detach().float().contiguous() if background is not None else None
         binning = bin_gaussians(means_c, conics_c, opac_c, width, height, tile_size)
         image, alpha, t_final = rasterize_fwd(
             means_c, conics_c, colors_c, opac_c, bg_c, binning, width, height, tile_size, mode

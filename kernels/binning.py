@@ -247,17 +247,19 @@ def bin_gaussians(
     return Binning(tiles_x, tiles_y, ranges, ids, counts, params)
 
 
+_BOUNDS_SIG = {
+    "means_ptr": "*fp32", "conics_ptr": "*fp32", "opac_ptr": "*fp32",
+    "rects_ptr": "*i32", "counts_ptr": "*i32", "params_ptr": "*fp32", "total": "i32",
+    "tiles_x": "i32", "tiles_y": "i32", "TILE": "constexpr", "BLOCK": "constexpr",
+}
+_BOUNDS_SIG64 = {**_BOUNDS_SIG, "means_ptr": "*fp64", "conics_ptr": "*fp64", "opac_ptr": "*fp64"}
+
 AOT_SPECS = [
-    AotSpec(
-        "compute_tile_bounds[TILE=16]",
-        _compute_tile_bounds_kernel,
-        {
-            "means_ptr": "*fp32", "conics_ptr": "*fp32", "opac_ptr": "*fp32",
-            "rects_ptr": "*i32", "counts_ptr": "*i32", "params_ptr": "*fp32", "total": "i32",
-            "tiles_x": "i32", "tiles_y": "i32", "TILE": "constexpr", "BLOCK": "constexpr",
-        },
-        {"TILE": 16, "BLOCK": BLOCK_BOUNDS},
-    ),
+    *(AotSpec(f"compute_tile_bounds[TILE={t}]", _compute_tile_bounds_kernel, _BOUNDS_SIG,
+              {"TILE": t, "BLOCK": BLOCK_BOUNDS}) for t in (8, 16, 32)),
+    # float64 geometry (the autograd Function passes float64 means/conics/opacities as they are)
+    AotSpec("compute_tile_bounds[TILE=16,fp64]", _compute_tile_bounds_kernel, _BOUNDS_SIG64,
+            {"TILE": 16, "BLOCK": BLOCK_BOUNDS}),
     # What the JIT would build for a one-tile-wide image if the sizes were specialised (they are
     # not: do_not_specialize), kept as a guard: int arguments equal to 1 become constexprs.
     AotSpec(

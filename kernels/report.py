@@ -227,6 +227,18 @@ def _attrs_for(spec, align_pointers: bool) -> dict:
     return attrs
 
 
+def _specialised_ints(spec) -> list[str] | None:
+    """Integer arguments of ``spec`` whose *value* the JIT specialises on (an int equal to 1
+    becomes a constexpr, a multiple of 16 gets a divisibility hint): each such argument doubles
+    the variants a launch can compile, and the AOT report builds only the plain one. None when
+    the kernel is an interpreter object."""
+    params = getattr(spec.fn, "params", None)
+    if params is None:
+        return None
+    return [p.name for p in params
+            if spec.signature.get(p.name) in ("i32", "i64", "u32", "u64") and not p.do_not_specialize]
+
+
 def _options(spec) -> dict:
     opts = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
     if getattr(spec, "maxnreg", None):
@@ -258,6 +270,7 @@ def compile_spec(spec, cap: int, *, align_pointers: bool = True, module: str = "
         "compile_s": None,
         "cost": None,
         "cost_key": getattr(spec, "cost_key", None),
+        "specialised_ints": _specialised_ints(spec),
         "error": None,
     }
     if _is_interpreted(spec.fn):
@@ -521,8 +534,9 @@ def check_budget(records: Sequence[dict[str, Any]], budget: dict[str, Any]) -> l
     ``budget["variants"]["<kernel>@sm_<arch>"] = {"full", "cheap", "registers"}``: ceilings
     (instructions per pair, registers) a change may not exceed (``slack`` instructions per pair
     of headroom for rounding). ``budget["targets"][cost_key] = {"full", "cheap", "registers"}``:
-    absolute ceilings for the variants carrying that ``cost_key`` on ``targets_arch``. A costed
-    variant with no budget entry is a violation too (new kernels must be budgeted).
+    absolute ceilings for the variants carrying that ``cost_key`` on ``targets_arch``;
+    ``budget["registers_c3"]``: register ceiling of every ``C=3`` variant there. A costed variant
+    with no budget entry is a violation too (new kernels must be budgeted).
     """
     bad = []
     slack = float(budget.get("slack", 0.0))
@@ -548,6 +562,9 @@ def check_budget(records: Sequence[dict[str, Any]], budget: dict[str, Any]) -> l
                            f"{b['cheap']:.2f}")
             if r["registers"] > b["registers"]:
                 bad.append(f"{key}: {r['registers']} registers > budget {b['registers']}")
+        c3 = budget.get("registers_c3")
+        if c3 and ",C=3]" in r["kernel"] and r["arch"] == t_arch and r["registers"] > c3:
+            bad.append(f"{key}: {r['registers']} registers > {c3} (every C=3 variant)")
         t = targets.get(r.get("cost_key") or "")
         if t and r["arch"] == t_arch:
             for what, val in (("full", full), ("cheap", cheap), ("registers", r["registers"])):

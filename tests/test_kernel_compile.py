@@ -3,7 +3,9 @@
 The conftest sets TRITON_INTERPRET=1, under which ``@triton.jit`` functions cannot be compiled, so
 the report (``python -m gsplat2d.kernels.report --json``) runs once per session in a child process
 with TRITON_INTERPRET removed. Each (spec, arch) is one test: it compiled, uses 1..255 registers,
-spills nothing and fits the arch's shared memory.
+spills nothing and fits the arch's shared memory; rasterizer variants also stay within their
+stored per-pair instruction and register budget (``kernels/cost_budget.json``, a regression gate)
+and their main loop evaluates exactly one exponential per (Gaussian, pixel) pair it claims.
 """
 
 from __future__ import annotations
@@ -92,3 +94,47 @@ def test_kernel_compiles_without_spills(report, mod, kernel, arch):
     assert rec["shared_bytes"] <= SHARED_LIMIT[arch], (
         f"{where}: {rec['shared_bytes']} B shared memory > {SHARED_LIMIT[arch]} B limit"
     )
+
+
+def _costed_cases():
+    return [c for c in _CASES if "rasterize_" in c.values[1]]
+
+
+@pytest.fixture(scope="session")
+def budget():
+    from gsplat2d.kernels.report import BUDGET_PATH, load_budget
+
+    return load_budget(BUDGET_PATH)
+
+
+@pytest.mark.parametrize("mod,kernel,arch", _costed_cases())
+def test_kernel_cost_within_budget(report, budget, mod, kernel, arch):
+    from gsplat2d.kernels.report import check_budget
+
+    rec = report[(kernel, arch)]
+    assert rec["error"] is None, rec["error"]
+    assert rec["cost"] is not None, f"{kernel}: no cost (pairs_per_iter missing from its AotSpec?)"
+    bad = check_budget([rec], budget)
+    assert not bad, "\n".join(bad) + (
+        "\n(if the change is intended, regenerate the budget: python -m gsplat2d.kernels.report "
+        "--cost --check-budget --write-budget kernels/cost_budget.json, and say why in the commit)")
+
+
+@pytest.mark.parametrize("mod,kernel,arch", _costed_cases())
+def test_main_loop_has_one_exponential_per_pair(report, mod, kernel, arch):
+    """Cross-check of the per-pair normalisation: one iteration of the loop the cost report
+    picked evaluates exactly ``pairs_per_iter`` exponentials (one per pair), so the loop is the
+    Gaussian loop and the divisor is right."""
+    c = report[(kernel, arch)]["cost"]
+    assert c["marker_per_iter"] == c["pairs_per_iter"], (kernel, c["marker_per_iter"], c["pairs_per_iter"])
+    assert c["inner_loops"] == 0, f"{kernel}: a loop nested in the Gaussian loop is counted once"
+
+
+@pytest.mark.parametrize("mod,kernel,arch", [c for c in _CASES if c.values[2] == 90])
+def test_sizes_are_never_specialised(report, mod, kernel, arch):
+    """Every int argument is ``do_not_specialize``: the JIT then builds exactly the variant the AOT
+    report compiled (an int equal to 1 would otherwise become a constexpr -- the cause of the
+    old compile failure on one-tile-wide images -- and every new multiple-of-16 pattern would be
+    another 0.4-1.2 s compile during training with random scales)."""
+    rec = report[(kernel, arch)]
+    assert rec["specialised_ints"] == [], f"{kernel}: {rec['specialised_ints']} lack do_not_specialize"
