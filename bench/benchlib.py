@@ -254,6 +254,55 @@ def pair_count(case: Case, device: str = str(DEVICE)) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# Correctness before timing
+# ----------------------------------------------------------------------------------------------
+
+
+def run_with_grads(render, scene, gi, ga):
+    """``(image, alpha, [grad of each scene tensor])`` for cotangents ``gi``, ``ga``."""
+    leaves = [t.clone().requires_grad_(True) for t in scene]
+    img, alp = render(*leaves)
+    torch.autograd.backward([img, alp], [gi, ga])
+    return img.detach(), alp.detach(), [t.grad for t in leaves]
+
+
+def _rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    """RMS of the difference relative to the RMS of the reference (absolute if that is 0)."""
+    d = (a.double() - b.double()).pow(2).mean().sqrt().item()
+    s = b.double().pow(2).mean().sqrt().item()
+    return d / s if s > 0 else d
+
+
+def check_against(render, ref, scene, gi, ga) -> dict:
+    """Errors of ``render`` against ``ref = run_with_grads(torch backend, ...)``: outputs and
+    every input gradient; ``ok`` is False for a wrong result. A few pixels may legitimately take
+    the other side of the 1/255 or 1e-4 thresholds (float rounding), hence the pixel fraction."""
+    img, alp, grads = run_with_grads(render, scene, gi, ga)
+    rimg, ralp, rgrads = ref
+    out = {
+        "image_max_abs": (img - rimg).abs().max().item(),
+        "image_frac_over_1e-3": ((img - rimg).abs() > 1e-3).float().mean().item(),
+        "alpha_max_abs": (alp - ralp).abs().max().item(),
+    }
+    for name, g, r in zip(("means", "conics", "colors", "opacities"), grads, rgrads):
+        out[f"grad_{name}_rel_rms"] = _rel_rms(g, r) if g is not None else None
+    out["ok"] = bool(out["image_frac_over_1e-3"] < 1e-4 and all(
+        v is not None and v < 1e-3 for k, v in out.items() if k.startswith("grad_")))
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def verified(case: Case, backend: str, mode: str) -> dict:
+    """``check_against`` the torch backend on the benchmark device (cached per case)."""
+    scene = make_scene(case, str(DEVICE))
+    g = torch.Generator(device="cpu").manual_seed(1)
+    gi = torch.rand(case.height, case.width, case.channels, generator=g).to(DEVICE)
+    ga = torch.rand(case.height, case.width, 1, generator=g).to(DEVICE)
+    ref = run_with_grads(renderer("torch", case, mode), scene, gi, ga)
+    return check_against(renderer(backend, case, mode), ref, scene, gi, ga)
+
+
+# ----------------------------------------------------------------------------------------------
 # Timing helper
 # ----------------------------------------------------------------------------------------------
 
@@ -273,6 +322,11 @@ class Runner:
         import time
 
         bm = self.benchmark
+        if backend != "torch" and mode is not None:
+            # never time a wrong result: compare outputs and gradients with the torch backend
+            chk = verified(case, backend, mode)
+            assert chk["ok"], f"{backend} {mode} {case.id} disagrees with the torch backend: {chk}"
+            bm.extra_info["check"] = chk
 
         def timed(*args, **kwargs):
             out = fn(*args, **kwargs)

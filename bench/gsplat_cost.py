@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Static SASS cost of gsplat's CUDA rasterizer per (Gaussian, pixel) pair, counted like ours.
 
 gsplat2d costs its own Triton kernels with :mod:`gsplat2d.kernels.cost` (instructions a warp
@@ -84,14 +83,22 @@ the listing (rewriting branch instructions in the text; they still count as issu
   null pointer. The result is checked against the source (exactly 10 SHFL and 2 atomics fewer on
   the full path); ``checks`` in the JSON records it.
 
-These two readings reproduce the numbers of the issue this script was written for (nvcc 13.5,
-gsplat 1.5.3, sm_90, C=3, float): forward full 52, cheap 31, 45 registers; backward full 236
-(2 MUFU, 45 SHFL), cheap 39, 48 registers.
+Results (nvcc 13.5.37, gsplat 1.5.3, C=3, float; instructions per pair, inner loop only; the
+batch loop adds 48/256 = 0.19 (forward) and 68/256 = 0.27 (backward) on sm_90)::
+
+    kernel  arch  as_compiled full / cheap  steady_state full / cheap  MUFU  registers
+    fwd     90    52 / 31                   52 / 31                    1     45
+    bwd     90    260 / 17  (55 SHFL)       236 / 39  (45 SHFL)        2     48
+    fwd     80    51 / 31                   51 / 31                    1     40
+    bwd     80    263 / 18                  239 / 40                   2     48
+
+``steady_state`` reproduces the numbers of the issue this script was written for (sm_90: forward
+full 52, cheap 31, 45 registers; backward full 236 with 2 MUFU and 45 SHFL, cheap 39, 48
+registers); :func:`loop_cost` alone (``as_compiled``) differs for the backward for the two
+reasons above. The main loops are not unrolled (``marker_per_iter`` = 1).
 
 sm_80 and older: ptxas exits loops with ``@P CALL.REL.NOINC <label>``, a jump that does not
-return. :mod:`gsplat2d.kernels.cost` treats ``CALL`` as returning to the next instruction, so it
-would not see the batch loop enclose the main loop; such instructions are rewritten to ``BRA``
-before counting (same count and class, "other"), noted as ``sass_rewrites`` in the JSON.
+return; :mod:`gsplat2d.kernels.cost` treats a ``CALL`` to a local label as that jump.
 
 Output: a JSON file (environment, source files with sha256, stubs, and per kernel and
 architecture the registers, ``loop_instructions``, ``marker_per_iter`` and per-pair counts by
@@ -113,9 +120,13 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    from gsplat2d.kernels.cost import Function, Instr
 
 GSPLAT_VERSION = "1.5.3"
 #: nvidia-cuda-nvcc, -nvvm, -crt, -runtime and -nvdisasm share the CUDA release number.
@@ -159,13 +170,13 @@ inline __device__ float gpuAtomicAdd(float *address, float val) {
 """
 
 STUBS = (
-    "gpuAtomicAdd(float *, float): defined as in ATen/cuda/Atomic.cuh (return atomicAdd(address, "
-    "val);) instead of including torch headers; the only ATen function the kernels call",
-    "includes of ATen/* and c10/* (launch wrappers only) and of Rasterization.h (wrapper "
-    "declarations using at::optional) left out; gsplat/cuda/include and glm are used as shipped",
+    ("gpuAtomicAdd(float *, float): defined as in ATen/cuda/Atomic.cuh (return atomicAdd(address, "
+     "val);) instead of including torch headers; the only ATen function the kernels call"),
+    ("includes of ATen/* and c10/* (launch wrappers only) and of Rasterization.h (wrapper "
+     "declarations using at::optional) left out; gsplat/cuda/include and glm are used as shipped"),
     "namespace cg = cooperative_groups; declared before the kernel, as in the source files",
-    "explicit instantiation template __global__ void <kernel><3, float>(<kernel's parameter list, "
-    "scalar_t written as float>) in place of gsplat's launch wrappers and __INS__(3)",
+    ("explicit instantiation template __global__ void <kernel><3, float>(<kernel's parameter "
+     "list, scalar_t written as float>) in place of gsplat's launch wrappers and __INS__(3)"),
 )
 
 
@@ -208,11 +219,11 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def run(cmd: Sequence[str], what: str, env: dict[str, str] | None = None) -> str:
+def run(cmd: Sequence[str], what: str) -> str:
     """Run ``cmd``; return stdout, or raise :class:`CostError` naming ``what`` and the last
     meaningful line of its error output."""
     try:
-        res = subprocess.run(list(cmd), capture_output=True, text=True, env=env)
+        res = subprocess.run(list(cmd), capture_output=True, text=True, check=False)
     except OSError as exc:
         raise CostError(f"{what}: cannot run {cmd[0]}: {exc}") from None
     if res.returncode != 0:
@@ -337,7 +348,7 @@ def matching_bracket(text: str, start: int) -> int:
 
 
 def strip_comments(code: str) -> str:
-    return re.sub(r"//[^\n]*|/\*.*?\*/", " ", code, flags=re.S)
+    return re.sub(r"//[^\n]*|/\*.*?\*/", " ", code, flags=re.DOTALL)
 
 
 @dataclass
@@ -363,11 +374,13 @@ def extract_kernel(source_text: str, spec: KernelSpec) -> KernelSource:
     end = matching_bracket(source_text, brace)
     params = source_text[paren:paren_end + 1]
     names = [re.findall(r"\w+", p)[-1] for p in strip_comments(params[1:-1]).split(",")]
-    kept, omitted = [], []
-    for line in re.findall(r"^\s*#include\s*[<\"][^>\"]+[>\"]", source_text, flags=re.M):
-        header = re.search(r"[<\"]([^>\"]+)", line).group(1)
+    kept: list[str] = []
+    omitted: list[str] = []
+    include_re = re.compile(r"^[ \t]*#include\s*[<\"]([^>\"]+)[>\"]", flags=re.MULTILINE)
+    for inc in include_re.finditer(source_text):
+        header = inc.group(1)
         bad = header.startswith(OMITTED_INCLUDE_PREFIXES) or header in OMITTED_INCLUDES
-        (omitted if bad else kept).append(line.strip())
+        (omitted if bad else kept).append(inc.group(0).strip())
     return KernelSource(source_text[m.start():end + 1], m.group(1), params, names, kept, omitted)
 
 
@@ -404,7 +417,7 @@ def compile_cubin(nvcc: Path, tu: Path, arch: str, includes: Sequence[Path], cub
            if k not in ("NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS", "NVCC_CCBIN")}
     log = cubin.with_suffix(".nvcc.log")
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     except OSError as exc:
         raise CostError(f"nvcc for {what}: cannot run {nvcc}: {exc}") from None
     log.write_text(" ".join(cmd) + "\n\n" + res.stdout + res.stderr)
@@ -432,12 +445,12 @@ def param_cbank_addresses(cuobjdump: str, cubin: Path, function: str) -> dict[in
     section of ``cuobjdump -elf`` (``EIATTR_KPARAM_INFO`` offsets + ``EIATTR_PARAM_CBANK``
     base)."""
     out = run([cuobjdump, "-elf", str(cubin)], f"cuobjdump -elf {cubin.name}")
-    sections = re.split(r"^(\.\S+)\s*$", out, flags=re.M)
+    sections = re.split(r"^(\.\S+)\s*$", out, flags=re.MULTILINE)
     info = dict(zip(sections[1::2], sections[2::2])).get(f".nv.info.{function}", "")
     base = re.search(r"EIATTR_PARAM_CBANK\s+Format:\s*\S+\s+Value:\s*0x[0-9a-f]+\s+0x([0-9a-f]+)",
-                     info, flags=re.I)
+                     info, flags=re.IGNORECASE)
     params = re.findall(r"Ordinal\s*:\s*0x([0-9a-f]+)\s+Offset\s*:\s*0x([0-9a-f]+)", info,
-                        flags=re.I)
+                        flags=re.IGNORECASE)
     if not base or not params:
         return {}
     start = int(base.group(1), 16) & 0xFFFF  # value: size << 16 | offset
@@ -446,13 +459,6 @@ def param_cbank_addresses(cuobjdump: str, cubin: Path, function: str) -> dict[in
 
 # --------------------------------------------------------------------------------------------
 # 4. counting
-
-
-def normalise_sass(sass: str) -> tuple[str, list[str]]:
-    """Rewrite ``CALL.REL.NOINC`` (a loop-exit jump on sm_80 and older, see the docstring) to
-    ``BRA`` so that :mod:`gsplat2d.kernels.cost` sees the loop exit."""
-    new, n = re.subn(r"(\*/\s+(?:@!?U?P[T0-9]+\s+)?)CALL\.REL\.NOINC\b", r"\1BRA", sass)
-    return new, ([f"{n} x CALL.REL.NOINC -> BRA (loop-exit jumps)"] if n else [])
 
 
 def costs(sass: str, function: str) -> dict[str, Any]:
@@ -466,7 +472,10 @@ def costs(sass: str, function: str) -> dict[str, Any]:
         raise CostError(f"{function}: main loop has no {MARKER} on its longest path")
     inner = loop_cost(sass, function, pairs, (), marker=MARKER)
     batch = loop_cost(sass, function, pairs, (BLOCK_SIZE / pairs,), marker=MARKER)
-    keep = lambda p: {k: p[k] for k in CLASS_KEYS}  # noqa: E731  (drop the H100 bounds)
+
+    def keep(path: dict[str, float]) -> dict[str, float]:  # counts only, not the H100 bounds
+        return {k: path[k] for k in CLASS_KEYS}
+
     return {
         "pairs_per_iter": pairs,
         "marker_per_iter": probe["marker_per_iter"],
@@ -480,7 +489,11 @@ def costs(sass: str, function: str) -> dict[str, Any]:
     }
 
 
-def _rewrite_lines(sass: str, edits: dict[int, Callable[[str], str]]) -> str:
+#: ``{instruction address: function rewriting that listing line}``
+LineEdits = dict[int, Callable[[str], str]]
+
+
+def _rewrite_lines(sass: str, edits: LineEdits) -> str:
     out = []
     for line in sass.splitlines(keepends=True):
         m = re.match(r"\s*/\*([0-9a-fA-F]+)\*/", line)
@@ -497,17 +510,33 @@ def _cut(target: str) -> Callable[[str], str]:
     return lambda line: line.replace(f"`({target})", f"`({CUT_LABEL})")
 
 
-def _unguard(guard: str) -> Callable[[str], str]:
-    return lambda line: re.sub(r"(\*/\s+)" + re.escape(guard) + r"\s+", r"\1", line, count=1)
-
-
-def _is_jump(ins) -> bool:
+def _is_jump(ins: Instr) -> bool:
     return ins.base == "BRA" and not ins.opcode.startswith("BRA.DIV")
 
 
-def marker_bypass_edits(fn, marker: str) -> tuple[dict[int, Callable[[str], str]], list[str]]:
-    """Cut guarded forward branches of the main loop that jump from before its first
-    ``marker`` to after it (the main loop: smallest backward-branch span holding a marker)."""
+def _condition(ins: Instr) -> str | None:
+    """Predicate of a conditional jump, ``"!P1"``-style: its guard (``@!P1 BRA``) or, on
+    sm_100+, its predicate operand (``BRA.U !UP0, `(...)``); None if unconditional."""
+    if not _is_jump(ins):
+        return None
+    if ins.guard and ins.guard != "@PT":
+        return ins.guard[1:]
+    head = ins.operands.split("`", 1)[0].strip(" ,")
+    return head if re.fullmatch(r"!?U?P[0-6]", head) else None
+
+
+def _always_taken(ins: Instr) -> Callable[[str], str]:
+    """Drop the jump's condition (guard or predicate operand)."""
+    cond = _condition(ins) or ""
+    if ins.guard and ins.guard != "@PT":
+        guard = re.escape(ins.guard)
+        return lambda line: re.sub(r"(\*/\s+)" + guard + r"\s+", r"\1", line, count=1)
+    return lambda line: re.sub(re.escape(cond) + r"\s*,\s*`", "`", line, count=1)
+
+
+def marker_bypass_edits(fn: Function, marker: str) -> tuple[LineEdits, list[str]]:
+    """Cut conditional forward jumps of the main loop from before its first ``marker`` to after
+    it (the main loop: the smallest backward-jump span holding a marker)."""
     spans = []
     for i, ins in enumerate(fn.instrs):
         h = fn.labels.get(ins.target or "")
@@ -518,56 +547,71 @@ def marker_bypass_edits(fn, marker: str) -> tuple[dict[int, Callable[[str], str]
         return {}, []
     _, start, end = min(spans)
     mk = next(k for k in range(start, end + 1) if fn.instrs[k].opcode.startswith(marker))
-    edits, notes = {}, []
+    edits: LineEdits = {}
+    notes: list[str] = []
     for k in range(start, mk):
         ins = fn.instrs[k]
         t = fn.labels.get(ins.target or "")
-        if _is_jump(ins) and ins.guard and t is not None and mk < t <= end:
+        if _condition(ins) and t is not None and mk < t <= end:
             edits[ins.addr] = _cut(ins.target)
-            notes.append(f"cut {ins.guard} BRA {ins.target} at {ins.addr:#06x}: skips {marker} "
-                         f"at {fn.instrs[mk].addr:#06x}")
+            notes.append(f"cut {ins.opcode} on {_condition(ins)} to {ins.target} at "
+                         f"{ins.addr:#06x}: skips {marker} at {fn.instrs[mk].addr:#06x}")
     return edits, notes
 
 
-def null_pointer_edits(fn, address: int, name: str) -> tuple[dict[int, Callable[[str], str]],
-                                                              list[str]]:
-    """Resolve branches on ``pointer != nullptr`` for a null pointer parameter at constant-bank
-    byte ``address``. The predicate is recognised as the pair ``ISETP.NE.U32.AND P, PT, RZ,
-    lo, PT`` + ``ISETP.NE.AND.EX P, PT, RZ, hi, PT, P`` (``lo``/``hi``: the parameter's
-    ``c[0x0][...]`` words or the uniform registers a ``ULDC.64`` loaded them into), tracked in
-    layout order; any other mention of P or of those registers forgets them (conservative).
-    ``@!P BRA`` becomes unconditional, ``@P BRA`` is cut. Checked by the caller."""
+_ZERO = ("RZ", "URZ")
+_TRUE = ("PT", "UPT")
+_ISETP_NE = re.compile(r"U?ISETP\.NE(?:\.U32|\.U64)?\.AND(\.EX)?")
+
+
+def null_pointer_edits(fn: Function, address: int, name: str) -> tuple[LineEdits, list[str]]:
+    """Resolve jumps on ``pointer != nullptr`` for a null pointer parameter at constant-bank
+    byte ``address``. The predicate P is recognised as the 64-bit compare with zero
+    ``[U]ISETP.NE[.U32].AND P, PT, lo, RZ, PT`` + ``[U]ISETP.NE[.U32].AND.EX P, PT, hi, RZ, PT,
+    P``, or ``ISETP.NE.U64.AND P, PT, lo, RZ, PT`` (sm_120) (operands in either order;
+    ``lo``/``hi``: the parameter's ``c[0x0][...]`` words or the
+    registers a ``ULDC.64``/``LDCU.64``/``LDC.64`` loaded them into), tracked in layout order;
+    any other mention of P or write of those registers forgets them (conservative). Jumps on ``!P``
+    become unconditional, jumps on ``P`` are cut. The caller checks the result."""
     lo, hi = f"c[0x0][{address:#x}]", f"c[0x0][{address + 4:#x}]"
     lo_regs, hi_regs = {lo}, {hi}
     pending: set[str] = set()
     nonnull: set[str] = set()
-    edits, notes = {}, []
+    edits: LineEdits = {}
+    notes: list[str] = []
+
+    def compares_with_zero(ops: list[str], regs: set[str]) -> bool:
+        pair = {ops[2], ops[3]}
+        return ops[1] in _TRUE and ops[4] in _TRUE and len(pair & set(_ZERO)) == 1 \
+            and (pair - set(_ZERO)) <= regs
+
     for ins in fn.instrs:
         ops = [o.strip() for o in ins.operands.split(",")] if ins.operands else []
-        if _is_jump(ins) and ins.guard:
-            pred = ins.guard.lstrip("@")
-            if pred.lstrip("!") in nonnull:
-                if pred.startswith("!"):
-                    edits[ins.addr] = _unguard(ins.guard)
-                    notes.append(f"{name} == nullptr: {ins.guard} BRA {ins.target} at "
-                                 f"{ins.addr:#06x} always taken")
-                else:
-                    edits[ins.addr] = _cut(ins.target)
-                    notes.append(f"{name} == nullptr: {ins.guard} BRA {ins.target} at "
-                                 f"{ins.addr:#06x} never taken")
+        cond = _condition(ins)
+        if cond is not None:
+            if cond.lstrip("!") in nonnull:
+                taken = cond.startswith("!")
+                edits[ins.addr] = _always_taken(ins) if taken else _cut(ins.target)
+                notes.append(f"{name} == nullptr: {ins.opcode} on {cond} to {ins.target} at "
+                             f"{ins.addr:#06x} {'always' if taken else 'never'} taken")
             continue
-        if ins.opcode == "ULDC.64" and len(ops) == 2 and ops[1] == lo:
-            n = int(ops[0][2:])
-            lo_regs.add(f"UR{n}")
-            hi_regs.add(f"UR{n + 1}")
+        dest = re.fullmatch(r"(U?R)(\d+)", ops[0]) if ops else None
+        if ins.opcode in ("ULDC.64", "LDCU.64", "LDC.64") and dest and ops[1:] == [lo]:
+            reg, n = dest.group(1), int(dest.group(2))
+            lo_regs.add(f"{reg}{n}")
+            hi_regs.add(f"{reg}{n + 1}")
             continue
-        if (ins.opcode.startswith("ISETP.NE.U32.AND") and len(ops) == 5
-                and ops[1:3] == ["PT", "RZ"] and ops[3] in lo_regs and ops[4] == "PT"):
-            nonnull.discard(ops[0])
-            pending.add(ops[0])
+        m = _ISETP_NE.fullmatch(ins.opcode)
+        if m and not m.group(1) and len(ops) == 5 and compares_with_zero(ops, lo_regs):
+            if ".U64." in ins.opcode:  # sm_120: one 64-bit compare
+                pending.discard(ops[0])
+                nonnull.add(ops[0])
+            else:
+                nonnull.discard(ops[0])
+                pending.add(ops[0])
             continue
-        if (ins.opcode.startswith("ISETP.NE.AND.EX") and len(ops) == 6 and ops[0] in pending
-                and ops[1:3] == ["PT", "RZ"] and ops[3] in hi_regs and ops[4:] == ["PT", ops[0]]):
+        if (m and m.group(1) and len(ops) == 6 and ops[0] in pending and ops[5] == ops[0]
+                and compares_with_zero(ops, hi_regs)):
             pending.discard(ops[0])
             nonnull.add(ops[0])
             continue
@@ -575,12 +619,11 @@ def null_pointer_edits(fn, address: int, name: str) -> tuple[dict[int, Callable[
             reg = tok.lstrip("-!|").rstrip("|").split(".")[0]
             pending.discard(reg)
             nonnull.discard(reg)
-        dest = ops[0] if ops else ""
-        if re.fullmatch(r"UR\d+", dest):
-            width = 2 if ".64" in ins.opcode else 1
-            for r in range(int(dest[2:]), int(dest[2:]) + width):
-                lo_regs.discard(f"UR{r}")
-                hi_regs.discard(f"UR{r}")
+        if dest:  # a register write: forget the pointer words it may overwrite
+            reg, n = dest.group(1), int(dest.group(2))
+            for r in range(n, n + (2 if ".64" in ins.opcode else 1)):
+                lo_regs.discard(f"{reg}{r}")
+                hi_regs.discard(f"{reg}{r}")
     return edits, notes
 
 
@@ -624,7 +667,7 @@ def steady_state(sass: str, function: str, spec: KernelSpec, cbank: dict[int, in
 
 def tool_version(path: str) -> str:
     try:
-        res = subprocess.run([path, "--version"], capture_output=True, text=True)
+        res = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
     except OSError as exc:
         return f"unavailable ({exc})"
     return last_lines(res.stdout, 2)
@@ -633,28 +676,25 @@ def tool_version(path: str) -> str:
 def host_compiler() -> str:
     """First line of ``g++ --version`` (nvcc's default host compiler; preprocessing only)."""
     try:
-        res = subprocess.run(["g++", "--version"], capture_output=True, text=True)
+        res = subprocess.run(["g++", "--version"], capture_output=True, text=True, check=False)
     except OSError:
         return "unknown"
     return (res.stdout.strip().splitlines() or ["unknown"])[0]
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Temporary file in the same folder, fsync, rename (:func:`gsplat2d._io.atomic_write`)."""
+    from gsplat2d._io import atomic_write
+
+    payload = (json.dumps(data, indent=2) + "\n").encode()
+
+    def write(f: BinaryIO) -> None:
+        f.write(payload)
+
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        atomic_write(path, write, suffix=".json")
+    except OSError as exc:
+        raise CostError(f"writing {path} failed: {exc}") from None
 
 
 def markdown_table(kernels: dict[str, Any]) -> str:
@@ -706,12 +746,70 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+@dataclass
+class Toolchain:
+    nvcc: Path
+    nvdisasm: str
+    cuobjdump: str
+    includes: list[Path]  # gsplat/cuda/include, glm
+    build: Path  # build folder (one sub-folder per arch)
+
+
+def measure(spec: KernelSpec, src: KernelSource, arch: str, tools: Toolchain, version: str,
+            source_sha: str) -> tuple[dict[str, Any], list[str]]:
+    """Compile, disassemble and cost one kernel for one arch; returns (record, nvcc command)."""
+    from gsplat2d.kernels.cost import disassemble, parse_sass
+
+    what = f"{spec.name} sm_{arch}"
+    adir = tools.build / f"sm_{arch}"
+    adir.mkdir(parents=True, exist_ok=True)
+    tu, cubin = adir / f"{spec.key}.cu", adir / f"{spec.key}.cubin"
+    tu.write_text(translation_unit(src, spec, version, source_sha))
+    cubin.unlink(missing_ok=True)
+    cmd = compile_cubin(tools.nvcc, tu, arch, tools.includes, cubin, what)
+    try:
+        sass = disassemble(str(cubin), tools.nvdisasm)
+    except (RuntimeError, OSError) as exc:
+        raise CostError(f"nvdisasm of {what}: {exc}") from None
+    (adir / f"{spec.key}.sass").write_text(sass)
+    funcs = [f for f in parse_sass(sass) if spec.name in f]
+    if len(funcs) != 1:
+        raise CostError(f"{cubin}: expected one function named like {spec.name}, found {funcs}")
+    function = funcs[0]
+    usage = resource_usage(tools.cuobjdump, cubin, function)
+    try:
+        as_compiled = costs(sass, function)
+        steady = steady_state(sass, function, spec,
+                              param_cbank_addresses(tools.cuobjdump, cubin, function),
+                              src.param_names, as_compiled)
+    except ValueError as exc:  # loop_cost: no loop holds the marker
+        raise CostError(f"costing {what}: {exc}") from None
+    if as_compiled["pairs_per_iter"] != 1:
+        print(f"note: {what}: nvcc unrolled the main loop {as_compiled['pairs_per_iter']}x; "
+              "pairs_per_iter set accordingly", file=sys.stderr)
+    if as_compiled["batch_loop"] is None:
+        print(f"warning: {what}: no loop encloses the main loop; 'with_batch_loop' equals "
+              "'inner_loop'", file=sys.stderr)
+    failed = [k for k, c in steady["checks"].items() if not c.get("ok")]
+    if failed:
+        print(f"warning: {what}: steady_state checks failed: {', '.join(failed)}",
+              file=sys.stderr)
+    record = {
+        "function": function,
+        "registers": usage["REG"], "stack_bytes": usage["STACK"],
+        "local_bytes": usage["LOCAL"], "static_shared_bytes": usage["SHARED"],
+        "as_compiled": as_compiled,
+        "steady_state": steady,
+    }
+    return record, cmd
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.out or (Path(__file__).resolve().parent / "results" /
                        f"gsplat-{args.gsplat}-cost-{'-'.join('sm' + a for a in args.arch)}.json")
     try:
-        import gsplat2d.kernels.cost  # noqa: F401  (fail early, before any download)
+        import gsplat2d.kernels.cost  # binds gsplat2d; fails before any download
     except ImportError as exc:
         raise CostError(f"gsplat2d is not importable ({exc}); run `pip install -e .` first")
     workdir = args.workdir.expanduser().resolve()
@@ -721,19 +819,18 @@ def main(argv: Sequence[str] | None = None) -> int:
           file=sys.stderr)
     wheel, tree = fetch_gsplat(workdir, args.gsplat)
     cuda = install_cuda(workdir, args.cuda, args.cccl)
-    nvcc = cuda / "bin" / "nvcc"
     nvdisasm = args.nvdisasm or str(cuda / "bin" / "nvdisasm")
     if not args.nvdisasm and not Path(nvdisasm).is_file():
         nvdisasm = triton_tool("nvdisasm")
-    cuobjdump = args.cuobjdump or triton_tool("cuobjdump")
-    includes = [tree / INCLUDE, tree / GLM]
-    build = workdir / "build" / f"gsplat-{args.gsplat}-cuda-{args.cuda}"
+    tools = Toolchain(
+        nvcc=cuda / "bin" / "nvcc", nvdisasm=nvdisasm,
+        cuobjdump=args.cuobjdump or triton_tool("cuobjdump"),
+        includes=[tree / INCLUDE, tree / GLM],
+        build=workdir / "build" / f"gsplat-{args.gsplat}-cuda-{args.cuda}",
+    )
 
-    from gsplat2d.kernels.cost import disassemble
-
-    sources: list[dict[str, str]] = []
-    for header in ("Common.h", "Utils.cuh"):
-        sources.append({"file": f"{INCLUDE}/{header}", "sha256": sha256(tree / INCLUDE / header)})
+    sources = [{"file": f"{INCLUDE}/{h}", "sha256": sha256(tree / INCLUDE / h)}
+               for h in ("Common.h", "Utils.cuh")]
     kernels: dict[str, Any] = {}
     nvcc_cmd: list[str] = []
     for spec in KERNELS:
@@ -745,55 +842,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         digest = sha256(path)
         sources.append({"file": f"{CSRC}/{spec.source}", "sha256": digest})
         src = extract_kernel(text, spec)
-        entry: dict[str, Any] = {
+        kernels[spec.name] = {
             "kernel": f"gsplat::{spec.name}<{CDIM}, {SCALAR}>", "source": f"{CSRC}/{spec.source}",
             "source_sha256": digest, "kept_includes": src.includes,
             "omitted_includes": src.omitted_includes, "arch": {},
         }
         for arch in args.arch:
-            adir = build / f"sm_{arch}"
-            adir.mkdir(parents=True, exist_ok=True)
-            tu = adir / f"{spec.key}.cu"
-            tu.write_text(translation_unit(src, spec, args.gsplat, digest))
-            cubin = adir / f"{spec.key}.cubin"
-            cubin.unlink(missing_ok=True)
-            nvcc_cmd = compile_cubin(nvcc, tu, arch, includes, cubin, f"{spec.name} sm_{arch}")
-            try:
-                sass = disassemble(str(cubin), nvdisasm)
-            except (RuntimeError, OSError) as exc:
-                raise CostError(f"nvdisasm {cubin}: {exc}") from None
-            (adir / f"{spec.key}.sass").write_text(sass)
-            from gsplat2d.kernels.cost import parse_sass
-
-            funcs = [f for f in parse_sass(sass) if spec.name in f]
-            if len(funcs) != 1:
-                raise CostError(f"{cubin}: expected one function named like {spec.name}, "
-                                f"found {funcs}")
-            function = funcs[0]
-            usage = resource_usage(cuobjdump, cubin, function)
-            sass, rewrites = normalise_sass(sass)
-            try:
-                as_compiled = costs(sass, function)
-                steady = steady_state(sass, function, spec,
-                                      param_cbank_addresses(cuobjdump, cubin, function),
-                                      src.param_names, as_compiled)
-            except ValueError as exc:  # loop_cost: no loop with the marker
-                raise CostError(f"costing {spec.name} sm_{arch}: {exc}") from None
-            failed = [k for k, c in steady["checks"].items() if not c.get("ok")]
-            if failed:
-                print(f"warning: {spec.name} sm_{arch}: steady_state check failed: {failed}",
-                      file=sys.stderr)
-            entry["arch"][f"sm_{arch}"] = {
-                "function": function,
-                "registers": usage["REG"], "stack_bytes": usage["STACK"],
-                "local_bytes": usage["LOCAL"], "static_shared_bytes": usage["SHARED"],
-                "sass_rewrites": rewrites,
-                "as_compiled": as_compiled,
-                "steady_state": steady,
-            }
-        kernels[spec.name] = entry
-
-    import gsplat2d
+            record, nvcc_cmd = measure(spec, src, arch, tools, args.gsplat, digest)
+            kernels[spec.name]["arch"][f"sm_{arch}"] = record
 
     result = {
         "generated_by": "bench/gsplat_cost.py",
@@ -803,9 +859,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "gsplat2d": getattr(gsplat2d, "__version__", "unknown"),
             "gsplat": {"version": args.gsplat, "wheel": wheel.name, "wheel_sha256": sha256(wheel)},
             "cuda_wheels": cuda_packages(args.cuda, args.cccl),
-            "nvcc": tool_version(str(nvcc)),
-            "nvdisasm": tool_version(nvdisasm),
-            "cuobjdump": tool_version(cuobjdump),
+            "nvcc": tool_version(str(tools.nvcc)),
+            "nvdisasm": tool_version(tools.nvdisasm),
+            "cuobjdump": tool_version(tools.cuobjdump),
             "host_compiler": host_compiler(),
             "nvcc_flags": list(NVCC_FLAGS),
             "nvcc_command": [a.replace(str(workdir), "$WORKDIR") for a in nvcc_cmd],
@@ -819,7 +875,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "with_batch_loop": "trips = (block_size / pairs_per_iter,): full 256-Gaussian batches",
             "as_compiled": "loop_cost on the listing as is (full: longest iteration, cheap: "
                            "shortest)",
-            "steady_state": "edges cut: branches skipping the exponential; branches on "
+            "steady_state": "edges cut: jumps skipping the exponential; jumps on "
                             "v_means2d_abs != nullptr resolved for absgrad=False (gsplat's "
                             "default); see bench/gsplat_cost.py",
         },
@@ -829,7 +885,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     write_json_atomic(out, result)
     print(markdown_table(kernels))
-    print(f"\nwrote {out}", file=sys.stderr)
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 

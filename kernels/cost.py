@@ -13,8 +13,9 @@ Method (every step can be repeated by hand on ``nvdisasm -c`` output):
    after a branch or ``EXIT``. Edges: fall-through (unless the block ends in an unguarded ``BRA``
    or ``EXIT``) and the branch target. ``BRA.DIV`` (taken only when the warp is *diverged*, i.e.
    the slow path of a warp-synchronous shuffle/vote) and ``WARPSYNC.COLLECTIVE`` targets are
-   treated as not taken: on the hot path the warp is converged. ``CALL`` returns to the next
-   instruction (its callee is not followed).
+   treated as not taken: on the hot path the warp is converged. A ``CALL`` to a subroutine
+   symbol returns to the next instruction (its callee is not followed); a ``CALL`` to a local
+   ``.L`` label is a jump (ptxas leaves loops that way on sm_80 and older).
 3. **Loops** are natural loops of back edges ``u -> h`` where ``h`` dominates ``u``; loops with
    the same header are merged. The **main loop** is the innermost loop that contains the
    per-pair exponential (``MUFU.EX2``): every (Gaussian, pixel) pair evaluates exactly one.
@@ -165,6 +166,10 @@ _COLD_BRANCHES = ("BRA.DIV", "WARPSYNC.COLLECTIVE")
 
 
 def _is_branch(ins: Instr) -> bool:
+    if ins.base == "CALL":
+        # sm_80 and older: ptxas also leaves loops with "@P CALL.REL.NOINC `(.L_x_N)", a jump to a
+        # local label that never returns; a call to a subroutine symbol ($__internal_...) does.
+        return (ins.target or "").startswith(".L")
     return ins.base in ("BRA", "JMP", "BRX", "JMX") and not ins.opcode.startswith("BRA.DIV")
 
 
