@@ -234,8 +234,10 @@ def tile_ranges(sorted_keys: Tensor, N: int, n_tiles_total: int) -> Tuple[Tensor
 def _available_bytes(device: torch.device) -> Optional[int]:
     try:
         if device.type == "cuda":
+            # memory PyTorch holds in its cache but does not use is available to it too
             free, _ = torch.cuda.mem_get_info(device)
-            return int(free)
+            cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+            return int(free) + max(int(cached), 0)
         if device.type == "cpu":
             return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except Exception:  # pragma: no cover - platform dependent

@@ -42,6 +42,7 @@ from gsplat2d.render import (
     pick_device,
     render_to_array,
     save_image_atomic,
+    warm_up,
 )
 
 __all__ = ["ASSET", "SCALES", "main"]
@@ -168,8 +169,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"model: {mpath} ({model.num_parameters():,} parameters, mode {mode}), device {device}")
     print(f"HR image: {src.name} {W}x{H}" + (" (centre crop)" if (W, H) != hr_full.shape[1::-1] else ""))
 
-    encode_image(model, torch.zeros(3, 8, 8))  # warm-up: one-off start-up costs out of the timings
-    _sync(device)
+    warm_up(model, mode, args.backend, device)  # one-off start-up and JIT costs out of the timings
 
     table = []  # (scale, size, bic psnr, bic ssim, sr psnr, sr ssim, enc ms, ren ms)
     rows = []

@@ -251,3 +251,47 @@ def test_overfitting_warning_and_early_stop(tmp_path, image_dir, monkeypatch, ca
         assert cur.get("overfit_warning", False) == (cur["train_loss"] < prev["train_loss"])
     assert ("possible overfitting" in capsys.readouterr().out) == any(r.get("overfit_warning") for r in hist)
     assert load_checkpoint(cfg.save_path)["epoch"] == 1
+
+
+# --------------------------------------------------------------------------------------------
+# DDP on CUDA, guarded on CPU: backend choice, collective timeout, resume on fewer GPUs
+# --------------------------------------------------------------------------------------------
+
+
+def test_dist_backend_follows_the_device_type(monkeypatch):
+    from gsplat2d.train.loop import dist_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # "cuda:0" is a CUDA device: comparing the string with "cuda" picked gloo before
+    assert dist_backend("cuda:0") == dist_backend("cuda") == dist_backend("auto") == "nccl"
+    assert dist_backend("cpu") == "gloo"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dist_backend("auto") == "gloo"
+
+
+def test_ddp_timeout_outlasts_a_long_validation(monkeypatch):
+    import datetime
+
+    import torch.distributed as dist
+
+    from gsplat2d.train import loop
+
+    seen = {}
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: seen.update(backend=backend, **kw))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: None)
+    monkeypatch.setattr(loop, "_train", lambda cfg, resume: {"ok": True})
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert loop.train(loop.TrainConfig(dataset_path="x", device="cpu")) == {"ok": True}
+    assert seen["backend"] == "gloo"
+    assert seen["timeout"] >= datetime.timedelta(minutes=60)  # NCCL's default is 10 minutes
+
+
+def test_resume_restores_gpu_rng_from_a_run_on_more_gpus():
+    from gsplat2d.train.loop import restore_cuda_rng
+
+    states = [torch.tensor([i], dtype=torch.uint8) for i in range(8)]  # saved on 8 GPUs
+    calls = []
+    assert restore_cuda_rng(states, 2, lambda st, i: calls.append((int(st), i))) == 2
+    assert calls == [(0, 0), (1, 1)]
+    calls.clear()
+    assert restore_cuda_rng(states[:1], 4, lambda st, i: calls.append((int(st), i))) == 1

@@ -9,6 +9,7 @@ checkpoints are written atomically; a run killed mid-epoch resumes from the last
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -161,7 +162,31 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
     pstate = tuple(json.loads(state["python"]))
     random.setstate((3, pstate, None))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        restore_cuda_rng(state["cuda"], torch.cuda.device_count(), torch.cuda.set_rng_state)
+
+
+def restore_cuda_rng(states: Sequence[Tensor], device_count: int, set_state) -> int:
+    """Restore per-GPU generator states saved on a machine with maybe more (or fewer) GPUs:
+    device ``i`` gets state ``i`` for ``i < min(len(states), device_count)``; returns how many.
+    (``torch.cuda.set_rng_state_all`` fails when the checkpoint holds more states than there
+    are devices, e.g. resuming an 8-GPU run on 2.)"""
+    n = min(len(states), device_count)
+    for i in range(n):
+        set_state(states[i], i)
+    return n
+
+
+#: How long non-zero ranks wait in a collective while rank 0 validates and writes checkpoints
+#: (NCCL's default of 10 minutes kills a run whose validation takes longer).
+DDP_TIMEOUT = datetime.timedelta(minutes=float(os.environ.get("GSPLAT2D_DDP_TIMEOUT_MIN", "120")))
+
+
+def dist_backend(device: str) -> str:
+    """Process-group backend for ``--device``: NCCL for any CUDA device ("cuda", "cuda:0",
+    or "auto" with CUDA present), gloo otherwise."""
+    if device == "auto":
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
 def _seed_all(seed: int) -> None:
@@ -273,8 +298,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None) -> Dict[str, Any]:
     """
     started_dist = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (dist.is_available() and dist.is_initialized()):
-        want_cuda = cfg.device in ("auto", "cuda") and torch.cuda.is_available()
-        dist.init_process_group("nccl" if want_cuda else "gloo")
+        dist.init_process_group(dist_backend(cfg.device), timeout=DDP_TIMEOUT)
         started_dist = True
     try:
         return _train(cfg, resume)
