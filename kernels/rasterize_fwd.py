@@ -77,7 +77,7 @@ def launch_config(tile_size: int, C: int, backward: bool = False, mode: str = "a
         return cfg
     if backward:
         # one warp per block; channels unrolled (NC = C), the cotangent re-read per Gaussian
-        block_p = 256 if (mode == "alpha" or C <= 8) else 128  # sum C=32/64 spill at 256
+        block_p = 256 if (mode == "alpha" or C <= 8 or C > 64) else 128  # sum 32/64 spill at 256
         return {"BLOCK_P": min(tile_size * tile_size, block_p), "BLOCK_C": 32, "NC": C,
                 "SMALL_C": False, "num_warps": 1, "CHUNK": CHUNK, "maxnreg": None}
     # forward: a [BLOCK_P, BLOCK_C] accumulator, channel blocks in grid dimension 1
@@ -166,6 +166,11 @@ def _rasterize_fwd_kernel(
                 t_out = tl.where(contrib, tn, t_out)
             else:
                 w, valid = sum_step(raw, pw, lo)
+                if not SMALL_C:
+                    # Tie w to the loop-carried [P] sum (always >= 0, so a no-op) so that Triton
+                    # cannot recompute the per-pixel chain, exponential included, once per channel
+                    # in the broadcast [P, BLOCK_C] layout (seen with Triton 3.6: C+1 MUFU/pair).
+                    w = tl.where(wsum >= 0.0, w, 0.0)
                 wsum += w
             if SMALL_C:
                 cp = colors_ptr + gid * NC
