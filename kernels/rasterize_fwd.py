@@ -77,7 +77,7 @@ def launch_config(tile_size: int, C: int, backward: bool = False, mode: str = "a
         return cfg
     if backward:
         # one warp per block; channels unrolled (NC = C), the cotangent re-read per Gaussian
-        block_p = 256 if (mode == "alpha" or C <= 8 or C > 64) else 128  # sum 32/64 spill at 256
+        block_p = 256 if (mode == "alpha" or C <= 16 or C > 64) else 128  # sum 32/64 spill at 256
         return {"BLOCK_P": min(tile_size * tile_size, block_p), "BLOCK_C": 32, "NC": C,
                 "SMALL_C": False, "num_warps": 1, "CHUNK": CHUNK, "maxnreg": None}
     # forward: a [BLOCK_P, BLOCK_C] accumulator, channel blocks in grid dimension 1
