@@ -18,7 +18,7 @@
 # Writes at most 8 files into RESULTS_DIR (created if missing): summary.md, cuda_tier.log,
 # kernels.json, kernels.md, kernels.log, sr.log, sr_demo.md. Never runs the CPU test suite or
 # the compile report (no GPU needed for those; CI runs them). Exit status: 0 when every step
-# passed, 1 otherwise. Env: PYTHON (default python3).
+# passed, 1 otherwise. Env: PYTHON (default python3), GPU_BENCH_BUDGET_S, GPU_BENCH_SKIP_INSTALL.
 set -uo pipefail
 if [ $# -ne 1 ]; then
     echo "usage: bash scripts/gpu_bench.sh RESULTS_DIR" >&2
@@ -87,7 +87,9 @@ PYEOF
 
 # 1. install (offline). Fallback: the source tree maps kernels/, train/, eval/ into gsplat2d.*,
 #    so expose a gsplat2d/ folder of symlinks on PYTHONPATH instead.
-if ! run_step "install (pip -e, offline)" 40 "$OUT/kernels.log" \
+if [ -n "${GPU_BENCH_SKIP_INSTALL:-}" ]; then
+    note "- install: skipped (GPU_BENCH_SKIP_INSTALL is set: using the environment as it is)"
+elif ! run_step "install (pip -e, offline)" 40 "$OUT/kernels.log" \
         "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e .; then
     SHIM=$(mktemp -d)
     mkdir -p "$SHIM/gsplat2d"
