@@ -48,27 +48,36 @@ class RasterizeTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_image, grad_alpha):
-        from gsplat2d.kernels.rasterize_bwd import rasterize_bwd
+        # backward may be called inside an autocast region: the gradients stay full precision
+        from gsplat2d.rasterize import fp32_region
 
-        means, conics, colors, opac, ranges, ids, counts, params, image, t_final = ctx.saved_tensors
-        tiles_x, tiles_y, width, height, tile_size, mode = ctx.meta
-        B, N, C = colors.shape
-        dev = colors.device
-        if grad_image is None:
-            grad_image = torch.zeros((B, height, width, C), dtype=torch.float32, device=dev)
-        if grad_alpha is None:
-            grad_alpha = torch.zeros((B, height, width, 1), dtype=torch.float32, device=dev)
-        binning = Binning(tiles_x, tiles_y, ranges, ids, counts, params)
-        g_means, g_conics, g_colors, g_opac, g_bg = rasterize_bwd(
-            means, conics, colors, opac, ctx.has_bg, binning, image, t_final,
-            grad_image.float().contiguous(), grad_alpha.float().contiguous(),
-            width, height, tile_size, mode,
-        )
-        grads = [g_means, g_conics, g_colors, g_opac, g_bg]
-        out = []
-        for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad[:5]):
-            out.append(g.to(dt) if (need and g is not None) else None)
-        return (*out, None, None, None, None)
+        with fp32_region(grad_image.device if grad_image is not None else grad_alpha.device):
+            return _backward(ctx, grad_image, grad_alpha)
+
+
+def _backward(ctx, grad_image, grad_alpha):
+    """The Function's backward (see its class docstring), run with autocast off."""
+    from gsplat2d.kernels.rasterize_bwd import rasterize_bwd
+
+    means, conics, colors, opac, ranges, ids, counts, params, image, t_final = ctx.saved_tensors
+    tiles_x, tiles_y, width, height, tile_size, mode = ctx.meta
+    B, N, C = colors.shape
+    dev = colors.device
+    if grad_image is None:
+        grad_image = torch.zeros((B, height, width, C), dtype=torch.float32, device=dev)
+    if grad_alpha is None:
+        grad_alpha = torch.zeros((B, height, width, 1), dtype=torch.float32, device=dev)
+    binning = Binning(tiles_x, tiles_y, ranges, ids, counts, params)
+    g_means, g_conics, g_colors, g_opac, g_bg = rasterize_bwd(
+        means, conics, colors, opac, ctx.has_bg, binning, image, t_final,
+        grad_image.float().contiguous(), grad_alpha.float().contiguous(),
+        width, height, tile_size, mode,
+    )
+    grads = [g_means, g_conics, g_colors, g_opac, g_bg]
+    out = []
+    for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad[:5]):
+        out.append(g.to(dt) if (need and g is not None) else None)
+    return (*out, None, None, None, None)
 
 
 def rasterize_triton(

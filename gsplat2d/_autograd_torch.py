@@ -40,22 +40,31 @@ class RasterizeTorch(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_image, grad_alpha):
-        m, q, c, o, image, t_final = ctx.saved_tensors
-        has_bg, width, height, tile_size, mode = ctx.args
-        if grad_image is None:
-            grad_image = torch.zeros_like(image)
-        if grad_alpha is None:
-            grad_alpha = image.new_zeros((*image.shape[:-1], 1))
-        grads = _torch_impl.rasterize_bwd(
-            m, q, c, o, has_bg, ctx.binning, image, t_final, grad_image, grad_alpha,
-            width, height, tile_size, mode,
-        )
-        need = ctx.needs_input_grad
-        return (
-            *(g.to(dt) if need[i] and g is not None else None
-              for i, (g, dt) in enumerate(zip(grads, ctx.dtypes))),
-            None, None, None, None,
-        )
+        # backward may be called inside an autocast region: the gradients stay full precision
+        from gsplat2d.rasterize import fp32_region
+
+        with fp32_region(grad_image.device if grad_image is not None else grad_alpha.device):
+            return _backward(ctx, grad_image, grad_alpha)
+
+
+def _backward(ctx, grad_image, grad_alpha):
+    """The Function's backward (see its class docstring), run with autocast off."""
+    m, q, c, o, image, t_final = ctx.saved_tensors
+    has_bg, width, height, tile_size, mode = ctx.args
+    if grad_image is None:
+        grad_image = torch.zeros_like(image)
+    if grad_alpha is None:
+        grad_alpha = image.new_zeros((*image.shape[:-1], 1))
+    grads = _torch_impl.rasterize_bwd(
+        m, q, c, o, has_bg, ctx.binning, image, t_final, grad_image, grad_alpha,
+        width, height, tile_size, mode,
+    )
+    need = ctx.needs_input_grad
+    return (
+        *(g.to(dt) if need[i] and g is not None else None
+          for i, (g, dt) in enumerate(zip(grads, ctx.dtypes))),
+        None, None, None, None,
+    )
 
 
 def rasterize_torch_autograd(means, conics, colors, opacities, background, width, height,

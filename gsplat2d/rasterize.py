@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -25,6 +26,13 @@ def _interpreting() -> bool:
 
 
 TRITON_TILE_SIZES = (8, 16, 32)
+
+
+def fp32_region(device: torch.device):
+    """Context with autocast off for ``device`` (a no-op where autocast does not apply)."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _pick_backend(backend: str, device: torch.device, tile_size: int) -> str:
@@ -119,15 +127,18 @@ def rasterize(
     o = opacities.reshape(B, N)
     bg = background.reshape(B, C) if background is not None else None
 
-    if backend == "triton":
-        from gsplat2d._autograd import rasterize_triton
+    # Rasterization is float32 (float64 for float64 inputs) even under autocast: the torch
+    # backend's bmm would otherwise run in bf16/fp16 inside a mixed-precision training step.
+    with fp32_region(means.device):
+        if backend == "triton":
+            from gsplat2d._autograd import rasterize_triton
 
-        image, alpha = rasterize_triton(m, q, c, o, bg, width, height, tile_size, mode)
-    else:
-        from gsplat2d._autograd_torch import rasterize_torch
+            image, alpha = rasterize_triton(m, q, c, o, bg, width, height, tile_size, mode)
+        else:
+            from gsplat2d._autograd_torch import rasterize_torch
 
-        m, q, c, o = (t.contiguous() for t in (m, q, c, o))
-        image, alpha = rasterize_torch(m, q, c, o, bg, width, height, tile_size, mode)
+            m, q, c, o = (t.contiguous() for t in (m, q, c, o))
+            image, alpha = rasterize_torch(m, q, c, o, bg, width, height, tile_size, mode)
     return (
         image.reshape(*batch_shape, height, width, C),
         alpha.reshape(*batch_shape, height, width, 1),

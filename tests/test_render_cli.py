@@ -291,3 +291,17 @@ def test_console_command(tmp_path, model_path, lr_path):
     assert r.returncode == 0, r.stderr
     assert _size(out) == (round(LR_W * 2.5), round(LR_H * 2.5))
     assert "encode" in r.stdout and "render" in r.stdout
+
+
+def test_warm_up_renders_before_anything_is_timed(tmp_path, model_path, lr_path, monkeypatch):
+    """The first render compiles the Triton kernels (seconds on a GPU): the commands' warm-up must
+    render once, not only encode, before the first timed call."""
+    import gsplat2d.render as r
+
+    calls = []
+    real_enc, real_ren = r.encode_image, r.render_to_array
+    monkeypatch.setattr(r, "encode_image", lambda *a, **k: (calls.append("encode"), real_enc(*a, **k))[1])
+    monkeypatch.setattr(r, "render_to_array", lambda *a, **k: (calls.append("render"), real_ren(*a, **k))[1])
+    assert main(["--input_path", str(lr_path), "--output_path", str(tmp_path / "o.png"),
+                 "--model_path", str(model_path), "--scale", "2", "--device", "cpu"]) == 0
+    assert calls == ["encode", "render", "encode", "render"], calls  # warm-up pair, then the timed pair
