@@ -289,7 +289,7 @@ def quantize_dequantize(field, spec: Optional[QuantSpec] = None):
 
     spec = spec or QuantSpec()
     d = _Quantized(field, spec).dequantized()
-    return Gaussians2D(d["means"], d["covariances"], d["colors"], d["opacities"]).to(field.device)
+    return field._like(d["means"], d["covariances"], d["colors"], d["opacities"]).to(field.device)
 
 
 def fake_quantize(field, spec: Optional[QuantSpec] = None):
@@ -303,7 +303,7 @@ def fake_quantize(field, spec: Optional[QuantSpec] = None):
     def ste(x: Tensor, xq: Tensor) -> Tensor:
         return x + (xq.to(x.dtype) - x).detach()
 
-    return Gaussians2D(
+    return field._like(
         ste(field.means, q.means),
         ste(field.covariances, q.covariances),
         ste(field.colors, q.colors),

@@ -212,9 +212,10 @@ class _Params(torch.nn.Module):
     """Trainable Gaussians in pixel units for a ``W x H`` target."""
 
     def __init__(self, means_px: Tensor, std_px: Tensor, colors: Tensor, opacity: Optional[Tensor],
-                 param: str, width: int, height: int, spacing: float) -> None:
+                 param: str, width: int, height: int, spacing: float, mode: str) -> None:
         super().__init__()
         self.param, self.width, self.height, self.spacing = param, width, height, float(spacing)
+        self.mode = mode
         self.xy = torch.nn.Parameter(means_px / self.spacing)
         ls = torch.log(std_px)
         zeros = torch.zeros_like(ls)
@@ -252,7 +253,8 @@ class _Params(torch.nn.Module):
         w, h = float(self.width), float(self.height)
         scale = torch.tensor([w, h], dtype=self.xy.dtype, device=self.xy.device)
         cscale = torch.tensor([w * w, w * h, h * h], dtype=self.xy.dtype, device=self.xy.device)
-        return Gaussians2D(self.means_px() / scale, self.covariances_px() / cscale, self.color, self.opacities())
+        return Gaussians2D(self.means_px() / scale, self.covariances_px() / cscale, self.color, self.opacities(),
+                           mode=self.mode, source_size=(int(self.width), int(self.height)))
 
 
 def _blur(x: Tensor, radius: int) -> Tensor:
@@ -376,7 +378,7 @@ def fit_image(
         opacity = torch.full((cfg.num_gaussians,), math.log(0.9 / 0.1) if cfg.mode == "alpha" else 6.0,
                              device=target.device)
     spacing = math.sqrt(H * W / cfg.num_gaussians)
-    params = _Params(means, std, colors, opacity, cfg.param, W, H, spacing).to(target.device)
+    params = _Params(means, std, colors, opacity, cfg.param, W, H, spacing, cfg.mode).to(target.device)
     target_hwc = target.permute(1, 2, 0).contiguous()
 
     qgeom: Optional[Tuple[Tensor, Tensor, Gaussians2D]] = None  # quantised geometry (QAT phase)
@@ -455,9 +457,9 @@ def fit_image(
         final = render(params)
         field = params.field().detach()
         if qgeom is not None:
-            field = Gaussians2D(qgeom[2].means, qgeom[2].covariances, field.colors, field.opacities)
-        field = Gaussians2D(*(t.float().contiguous() for t in (field.means, field.covariances, field.colors,
-                                                                  field.opacities)))
+            field = field._like(qgeom[2].means, qgeom[2].covariances, field.colors, field.opacities)
+        field = field._like(*(t.float().contiguous() for t in (field.means, field.covariances, field.colors,
+                                                                 field.opacities)))
     if target.device.type == "cuda":
         torch.cuda.synchronize()
     fit_time = time.perf_counter() - t0

@@ -46,13 +46,29 @@ class Gaussians2D:
         colors: ``[..., N, C]``.
         opacities: ``[..., N]``.
 
+    How the field renders travels with it:
+        mode: ``"alpha"`` (front-to-back compositing, the default for a field built by hand) or
+            ``"sum"`` (what the SR models and image fitting produce); :meth:`render` uses it
+            unless told otherwise, and :meth:`save` / :meth:`load` round-trip it.
+        source_size: ``(width, height)`` of the image the field was made from (the LR input of
+            an SR encode, the fitted image), or None.
+
     Build from covariances directly, or with :meth:`from_cholesky` /
     :meth:`from_scale_rotation`. All operations are differentiable.
     """
 
-    __slots__ = ("means", "covariances", "colors", "opacities")
+    __slots__ = ("means", "covariances", "colors", "opacities", "mode", "source_size")
 
-    def __init__(self, means: Tensor, covariances: Tensor, colors: Tensor, opacities: Tensor) -> None:
+    def __init__(
+        self,
+        means: Tensor,
+        covariances: Tensor,
+        colors: Tensor,
+        opacities: Tensor,
+        *,
+        mode: str = "alpha",
+        source_size: Optional[Tuple[int, int]] = None,
+    ) -> None:
         means = _as_float_tensor(means, "means")
         covariances = _as_float_tensor(covariances, "covariances")
         colors = _as_float_tensor(colors, "colors")
@@ -78,26 +94,40 @@ class Gaussians2D:
         for name, t in (("covariances", covariances), ("colors", colors), ("opacities", opacities)):
             if t.device != means.device:
                 raise ValueError(f"{name} is on {t.device} but means is on {means.device}")
+        if mode not in ("alpha", "sum"):
+            raise ValueError(f"mode must be 'alpha' or 'sum', got {mode!r}")
+        if source_size is not None:
+            source_size = (_check_size(source_size[0], "source_size[0]"),
+                           _check_size(source_size[1], "source_size[1]"))
         self.means = means
         self.covariances = covariances
         self.colors = colors
         self.opacities = opacities
+        self.mode = mode
+        self.source_size = source_size
+
+    def _like(self, means: Tensor, covariances: Tensor, colors: Tensor, opacities: Tensor) -> "Gaussians2D":
+        """New field with these tensors and this field's mode and source size."""
+        return Gaussians2D(means, covariances, colors, opacities, mode=self.mode, source_size=self.source_size)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_cholesky(cls, means: Tensor, cholesky: Tensor, colors: Tensor, opacities: Tensor) -> "Gaussians2D":
+    def from_cholesky(cls, means: Tensor, cholesky: Tensor, colors: Tensor, opacities: Tensor,
+                      **kwargs: Any) -> "Gaussians2D":
         """From the Cholesky factor ``(l11, l21, l22)`` ``[..., N, 3]`` of the covariance
-        (normalised units): ``Sigma = L L^T``."""
-        return cls(means, covariances_from_cholesky(cholesky), colors, opacities)
+        (normalised units): ``Sigma = L L^T``. ``kwargs``: ``mode``, ``source_size``."""
+        return cls(means, covariances_from_cholesky(cholesky), colors, opacities, **kwargs)
 
     @classmethod
     def from_scale_rotation(
-        cls, means: Tensor, scales: Tensor, rotations: Tensor, colors: Tensor, opacities: Tensor
+        cls, means: Tensor, scales: Tensor, rotations: Tensor, colors: Tensor, opacities: Tensor,
+        **kwargs: Any,
     ) -> "Gaussians2D":
         """From standard deviations ``scales [..., N, 2]`` (normalised units) and angles
         ``rotations [..., N]`` in radians (``Sigma = R diag(sx^2, sy^2) R^T``, see
-        :func:`gsplat2d.conics_from_scale_rotation` for the convention)."""
-        return cls(means, covariances_from_scale_rotation(scales, rotations), colors, opacities)
+        :func:`gsplat2d.conics_from_scale_rotation` for the convention). ``kwargs``: ``mode``,
+        ``source_size``."""
+        return cls(means, covariances_from_scale_rotation(scales, rotations), colors, opacities, **kwargs)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -127,15 +157,16 @@ class Gaussians2D:
         return self.means.dtype
 
     def __repr__(self) -> str:
+        size = f", source_size={self.source_size}" if self.source_size else ""
         return (
             f"Gaussians2D(num_gaussians={self.num_gaussians}, batch_shape={tuple(self.batch_shape)}, "
-            f"channels={self.channels}, dtype={self.dtype}, device={self.device})"
+            f"channels={self.channels}, mode={self.mode!r}{size}, dtype={self.dtype}, device={self.device})"
         )
 
     # ------------------------------------------------------------------ conversions
     def to(self, *args: Any, **kwargs: Any) -> "Gaussians2D":
         """``Tensor.to`` applied to every field (device and/or dtype); returns a new object."""
-        return Gaussians2D(
+        return self._like(
             self.means.to(*args, **kwargs),
             self.covariances.to(*args, **kwargs),
             self.colors.to(*args, **kwargs),
@@ -144,7 +175,7 @@ class Gaussians2D:
 
     def detach(self) -> "Gaussians2D":
         """A copy whose fields are detached from the autograd graph (storage is shared)."""
-        return Gaussians2D(
+        return self._like(
             self.means.detach(), self.covariances.detach(), self.colors.detach(), self.opacities.detach()
         )
 
@@ -171,14 +202,15 @@ class Gaussians2D:
           covariances, colours and opacities; bit depths from ``quant``, default
           ``QuantSpec.for_size(width, height)`` when ``meta`` gives the size, else ``QuantSpec()``).
 
-        ``meta`` (optional) records how the field renders: ``{"mode": "sum"|"alpha", "width": W,
-        "height": H, "background": [...]}`` plus any JSON-serialisable extras; :meth:`load_with_meta`
-        returns it. The write is atomic (temporary file in the same folder, then rename), so an
+        The file records how the field renders: its :attr:`mode` and :attr:`source_size`
+        (``{"mode", "width", "height"}``), which :meth:`load` restores. ``meta`` (optional) adds
+        ``"background": [...]`` and any JSON-serialisable extras (a ``mode``/``width``/``height``
+        given there is what the file records). :meth:`load_with_meta` returns it. The write is atomic (temporary file in the same folder, then rename), so an
         interrupted save never leaves a half-written file. Tensors are saved from the CPU.
         """
         from gsplat2d import codec as _codec
 
-        meta = _codec.validate_meta(meta)
+        meta = _codec.validate_meta(self._file_meta(meta))
         if codec is not None:
             if dtype is not None:
                 raise ValueError("dtype applies only to the default (torch) encoding; the binary codecs fix it")
@@ -206,6 +238,12 @@ class Gaussians2D:
         path = os.fspath(path)
         atomic_write(path, lambda f: torch.save(payload, f), suffix=".g2d")
         return os.path.getsize(path)
+
+    def _file_meta(self, meta: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        own: Dict[str, Any] = {"mode": self.mode}
+        if self.source_size is not None:
+            own["width"], own["height"] = self.source_size
+        return {**own, **(meta or {})}
 
     @classmethod
     def load(
@@ -236,7 +274,7 @@ class Gaussians2D:
             head = f.read(len(_codec.MAGIC))
             if _codec.is_binary_g2d(head):
                 field, meta, _ = _codec.decode(head + f.read(), source=path)
-                return field.to(map_location), meta
+                return _with_meta(field, meta).to(map_location), meta
         try:
             payload = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as e:
@@ -256,7 +294,7 @@ class Gaussians2D:
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: inconsistent Gaussian field: {e}") from None
         meta = _codec.validate_meta(payload.get("meta"), path)
-        return field, meta
+        return _with_meta(field, meta), meta
 
     def to_pixels(self, width: int, height: int) -> Tuple[Tensor, Tensor]:
         """Pixel-space means and conics for a ``width x height`` image.
@@ -281,12 +319,13 @@ class Gaussians2D:
         width: int,
         height: int,
         *,
-        mode: str = "alpha",
+        mode: Optional[str] = None,
         background: Optional[Tensor] = None,
         tile_size: int = 16,
         backend: str = "auto",
     ) -> Tuple[Tensor, Tensor]:
-        """Render at ``width x height`` pixels with :func:`gsplat2d.rasterize`.
+        """Render at ``width x height`` pixels with :func:`gsplat2d.rasterize`, in the field's own
+        :attr:`mode` unless ``mode`` is given.
 
         Returns:
             image ``[..., H, W, C]`` and alpha ``[..., H, W, 1]``.
@@ -301,12 +340,21 @@ class Gaussians2D:
             self.opacities,
             width,
             height,
-            mode=mode,
+            mode=self.mode if mode is None else mode,
             background=background,
             tile_size=tile_size,
             backend=backend,
         )
         return out[0], out[1]
+
+
+def _with_meta(field: "Gaussians2D", meta: Dict[str, Any]) -> "Gaussians2D":
+    """``field`` with the mode and source size a file's metadata records (files written before
+    fields carried them: alpha mode, no size)."""
+    w, h = meta.get("width"), meta.get("height")
+    size = (w, h) if isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0 else None
+    return Gaussians2D(field.means, field.covariances, field.colors, field.opacities,
+                       mode=meta.get("mode", "alpha"), source_size=size)
 
 
 def _check_size(v: Union[int, Any], name: str) -> int:

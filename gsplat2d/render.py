@@ -196,7 +196,7 @@ def encode_image(model, lr: torch.Tensor) -> Gaussians2D:
     dev = next(model.parameters()).device
     with torch.inference_mode():
         field = model.encode(lr.to(dev)[None])
-    return Gaussians2D(field.means[0], field.covariances[0], field.colors[0], field.opacities[0])
+    return field._like(field.means[0], field.covariances[0], field.colors[0], field.opacities[0])
 
 
 def _unbatch(field: Gaussians2D, source: str) -> Gaussians2D:
@@ -208,7 +208,7 @@ def _unbatch(field: Gaussians2D, source: str) -> Gaussians2D:
     if shape == ():
         return field
     n, c = field.num_gaussians, field.channels
-    return Gaussians2D(
+    return field._like(
         field.means.reshape(n, 2), field.covariances.reshape(n, 3), field.colors.reshape(n, c),
         field.opacities.reshape(n),
     )
@@ -482,7 +482,8 @@ def _run(args: argparse.Namespace) -> int:
         line = f"{src}: {w}x{h}, {field.num_gaussians} Gaussians, encode {enc_ms:.1f} ms"
         if gdst is not None:
             # Mode and LR size travel with the field, so it re-renders with --scale and the right mode.
-            field.save(gdst, meta={"mode": mode, "width": int(w), "height": int(h)})
+            field.mode = mode  # the mode this command renders with (--mode may override the model's)
+            field.save(gdst)
             line += f", field -> {gdst}"
         if dst is not None:
             ow, oh = osz

@@ -109,8 +109,9 @@ def test_saved_field_records_mode_and_size_for_scale(tmp_path, model_path, lr_pa
     assert main(["--gaussians", str(field), "--scale", "2.5x1.5", "--output_path", str(again), "--quiet"]) == 0
     assert _size(again) == _size(direct) == (round(LR_W * 2.5), round(LR_H * 1.5))
     assert np.abs(_read(direct) - _read(again)).max() <= 1
+    assert g.mode == "sum" and g.source_size == (LR_W, LR_H)  # the field itself carries them
     legacy = tmp_path / "legacy.g2d"
-    g.save(legacy)  # no metadata
+    Gaussians2D(g.means, g.covariances, g.colors, g.opacities).save(legacy)  # no source size
     out = tmp_path / "legacy.png"
     assert main(["--gaussians", str(legacy), "--scale", "2", "--output_path", str(out), "--quiet"]) == 2
     assert not out.exists()

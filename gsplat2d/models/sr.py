@@ -190,7 +190,7 @@ class Pixel2GaussianSR(nn.Module):
         base = lr.float().permute(0, 2, 3, 1).reshape(b, 1, h * w, cfg.colors).expand(b, k, h * w, cfg.colors)
         colors = base.reshape(b, k * h * w, cfg.colors) + raw[..., 5 : 5 + cfg.colors]
         opacities = torch.sigmoid(raw[..., 5 + cfg.colors] + self._logit_o0)
-        return Gaussians2D(means, cov, colors, opacities)
+        return Gaussians2D(means, cov, colors, opacities, mode=cfg.mode, source_size=(w, h))
 
     def render(
         self, field: Gaussians2D, width: int, height: int, *, backend: str = "auto", tile_size: int = 16
