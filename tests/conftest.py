@@ -141,3 +141,30 @@ def max_err(a, b, mask=None):
     if mask is not None:
         d = d[mask.expand_as(d)]
     return d.max().item() if d.numel() else 0.0
+
+
+# Gradient comparison: elementwise, so that an error confined to small entries (a Gaussian with a
+# small gradient dropped or doubled) fails too, plus an RMS bound. Worst observed over
+# tests/test_gradients.py (2 cores, CPU): |g - g_ref| <= 0.033 * (1e-5 * max|g_ref| + |g_ref|)
+# elementwise, relative RMS 3.0e-5.
+GRAD_ATOL = 1e-5  # times max |g_ref|: the floor for entries at float32 cancellation level
+GRAD_RTOL = 0.05  # times |g_ref|, per entry
+GRAD_RMS = 1e-4  # ||g - g_ref|| / ||g_ref||
+
+
+def grad_errors(g, g_ref):
+    """(worst elementwise ratio |g - g_ref| / (GRAD_ATOL max|g_ref| + GRAD_RTOL |g_ref|), relative
+    RMS error); the gradients agree when the first is <= 1 and the second <= GRAD_RMS."""
+    g, g_ref = g.detach().double(), g_ref.detach().double()
+    d = (g - g_ref).abs()
+    scale = g_ref.abs().max().item()
+    ratio = (d / (GRAD_ATOL * scale + GRAD_RTOL * g_ref.abs())).max().item() if scale > 0 else d.max().item()
+    ref_rms = g_ref.pow(2).mean().sqrt().item()
+    rms = d.pow(2).mean().sqrt().item() / ref_rms if ref_rms > 0 else d.max().item()
+    return ratio, rms
+
+
+def assert_grad_close(g, g_ref, what="", rms_tol=GRAD_RMS):
+    ratio, rms = grad_errors(g, g_ref)
+    assert ratio <= 1.0 and rms <= rms_tol, f"d/d{what}: elementwise ratio {ratio:.3g} (<= 1), relative RMS {rms:.3g}"
+    return ratio, rms

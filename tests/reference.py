@@ -41,7 +41,18 @@ def gaussian_valid(means: torch.Tensor, conics: torch.Tensor, opacities: torch.T
     return finite & (a > 0) & (c > 0) & (det > 0) & (255.0 * opacities >= 1.0)
 
 
-def _pixel_terms(means, conics, opacities, width, height):
+#: Deliberately wrong variants of the definition (``dense_rasterize(..., mutant=...)``), each
+#: breaking one rule; ``tests/test_mutations.py`` proves the suite's tolerances catch every one.
+MUTANTS = (
+    "stop_off_by_one",  # also composite the Gaussian whose factor takes T to <= 1e-4
+    "no_min_weight",  # no 1/255 cutoff
+    "no_alpha_clamp",  # alpha mode without the 0.99 clamp
+    "no_sum_clamp",  # sum mode without the clamp of a weight at 1
+    "pixel_corner",  # sample pixel (x, y) at its corner, not at (x + 0.5, y + 0.5)
+)
+
+
+def _pixel_terms(means, conics, opacities, width, height, centre=0.5):
     """Return ``(valid [...,N], sigma [...,N,H,W], raw weight o*exp(-sigma) [...,N,H,W])``.
 
     Non-contributing Gaussians are replaced by harmless finite values before any arithmetic so
@@ -56,8 +67,8 @@ def _pixel_terms(means, conics, opacities, width, height):
     conics = torch.where(valid[..., None], conics, conics.new_tensor([1.0, 0.0, 1.0]).expand_as(conics))
     opacities = torch.where(valid, opacities, torch.ones_like(opacities))
 
-    xs = torch.arange(width, dtype=f64, device=means.device) + 0.5
-    ys = torch.arange(height, dtype=f64, device=means.device) + 0.5
+    xs = torch.arange(width, dtype=f64, device=means.device) + centre
+    ys = torch.arange(height, dtype=f64, device=means.device) + centre
     dx = xs.view(1, width) - means[..., 0, None, None]  # [..., N, 1, W]
     dy = ys.view(height, 1) - means[..., 1, None, None]  # [..., N, H, 1]
     a = conics[..., 0, None, None]
@@ -69,34 +80,41 @@ def _pixel_terms(means, conics, opacities, width, height):
 
 
 def dense_rasterize(means, conics, colors, opacities, width, height, mode="alpha", background=None,
-                    return_final_T=False):
+                    return_final_T=False, mutant=None):
     """Float64 dense rasterization. Shapes as the public API; returns ``(image, alpha)``
     (``[..., H, W, C]``, ``[..., H, W, 1]``, float64), plus ``T_final [..., H, W]`` in alpha mode
-    when ``return_final_T``."""
+    when ``return_final_T``. ``mutant`` (tests of the tests only): one of :data:`MUTANTS`."""
     if mode not in ("alpha", "sum"):
         raise ValueError(mode)
+    if mutant is not None and mutant not in MUTANTS:
+        raise ValueError(mutant)
     f64 = torch.float64
-    valid, sigma, raw = _pixel_terms(means, conics, opacities, width, height)
+    valid, sigma, raw = _pixel_terms(means, conics, opacities, width, height,
+                                     centre=0.0 if mutant == "pixel_corner" else 0.5)
+    min_weight = 0.0 if mutant == "no_min_weight" else MIN_WEIGHT
     colors = colors.to(f64)
     colors = torch.where(valid[..., None], colors, torch.zeros_like(colors))
     batch = means.shape[:-2]
     n_dim = -3  # the Gaussian axis of [..., N, H, W]
 
     if mode == "sum":
-        w = raw.clamp(max=1.0)
-        live = valid[..., None, None] & (sigma >= 0) & (w >= MIN_WEIGHT)
+        w = raw if mutant == "no_sum_clamp" else raw.clamp(max=1.0)
+        live = valid[..., None, None] & (sigma >= 0) & (w >= min_weight)
         w = torch.where(live, w, torch.zeros_like(w))
         image = torch.einsum("...nhw,...nc->...hwc", w, colors)
         alpha = w.sum(n_dim)[..., None]
         return image, alpha
 
-    a = raw.clamp(max=ALPHA_MAX)
-    live = valid[..., None, None] & (sigma >= 0) & (a >= MIN_WEIGHT)
+    a = raw.clamp(max=0.999999 if mutant == "no_alpha_clamp" else ALPHA_MAX)
+    live = valid[..., None, None] & (sigma >= 0) & (a >= min_weight)
     a = torch.where(live, a, torch.zeros_like(a))
     with torch.no_grad():
         # The stop rule removes a suffix: T only falls, so once the inclusive product is
         # <= 1e-4 it stays there (skipped Gaussians have a = 0 and keep it).
         stopped = torch.cumprod(1.0 - a, dim=n_dim) <= T_STOP
+        if mutant == "stop_off_by_one":  # the Gaussian crossing the threshold still composites
+            stopped = torch.cat([torch.zeros_like(stopped[..., :1, :, :]), stopped[..., :-1, :, :]],
+                                dim=n_dim)
     a = torch.where(stopped, torch.zeros_like(a), a)
     one_minus = 1.0 - a  # >= 0.01, never 0
     T_incl = torch.cumprod(one_minus, dim=n_dim)

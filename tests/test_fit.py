@@ -168,7 +168,7 @@ def test_cli_single_image_end_to_end(tmp_path, capsys):
 
 
 def test_render_cli_reads_fitted_fields(tmp_path):
-    render = pytest.importorskip("gsplat2d.render")
+    import gsplat2d.render as render  # a plain import: a broken package must fail, not skip
     field = fit(_synthetic(16, 16), num_gaussians=20, steps=3)
     path = tmp_path / "f.g2d"
     field.save(path, codec="quantized", meta={"mode": "sum", "width": 16, "height": 16})

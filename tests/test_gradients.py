@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import gsplat2d
-from conftest import BACKENDS, make_scene
+from conftest import BACKENDS, assert_grad_close, make_scene
 from reference import ambiguous_pixels, dense_rasterize, dense_tile_counts
 
 NAMES = ("means", "conics", "colors", "opacities", "background")
@@ -66,7 +66,7 @@ def test_gradcheck_torch_backend(case, mode):
 # vs autograd through the dense float64 reference
 # --------------------------------------------------------------------------------------------
 
-RTOL = 1e-3  # max |g - g_ref| <= RTOL * max |g_ref|, per input tensor; worst observed 1.2e-5
+# Per input tensor: elementwise and RMS bounds (conftest.GRAD_*), worst observed beside them.
 
 
 def _compare_grads(s, w, h, mode, backend, seed, tile_size=16):
@@ -103,10 +103,7 @@ def _compare_grads(s, w, h, mode, backend, seed, tile_size=16):
         assert torch.isfinite(g).all(), f"non-finite gradient for {k}"
         scale = g_ref.abs().max().item()
         assert scale > 0, f"reference gradient of {k} is zero: test scene too weak"
-        err = (g.double() - g_ref).abs().max().item() / scale
-        errs[k] = err
-    for k, e in errs.items():
-        assert e <= RTOL, f"d/d{k}: relative max error {e:.3g} ({errs})"
+        errs[k] = assert_grad_close(g, g_ref, k)
     return errs
 
 
@@ -174,8 +171,7 @@ def test_grads_only_through_image_or_alpha(backend):
                 assert g is None or (g == 0).all()
                 continue
             assert g is not None
-            scale = g_ref.abs().max().item()
-            assert (g.double() - g_ref).abs().max().item() <= RTOL * max(scale, 1e-12), (which, k)
+            assert_grad_close(g, g_ref, f"{k} (output {which})")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64],
@@ -196,13 +192,17 @@ def test_input_dtype_gradients(backend, dtype):
                           ref_leaves["background"])
     (img.sum() + alp.sum()).backward()
     (ref[0].sum() + ref[1].sum()).backward()
-    # the gradient itself is rounded to the input dtype: ~1e-2 relative for bf16
-    rtol = 1e-2 if dtype in (torch.float16, torch.bfloat16) else (1e-9 if expect == torch.float64 else RTOL)
     for k in NAMES:
         g, g_ref = leaves[k].grad, ref_leaves[k].grad
         assert g.dtype == dtype and torch.isfinite(g).all(), k
-        scale = g_ref.abs().max().item()
-        assert (g.double() - g_ref).abs().max().item() <= rtol * scale, k
+        if dtype in (torch.float16, torch.bfloat16):
+            # the gradient itself is rounded to the input dtype: up to 2^-8 relative for bf16
+            scale = g_ref.abs().max().item()
+            assert ((g.double() - g_ref).abs() <= 1e-3 * scale + 1e-2 * g_ref.abs()).all(), k
+        elif expect == torch.float64:
+            assert ((g - g_ref).abs() <= 1e-12 * g_ref.abs().max() + 1e-9 * g_ref.abs()).all(), k
+        else:
+            assert_grad_close(g, g_ref, k)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -228,9 +228,8 @@ def test_grads_partial_requires_grad_and_shared_storage(backend):
     assert torch.isfinite(params.grad).all()
     for sl, name in ((slice(0, 2), "means"), (slice(2, 5), "conics"), (slice(5, 6), "opacities")):
         g, g_ref = params.grad[..., sl], ref_p.grad[..., sl]
-        scale = g_ref.abs().max().item()
-        assert scale > 0
-        assert (g.double() - g_ref).abs().max().item() <= RTOL * scale, name
+        assert g_ref.abs().max().item() > 0
+        assert_grad_close(g, g_ref, name)
     # colours only
     col = s["colors"].clone().requires_grad_(True)
     img, _ = gsplat2d.rasterize(s["means"], s["conics"], col, s["opacities"], w, h,
@@ -238,7 +237,7 @@ def test_grads_partial_requires_grad_and_shared_storage(backend):
     img.sum().backward()
     ref_c = s["colors"].double().requires_grad_(True)
     dense_rasterize(s["means"], s["conics"], ref_c, s["opacities"], w, h)[0].sum().backward()
-    assert (col.grad.double() - ref_c.grad).abs().max().item() <= RTOL * ref_c.grad.abs().max().item()
+    assert_grad_close(col.grad, ref_c.grad, "colors")
 
 
 @pytest.mark.parametrize("tile_size", [8, 32])

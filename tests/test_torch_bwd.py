@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import gsplat2d
-from conftest import make_scene
+from conftest import assert_grad_close, make_scene
 from gsplat2d import _torch_impl
 from gsplat2d._autograd_torch import rasterize_torch_autograd
 from reference import ambiguous_pixels, dense_tile_counts
@@ -14,8 +14,9 @@ NAMES = ("means", "conics", "colors", "opacities", "background")
 
 
 def _bwd_vs_autograd(s, w, h, mode, tile_size=16, seed=0):
-    """Relative max error {name: err} of rasterize_bwd vs autograd through rasterize_fwd, for
-    random non-zero cotangents on image and alpha. ``s`` holds flattened [B, N, *] tensors."""
+    """Elementwise relative error {name: max |g - g_ref| / (1e-4 max|g_ref| + |g_ref|)} of
+    rasterize_bwd vs autograd through rasterize_fwd, for random non-zero cotangents on image and
+    alpha (elementwise, so an error in small entries counts). ``s``: flattened [B, N, *]."""
     use_bg = mode == "alpha" and s["background"] is not None
     names = NAMES if use_bg else NAMES[:4]
     leaves = {k: s[k].clone().requires_grad_(True) for k in names}
@@ -41,7 +42,7 @@ def _bwd_vs_autograd(s, w, h, mode, tile_size=16, seed=0):
         assert torch.isfinite(g).all(), k
         scale = ref.abs().max().item()
         assert scale > 0, f"reference gradient of {k} is zero: test scene too weak"
-        errs[k] = (g.double() - ref.double()).abs().max().item() / scale
+        errs[k] = ((g.double() - ref.double()).abs() / (1e-4 * scale + ref.double().abs())).max().item()
     return errs
 
 
@@ -59,7 +60,9 @@ CASES = [
     ("N25-15x11-C3-clamped", (), 25, 15, 11, 3, 4, dict(max_radius=8, opacity=(0.5, 2.0))),
 ]
 
-TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
+# elementwise (see _bwd_vs_autograd); worst observed: float64 below 1e-10, float32 1.2e-3 (the
+# dense stop-rule tile; float32 summation order differs between the two paths)
+TOL = {torch.float64: 1e-10, torch.float32: 5e-3}
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
@@ -134,9 +137,8 @@ def test_public_torch_path_matches_autograd_reference():
         torch.autograd.backward(out, cot)
         torch.autograd.backward(ref, cot)
         for k in names:
-            scale = b[k].grad.abs().max().item()
             assert a[k].grad.dtype == torch.float32
-            assert (a[k].grad - b[k].grad).abs().max().item() <= 1e-4 * scale, (mode, k)
+            assert_grad_close(a[k].grad, b[k].grad, f"{k} ({mode})")
 
 
 @pytest.mark.parametrize("mode", ["alpha", "sum"])
