@@ -26,6 +26,18 @@ def test_shipped_weights_are_small_and_documented():
     assert card["steps"] > 0
 
 
+def test_shipped_weights_match_the_model_card_hash():
+    """The numbers in the model card belong to exactly these bytes: README pins their sha256."""
+    import hashlib
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    pinned = re.search(r"gaussian_sr_tiny\.pth` \(.*?sha256 `([0-9a-f]{64})`", readme, re.S)
+    assert pinned, "README's model card does not pin the weights' sha256"
+    digest = hashlib.sha256(Path(default_model_path()).read_bytes()).hexdigest()
+    assert digest == pinned.group(1)
+
+
 @pytest.mark.skipif(not (DATA / "Set5" / "HR").is_dir(), reason="shared Set5 data not present")
 def test_shipped_model_beats_bicubic_on_set5(tmp_path, capsys):
     out = tmp_path / "set5.json"

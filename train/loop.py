@@ -478,7 +478,7 @@ def _train(cfg: TrainConfig, resume: Optional[str]) -> Dict[str, Any]:
             else:
                 improved = True  # no validation: the latest model is the best we know
             history.append(record)
-            _append_jsonl(metrics_path, record)
+            _write_jsonl(metrics_path, history)  # whole file, atomically: a kill never tears a line
             plot_curves(history, str(Path(metrics_path).with_suffix(".png")))
             extra = {"train_config": json.dumps(asdict(cfg)), "epoch": epoch + 1, "step": step,
                      "best_psnr": best_psnr, "stale": stale, "history": json.dumps(history)}
@@ -535,10 +535,7 @@ def _train(cfg: TrainConfig, resume: Optional[str]) -> Dict[str, Any]:
 
 
 def _write_jsonl(path: str, records: List[Dict[str, Any]]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()), suffix=".jsonl")
 
 
-def _append_jsonl(path: str, record: Dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
