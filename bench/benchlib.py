@@ -206,9 +206,9 @@ def _gsplat_bin(case: Case, means, conics, opacities):
 def binner(backend: str, case: Case):
     """A no-arg-after-scene binning function for ``backend``."""
     if backend == "torch":
-        from gsplat2d import _torch_impl
+        from gsplat2d.backends import torch_backend
 
-        return lambda m, q, c, o: _torch_impl.bin_gaussians(m[None], q[None], o[None], case.width, case.height, case.tile_size)
+        return lambda m, q, c, o: torch_backend.bin_gaussians(m[None], q[None], o[None], case.width, case.height, case.tile_size)
     if backend == "triton":
         from gsplat2d.kernels import binning
 
@@ -246,10 +246,10 @@ def renderer(backend: str, case: Case, mode: str):
 def pair_count(case: Case, device: str = str(DEVICE)) -> int:
     """Tile-Gaussian pairs of ``case`` (the torch binning; every backend bins the same pairs up to
     gsplat's own radius rule)."""
-    from gsplat2d import _torch_impl
+    from gsplat2d.backends import torch_backend
 
     m, q, _c, o = make_scene(case, device)
-    b = _torch_impl.bin_gaussians(m[None], q[None], o[None], case.width, case.height, case.tile_size)
+    b = torch_backend.bin_gaussians(m[None], q[None], o[None], case.width, case.height, case.tile_size)
     return int(b.gauss_ids.numel())
 
 

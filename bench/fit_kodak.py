@@ -31,9 +31,9 @@ from typing import Any, Dict, List
 
 import torch
 
-from gsplat2d.codec import QuantSpec
+from gsplat2d.g2d import QuantSpec
 from gsplat2d.eval.metrics import load_image
-from gsplat2d.fit import (
+from gsplat2d.fitting.fit import (
     INITS,
     MODES,
     PARAMS,

@@ -18,7 +18,7 @@ SCALES = (2.0, 4.0, 8.0) if IS_CUDA else (2.0, 4.0)
 
 @pytest.fixture(scope="module")
 def model_and_lr():
-    from gsplat2d.models.sr import load_model
+    from gsplat2d.sr.model import load_model
 
     torch.manual_seed(0)
     model = load_model(None, map_location=DEVICE)

@@ -50,12 +50,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from gsplat2d.cli.images import IMAGE_EXTENSIONS, list_images
 from gsplat2d.eval.metrics import load_image_uint8, ms_ssim_y, psnr_y, ssim_y
 from gsplat2d.eval.resize import bicubic_sr, is_integer_scale, lr_size_for, make_lr
 
 __all__ = ["main", "build_parser", "METRIC", "IMAGE_EXTS"]
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_EXTS = IMAGE_EXTENSIONS  # one list for every command (gsplat2d.cli.images)
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 DEFAULT_SCALES = "2,3,4,6,3.5"
 METRIC = (
@@ -181,7 +182,7 @@ def find_dataset(arg: str, max_images: Optional[int] = None) -> Dataset:
         raise UserError(f"data path is not a folder: {arg}")
     hr_dir = p / "HR" if (p / "HR").is_dir() else p
     lr_root = p / "LR_bicubic" if (p / "LR_bicubic").is_dir() else None
-    files = sorted(f for f in hr_dir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+    files = list_images(hr_dir)
     if not files:
         raise UserError(f"no images ({', '.join(IMAGE_EXTS)}) in {hr_dir}")
     if max_images is not None:
@@ -230,7 +231,7 @@ def _device(name: str) -> torch.device:
 
 
 def _load_model(path: Optional[str], device: torch.device):
-    from gsplat2d.models.sr import default_model_path, load_model
+    from gsplat2d.sr.model import default_model_path, load_model
 
     shown = path if path is not None else default_model_path()
     try:

@@ -6,10 +6,8 @@ import os
 import tempfile
 from typing import BinaryIO, Callable, Union
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-__all__ = ["atomic_write", "short_load_error", "read_image_uint8"]
+__all__ = ["atomic_write", "short_load_error"]
 
 
 def atomic_write(path: Union[str, "os.PathLike[str]"], write: Callable[[BinaryIO], None], suffix: str = ".tmp") -> None:
@@ -43,23 +41,3 @@ def short_load_error(e: BaseException) -> str:
     if cut >= 0:
         return (msg[:cut].rstrip(" :") + ": " if msg[:cut].strip() else "") + "the file is damaged, of another kind, or holds objects other than tensors"
     return msg.splitlines()[0] if msg else type(e).__name__
-
-
-def read_image_uint8(path: Union[str, "os.PathLike[str]"]) -> np.ndarray:
-    """Decode an image file to ``uint8 [H, W, 3]`` RGB: grey replicated, alpha dropped, palette
-    expanded, 16/32-bit integer images scaled from their full range to 8 bit.
-
-    Raises ``ValueError`` naming the file when pillow cannot read it (also truncated files).
-    """
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                maxval = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                arr = np.round(np.clip(arr / maxval, 0.0, 1.0) * 255.0).astype(np.uint8)
-                im = Image.fromarray(arr, mode="L")
-            rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read image file {path}: {e}") from e
-    return np.asarray(rgb, dtype=np.uint8).copy()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from gsplat2d import g2d
 from gsplat2d._io import atomic_write, short_load_error
 from gsplat2d.conics import (
     conics_from_covariances,
@@ -15,8 +16,6 @@ from gsplat2d.conics import (
     covariances_from_scale_rotation,
 )
 
-if TYPE_CHECKING:  # pragma: no cover
-    from gsplat2d.codec import QuantSpec
 
 __all__ = ["Gaussians2D"]
 
@@ -186,7 +185,7 @@ class Gaussians2D:
         *,
         dtype: Optional[torch.dtype] = None,
         codec: Optional[str] = None,
-        quant: Optional["QuantSpec"] = None,
+        quant: Optional[g2d.QuantSpec] = None,
         meta: Optional[Dict[str, Any]] = None,
     ) -> int:
         """Write the field to ``path`` (a ``.g2d`` file); returns the file size in bytes.
@@ -196,7 +195,7 @@ class Gaussians2D:
         * ``codec=None`` (default): a ``torch.save`` dict of plain tensors (``format``/``version``
           header, optional ``meta`` dict); ``dtype`` (e.g. ``torch.float16``) stores the tensors
           at lower precision, default: as they are.
-        * ``codec="lossless"``: the binary container (:mod:`gsplat2d.codec`) with float32 arrays;
+        * ``codec="lossless"``: the binary container (:mod:`gsplat2d.g2d`) with float32 arrays;
           a float32 field reads back bit-exactly.
         * ``codec="quantized"``: the compact binary codec (fixed-point positions, few-bit
           covariances, colours and opacities; bit depths from ``quant``, default
@@ -208,9 +207,7 @@ class Gaussians2D:
         given there is what the file records). :meth:`load_with_meta` returns it. The write is atomic (temporary file in the same folder, then rename), so an
         interrupted save never leaves a half-written file. Tensors are saved from the CPU.
         """
-        from gsplat2d import codec as _codec
-
-        meta = _codec.validate_meta(self._file_meta(meta))
+        meta = g2d.validate_meta(self._file_meta(meta))
         if codec is not None:
             if dtype is not None:
                 raise ValueError("dtype applies only to the default (torch) encoding; the binary codecs fix it")
@@ -223,9 +220,9 @@ class Gaussians2D:
                 spec = quant
                 if spec is None:
                     w, h = meta.get("width"), meta.get("height")
-                    spec = _codec.QuantSpec.for_size(w, h) if w and h else _codec.QuantSpec()
-            data = _codec.encode(self, quant=spec, meta=meta)
-            _codec.write_atomic(path, data)
+                    spec = g2d.QuantSpec.for_size(w, h) if w and h else g2d.QuantSpec()
+            data = g2d.encode(self, quant=spec, meta=meta)
+            g2d.write_atomic(path, data)
             return len(data)
         if quant is not None:
             raise ValueError("quant is only used with codec='quantized'")
@@ -265,16 +262,14 @@ class Gaussians2D:
     ) -> Tuple["Gaussians2D", Dict[str, Any]]:
         """Like :meth:`load`, also returning the file's metadata dict (``{}`` when it has none;
         keys as in :meth:`save`: ``mode``, ``width``, ``height``, ``background``, extras)."""
-        from gsplat2d import codec as _codec
-
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Gaussian file not found: {path}")
         with open(path, "rb") as f:
-            head = f.read(len(_codec.MAGIC))
-            if _codec.is_binary_g2d(head):
-                field, meta, _ = _codec.decode(head + f.read(), source=path)
-                return _with_meta(field, meta).to(map_location), meta
+            head = f.read(len(g2d.MAGIC))
+            if g2d.is_binary_g2d(head):
+                field, meta, _ = cls.from_g2d_bytes(head + f.read(), source=path)
+                return field.to(map_location), meta
         try:
             payload = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as e:
@@ -293,8 +288,17 @@ class Gaussians2D:
             field = cls(*(payload[k] for k in _FIELDS))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: inconsistent Gaussian field: {e}") from None
-        meta = _codec.validate_meta(payload.get("meta"), path)
+        meta = g2d.validate_meta(payload.get("meta"), path)
         return _with_meta(field, meta), meta
+
+    @classmethod
+    def from_g2d_bytes(cls, data: bytes, *, source: str = "<bytes>") -> Tuple["Gaussians2D", Dict[str, Any], Dict[str, Any]]:
+        """A field from the bytes of a binary ``.g2d`` file: ``(field, meta, info)``, the field
+        float32 on the CPU with the mode and source size the metadata records (see
+        :func:`gsplat2d.g2d.decode` for ``info``)."""
+        tensors, meta, info = g2d.decode(data, source=source)
+        field = cls(tensors["means"], tensors["covariances"], tensors["colors"], tensors["opacities"])
+        return _with_meta(field, meta), meta, info
 
     def to_pixels(self, width: int, height: int) -> Tuple[Tensor, Tensor]:
         """Pixel-space means and conics for a ``width x height`` image.

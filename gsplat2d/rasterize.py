@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
 
 from gsplat2d._validate import validate
+from gsplat2d.backends import fp32_region
 
 __all__ = ["rasterize", "triton_available"]
 
@@ -27,12 +27,6 @@ def _interpreting() -> bool:
 
 TRITON_TILE_SIZES = (8, 16, 32)
 
-
-def fp32_region(device: torch.device):
-    """Context with autocast off for ``device`` (a no-op where autocast does not apply)."""
-    if device.type in ("cpu", "cuda"):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def _pick_backend(backend: str, device: torch.device, tile_size: int) -> str:
@@ -131,11 +125,11 @@ def rasterize(
     # backend's bmm would otherwise run in bf16/fp16 inside a mixed-precision training step.
     with fp32_region(means.device):
         if backend == "triton":
-            from gsplat2d._autograd import rasterize_triton
+            from gsplat2d.backends.triton_function import rasterize_triton
 
             image, alpha = rasterize_triton(m, q, c, o, bg, width, height, tile_size, mode)
         else:
-            from gsplat2d._autograd_torch import rasterize_torch
+            from gsplat2d.backends.torch_function import rasterize_torch
 
             m, q, c, o = (t.contiguous() for t in (m, q, c, o))
             image, alpha = rasterize_torch(m, q, c, o, bg, width, height, tile_size, mode)

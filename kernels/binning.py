@@ -1,6 +1,6 @@
 """Tile binning in Triton: tile bounds, (tile, Gaussian) intersection keys, per-tile ranges.
 
-Stage contracts are in ``docs/design.md``; :mod:`gsplat2d._torch_impl` holds the PyTorch mirror
+Stage contracts are in ``docs/design.md``; :mod:`gsplat2d.backends.torch_backend` holds the PyTorch mirror
 of each stage under the same name, and the two must produce identical tensors.
 
 Layers: ``_*_kernel`` (Triton) -> launcher of the same name without the underscore (allocates,
@@ -13,11 +13,15 @@ import torch
 import triton
 import triton.language as tl
 
-from gsplat2d._torch_impl import Binning, check_pair_budget
+from gsplat2d.binning import EXTENT_ABS_PAD, EXTENT_REL_PAD, Binning, check_pair_budget
 from gsplat2d.kernels._alloc import device_guard, empty
 from gsplat2d.kernels._aot import AotSpec
 
 __all__ = ["compute_tile_bounds", "emit_intersections", "tile_ranges", "bin_gaussians", "AOT_SPECS"]
+
+# the padding of gsplat2d.binning.gaussian_extents (one definition for every backend)
+_REL_PAD = tl.constexpr(EXTENT_REL_PAD)
+_ABS_PAD = tl.constexpr(EXTENT_ABS_PAD)
 
 BLOCK_BOUNDS = 256
 BLOCK_PAIRS = 512
@@ -67,8 +71,8 @@ def _compute_tile_bounds_kernel(
     r2 = 2.0 * tl.log(op * 255.0)  # weight >= 1/255  <=>  sigma <= log(255 o)
     r2 = tl.maximum(r2, 0.0)
     # Exact half-extent of the ellipse's bounding box (Sigma_xx = c/det, Sigma_yy = a/det), padded.
-    ext_x = tl.sqrt(r2 * cc / det) * (1.0 + 1e-3) + 1e-2
-    ext_y = tl.sqrt(r2 * ca / det) * (1.0 + 1e-3) + 1e-2
+    ext_x = tl.sqrt(r2 * cc / det) * (1.0 + _REL_PAD) + _ABS_PAD
+    ext_y = tl.sqrt(r2 * ca / det) * (1.0 + _REL_PAD) + _ABS_PAD
 
     # tl.cast (not .to) also accepts a constexpr: the JIT turns an int argument equal to 1 into one
     tx_hi = tl.cast(tiles_x, tl.float64) + 1.0

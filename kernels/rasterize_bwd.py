@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gsplat2d._torch_impl import Binning
+from gsplat2d.binning import Binning
 from gsplat2d.kernels._alloc import device_guard
 from gsplat2d.kernels._aot import AotSpec
 from gsplat2d.kernels._common import (

@@ -134,7 +134,7 @@ run_step "SR: 60 training steps (triton, bf16 AMP, CUDA)" 60 "$OUT/sr.log" \
     --backend triton --device cuda --no_progress --no_lpips --save_path "$SRDATA/sr.pth" \
     --samples_dir "$SRDATA/samples"
 run_step "SR: demo (encode/render times, PSNR vs bicubic)" 30 "$OUT/sr_demo.md" \
-    "$PY" -m gsplat2d.demo --device cuda --backend triton --out_dir "$SRDATA/demo"
+    "$PY" -m gsplat2d.sr.demo --device cuda --backend triton --out_dir "$SRDATA/demo"
 
 {
     echo

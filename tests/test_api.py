@@ -10,7 +10,7 @@ import torch
 
 import gsplat2d
 from conftest import BACKENDS, HAVE_TRITON, make_scene, max_err, requires_triton
-from reference import dense_rasterize
+from gsplat2d.reference import dense_rasterize
 
 
 def _args(n=4, C=3, batch=(), dtype=torch.float32):

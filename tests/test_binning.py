@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import DEGENERATE_KINDS, make_degenerate, make_scene, requires_triton
-from reference import _pixel_terms
+from gsplat2d.reference import _pixel_terms
 
-from gsplat2d import _torch_impl
+from gsplat2d.backends import torch_backend
 
 
 def _impls():
@@ -22,7 +22,7 @@ def _impls():
 
 def _stages(backend):
     if backend == "torch":
-        return _torch_impl
+        return torch_backend
     from gsplat2d.kernels import binning
 
     return binning
@@ -173,7 +173,7 @@ def test_bin_gaussians_ranges_and_ids(backend, scene):
     assert torch.equal(starts[1:], ends[:-1])
 
     # Per tile: ids strictly increasing, exactly the Gaussians whose rect contains the tile.
-    rects, counts_b, _ = _torch_impl.compute_tile_bounds(m, q, o, w, h, tile)
+    rects, counts_b, _ = torch_backend.compute_tile_bounds(m, q, o, w, h, tile)
     assert torch.equal(binning.counts, counts_b)
     rects = rects.long()
     members = torch.zeros(B, T, n, dtype=torch.bool)

@@ -1,4 +1,4 @@
-"""The binary .g2d codecs (gsplat2d.codec): exact lossless round trip, quantised error and exact
+"""The binary .g2d codecs (gsplat2d.g2d): exact lossless round trip, quantised error and exact
 size, and clear errors for truncated, corrupted and foreign files."""
 
 import json
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import gsplat2d
-from gsplat2d import codec
-from gsplat2d.codec import QuantSpec
+from gsplat2d import g2d as codec
+from gsplat2d.g2d import QuantSpec
 
 FIELDS = ("means", "covariances", "colors", "opacities")
 
@@ -111,7 +111,7 @@ def test_quantized_higher_bits_is_closer():
 def test_quantized_batched_and_grey(tmp_path):
     field = _field((2,), n=20, c=1)
     data = codec.encode(field, quant=QuantSpec())
-    back, meta, info = codec.decode(data)
+    back, meta, info = gsplat2d.Gaussians2D.from_g2d_bytes(data)
     assert back.means.shape == (2, 20, 2) and back.colors.shape == (2, 20, 1) and meta == {}
     assert info["codec"] == "quantized" and info["bytes"] == len(data)
     assert _equal(back, codec.quantize_dequantize(field, QuantSpec()))

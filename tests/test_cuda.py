@@ -26,7 +26,7 @@ import torch
 
 import gsplat2d
 from conftest import make_scene, max_err
-from reference import ambiguous_pixels, dense_rasterize, dense_tile_counts
+from gsplat2d.reference import ambiguous_pixels, dense_rasterize, dense_tile_counts
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 DEV = os.environ.get("GSPLAT2D_TIER_DEVICE", "cuda")
@@ -122,12 +122,12 @@ def test_half_inputs(dtype):
 
 
 def test_binning_matches_torch_mirror():
-    from gsplat2d import _torch_impl
+    from gsplat2d.backends import torch_backend
     from gsplat2d.kernels import binning as tb
 
     s = make_scene((2,), 400, 100, 70, 1, seed=15, max_radius=20.0, degenerate=0.1)
     m, q, o = (s[k].contiguous() for k in ("means", "conics", "opacities"))
-    a = _torch_impl.bin_gaussians(m, q, o, 100, 70, 16)
+    a = torch_backend.bin_gaussians(m, q, o, 100, 70, 16)
     b = tb.bin_gaussians(m.to(DEV), q.to(DEV), o.to(DEV), 100, 70, 16)
     assert torch.equal(a.counts, b.counts.cpu())
     assert torch.equal(a.ranges, b.ranges.cpu())

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gsplat2d.eval.cli import main as eval_main
-from gsplat2d.models.sr import default_model_path, load_checkpoint
+from gsplat2d.sr.model import default_model_path, load_checkpoint
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

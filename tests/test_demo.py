@@ -5,8 +5,8 @@ import os
 import torch
 from PIL import Image
 
-from gsplat2d.demo import ASSET, main
-from gsplat2d.models.sr import Pixel2GaussianSR, save_checkpoint
+from gsplat2d.sr.demo import ASSET, main
+from gsplat2d.sr.model import Pixel2GaussianSR, save_checkpoint
 
 
 def test_bundled_image():

@@ -16,7 +16,7 @@ from PIL import Image
 
 from gsplat2d.eval.cli import main
 from gsplat2d.eval.resize import imresize
-from gsplat2d.models.sr import Pixel2GaussianSR, save_checkpoint
+from gsplat2d.sr.model import Pixel2GaussianSR, save_checkpoint
 
 W, H = 40, 36  # synthetic HR size
 

@@ -1,4 +1,4 @@
-"""Image fitting (gsplat2d.fit): a real crop reaches a fixed PSNR in a fixed step count, the
+"""Image fitting (gsplat2d.fitting.fit): a real crop reaches a fixed PSNR in a fixed step count, the
 detail-weighted init beats random init, CLI/API end to end (fit, save, load, render at a
 non-integer size), and the Triton (interpreter) and torch backends follow the same trajectory."""
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import gsplat2d
-from gsplat2d.codec import QuantSpec
-from gsplat2d.fit import FitConfig, evaluate, fit, fit_image, ms_ssim, psnr
+from gsplat2d.g2d import QuantSpec
+from gsplat2d.fitting.fit import FitConfig, evaluate, fit, fit_image, ms_ssim, psnr
 
 from conftest import requires_triton
 
@@ -91,7 +91,7 @@ def test_quantisation_aware_finetune_helps_the_quantised_field():
     assert mq["psnr_q"] > mb["psnr_q"] + 0.5, (mb["psnr_q"], mq["psnr_q"])
     assert qat.history[-1][0] == 100
     # the returned geometry is already on the codec's grid: saving re-quantises it to itself
-    from gsplat2d.codec import quantize_dequantize
+    from gsplat2d.g2d import quantize_dequantize
 
     again = quantize_dequantize(qat.gaussians, spec)
     assert torch.allclose(again.means, qat.gaussians.means, rtol=0, atol=1e-6)
@@ -168,7 +168,7 @@ def test_cli_single_image_end_to_end(tmp_path, capsys):
 
 
 def test_render_cli_reads_fitted_fields(tmp_path):
-    import gsplat2d.render as render  # a plain import: a broken package must fail, not skip
+    import gsplat2d.sr.render as render  # a plain import: a broken package must fail, not skip
     field = fit(_synthetic(16, 16), num_gaussians=20, steps=3)
     path = tmp_path / "f.g2d"
     field.save(path, codec="quantized", meta={"mode": "sum", "width": 16, "height": 16})
@@ -181,7 +181,7 @@ def test_render_cli_reads_fitted_fields(tmp_path):
 
 
 def test_cli_folder_mode_writes_tables(tmp_path, capsys):
-    from gsplat2d.fit import main
+    from gsplat2d.fitting.fit import main
 
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import gsplat2d
-from gsplat2d.codec import QuantSpec
+from gsplat2d.g2d import QuantSpec
 
 
 def _field(batch=(), n=37, c=3, seed=0):
@@ -156,8 +156,8 @@ def test_fitted_and_sr_fields_render_through_the_api_like_the_cli(tmp_path):
     from PIL import Image
 
     from gsplat2d import Gaussians2D
-    from gsplat2d.fit import main as fit_main
-    from gsplat2d.render import main as render_main
+    from gsplat2d.fitting.fit import main as fit_main
+    from gsplat2d.sr.render import main as render_main
 
     rng = np.random.default_rng(0)
     img = (rng.random((20, 28, 3)) * 255).astype(np.uint8)

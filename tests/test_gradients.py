@@ -6,7 +6,7 @@ import torch
 
 import gsplat2d
 from conftest import BACKENDS, assert_grad_close, make_scene
-from reference import ambiguous_pixels, dense_rasterize, dense_tile_counts
+from gsplat2d.reference import ambiguous_pixels, dense_rasterize, dense_tile_counts
 
 NAMES = ("means", "conics", "colors", "opacities", "background")
 
@@ -38,7 +38,7 @@ def test_gradcheck_torch_backend(case, mode):
     assert not amb.any(), "scene has a pixel at a threshold; pick another seed"
     if "opaque" in case[0] and mode == "alpha":
         # Make sure the clamp and the stop rule really occur in this scene.
-        from reference import _pixel_terms
+        from gsplat2d.reference import _pixel_terms
 
         _, _, raw = _pixel_terms(s["means"], s["conics"], s["opacities"], w, h)
         assert (raw > 0.99).any()

@@ -26,7 +26,7 @@ class _Recorder:
 
 
 def _binning(B, tiles_x, tiles_y, N):
-    from gsplat2d._torch_impl import Binning
+    from gsplat2d.backends.torch_backend import Binning
 
     z = torch.zeros
     return Binning(tiles_x, tiles_y, z(B * tiles_x * tiles_y, 2, dtype=torch.int64),
@@ -94,11 +94,11 @@ def test_device_guard_selects_the_tensor_device():
 
 
 def test_memory_budget_counts_pytorch_cached_memory(monkeypatch):
-    from gsplat2d import _torch_impl
+    from gsplat2d import binning
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (1 << 30, 80 << 30))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d=None: 20 << 30)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: 5 << 30)
     # 1 GiB free on the device + 15 GiB cached-but-unused inside PyTorch
-    assert _torch_impl._available_bytes(torch.device("cuda", 0)) == 16 << 30
-    _torch_impl.check_pair_budget(10 << 30 >> 6, 1000, 100, torch.device("cuda", 0))  # 10 GiB: fits
+    assert binning._available_bytes(torch.device("cuda", 0)) == 16 << 30
+    binning.check_pair_budget(10 << 30 >> 6, 1000, 100, torch.device("cuda", 0))  # 10 GiB: fits

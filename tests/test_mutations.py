@@ -18,7 +18,7 @@ import functools
 
 import pytest
 
-import reference
+from gsplat2d import reference
 import test_rasterize_forward as fwd
 
 CASES = [

@@ -1,4 +1,4 @@
-"""Forward pass of both backends vs the dense float64 reference (tests/reference.py).
+"""Forward pass of both backends vs the dense float64 reference (gsplat2d/reference.py).
 
 The triton backend runs on CPU tensors under TRITON_INTERPRET=1 (set in conftest.py); sizes are
 kept small because the interpreter is slow.
@@ -14,7 +14,7 @@ import torch
 
 import gsplat2d
 from conftest import BACKENDS, make_degenerate, make_scene, max_err, requires_triton
-from reference import (
+from gsplat2d.reference import (
     ALPHA_MAX,
     MIN_WEIGHT,
     ambiguous_pixels,
@@ -122,7 +122,7 @@ def test_reference_matches_loop_definition(mode):
 
 def _loop_without_stop(s, w, h):
     """alpha (1 - prod(1 - a_i)) ignoring the stop rule, for the check above."""
-    from reference import _pixel_terms
+    from gsplat2d.reference import _pixel_terms
 
     valid, sigma, raw = _pixel_terms(s["means"], s["conics"], s["opacities"], w, h)
     a = raw.clamp(max=ALPHA_MAX)
@@ -158,7 +158,7 @@ def test_outside_and_larger_than_image(backend, mode):
 def test_degenerate_gaussians_do_not_contribute(backend, mode):
     w, h = 33, 17
     s = make_scene((2,), 100, w, h, 3, seed=31, degenerate=0.4, max_radius=10)
-    from reference import gaussian_valid
+    from gsplat2d.reference import gaussian_valid
 
     keep = gaussian_valid(s["means"], s["conics"], s["opacities"]).all(0)
     # A non-contributing Gaussian's colour is never read: NaN there must not leak anywhere.
@@ -197,9 +197,9 @@ def test_dense_tiles_over_256_gaussians(backend, mode):
     s["means"] = s["means"] / torch.tensor([w, h]) * 8 + 12  # in [12, 20]^2
     counts = dense_tile_counts(s["means"], s["conics"], s["opacities"], w, h, 16)
     assert counts.min().item() > 256, counts
-    from gsplat2d import _torch_impl
+    from gsplat2d.backends import torch_backend
 
-    binning = _torch_impl.bin_gaussians(s["means"][None], s["conics"][None], s["opacities"][None],
+    binning = torch_backend.bin_gaussians(s["means"][None], s["conics"][None], s["opacities"][None],
                                         w, h, 16)
     per_tile = binning.ranges[:, 1] - binning.ranges[:, 0]
     assert per_tile.min().item() > 256
@@ -210,7 +210,7 @@ def test_dense_tiles_over_256_gaussians(backend, mode):
 
 def _stop_indices(s, w, h):
     """Index of the Gaussian at which each stopping pixel stops (reference decisions)."""
-    from reference import _pixel_terms
+    from gsplat2d.reference import _pixel_terms
 
     valid, sigma, raw = _pixel_terms(s["means"], s["conics"], s["opacities"], w, h)
     a = raw.clamp(max=ALPHA_MAX)
@@ -250,7 +250,7 @@ def clamp_scene():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_weights_at_their_clamp(backend, mode):
     s, w, h = clamp_scene()
-    from reference import _pixel_terms
+    from gsplat2d.reference import _pixel_terms
 
     _, _, raw = _pixel_terms(s["means"], s["conics"], s["opacities"], w, h)
     assert ((raw > 1.0).any(0).float().mean() > 0.2).item()  # many pixels see a clamped weight
@@ -318,8 +318,8 @@ def test_stage_rasterize_fwd_final_transmittance(backend, mode):
     w, h = 33, 17
     s = make_scene((2,), 60, w, h, 3, seed=101, max_radius=8)
     if backend == "torch":
-        from gsplat2d import _torch_impl as impl
-        from gsplat2d._torch_impl import bin_gaussians
+        from gsplat2d.backends import torch_backend as impl
+        from gsplat2d.backends.torch_backend import bin_gaussians
     else:
         from gsplat2d.kernels import rasterize_fwd as impl
         from gsplat2d.kernels.binning import bin_gaussians

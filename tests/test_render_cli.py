@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from gsplat2d import Gaussians2D
-from gsplat2d.models.sr import Pixel2GaussianSR, save_checkpoint
-from gsplat2d.render import main, render_to_array
+from gsplat2d.sr.model import Pixel2GaussianSR, save_checkpoint
+from gsplat2d.sr.render import main, render_to_array
 
 LR_W, LR_H = 17, 13
 
@@ -298,7 +298,7 @@ def test_console_command(tmp_path, model_path, lr_path):
 def test_warm_up_renders_before_anything_is_timed(tmp_path, model_path, lr_path, monkeypatch):
     """The first render compiles the Triton kernels (seconds on a GPU): the commands' warm-up must
     render once, not only encode, before the first timed call."""
-    import gsplat2d.render as r
+    import gsplat2d.sr.render as r
 
     calls = []
     real_enc, real_ren = r.encode_image, r.render_to_array

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gsplat2d import Gaussians2D
-from gsplat2d.models.sr import (
+from gsplat2d.sr.model import (
     PRESETS,
     Pixel2GaussianSR,
     SRConfig,

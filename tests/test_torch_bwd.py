@@ -1,4 +1,4 @@
-"""Torch backward stage (``_torch_impl.rasterize_bwd``) vs autograd through the torch forward,
+"""Torch backward stage (``torch_backend.rasterize_bwd``) vs autograd through the torch forward,
 and float64 gradcheck of the public torch backend (which now uses ``RasterizeTorch``)."""
 
 import pytest
@@ -6,9 +6,9 @@ import torch
 
 import gsplat2d
 from conftest import assert_grad_close, make_scene
-from gsplat2d import _torch_impl
-from gsplat2d._autograd_torch import rasterize_torch_autograd
-from reference import ambiguous_pixels, dense_tile_counts
+from gsplat2d.backends import torch_backend
+from gsplat2d.backends.torch_function import rasterize_torch_autograd
+from gsplat2d.reference import ambiguous_pixels, dense_tile_counts
 
 NAMES = ("means", "conics", "colors", "opacities", "background")
 
@@ -21,16 +21,16 @@ def _bwd_vs_autograd(s, w, h, mode, tile_size=16, seed=0):
     names = NAMES if use_bg else NAMES[:4]
     leaves = {k: s[k].clone().requires_grad_(True) for k in names}
     bg = leaves.get("background")
-    binning = _torch_impl.bin_gaussians(leaves["means"], leaves["conics"], leaves["opacities"],
+    binning = torch_backend.bin_gaussians(leaves["means"], leaves["conics"], leaves["opacities"],
                                         w, h, tile_size)
-    img, alp, t_final = _torch_impl.rasterize_fwd(leaves["means"], leaves["conics"],
+    img, alp, t_final = torch_backend.rasterize_fwd(leaves["means"], leaves["conics"],
                                                   leaves["colors"], leaves["opacities"], bg,
                                                   binning, w, h, tile_size, mode)
     gen = torch.Generator().manual_seed(seed)
     g_img = torch.randn(img.shape, generator=gen, dtype=torch.float64).to(img.dtype)
     g_alp = torch.randn(alp.shape, generator=gen, dtype=torch.float64).to(alp.dtype)
     torch.autograd.backward([img, alp], [g_img, g_alp])
-    grads = _torch_impl.rasterize_bwd(
+    grads = torch_backend.rasterize_bwd(
         s["means"], s["conics"], s["colors"], s["opacities"], use_bg, binning, img.detach(),
         t_final.detach() if t_final is not None else None, g_img, g_alp, w, h, tile_size, mode,
     )
@@ -84,7 +84,7 @@ def test_bwd_dense_tile_stop_rule(mode, dtype):
                    max_radius=5.0, opacity=(0.05, 0.6))
     assert dense_tile_counts(s["means"], s["conics"], s["opacities"], w, h, 16).min() > 256
     if mode == "alpha":
-        from reference import dense_rasterize
+        from gsplat2d.reference import dense_rasterize
 
         _, _, T = dense_rasterize(s["means"].double(), s["conics"].double(), s["colors"].double(),
                                   s["opacities"].double(), w, h, "alpha", return_final_T=True)

@@ -15,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-from gsplat2d.models.sr import load_checkpoint
+from gsplat2d.sr.model import load_checkpoint
 from gsplat2d.train import loop as loop_mod
 from gsplat2d.train.cli import main as train_main
 from gsplat2d.train.loop import SRLoss, TrainConfig, last_checkpoint_path, train

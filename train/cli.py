@@ -16,7 +16,7 @@ import sys
 from dataclasses import fields
 from typing import List, Optional
 
-from gsplat2d.models.sr import PRESETS
+from gsplat2d.sr.model import PRESETS
 
 
 def _scales(text: str):

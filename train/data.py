@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from gsplat2d.cli.images import IMAGE_EXTENSIONS, list_images
 from gsplat2d.eval.metrics import load_image_uint8
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
     "make_loader",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def _list_images(root: Path) -> list[Path]:
@@ -47,9 +47,7 @@ def _list_images(root: Path) -> list[Path]:
         raise FileNotFoundError(f"image folder not found: {root}")
     if not root.is_dir():
         raise FileNotFoundError(f"image folder is not a directory: {root}")
-    files = sorted(
-        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    files = list_images(root, recursive=True)
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in folder {root}")
     return files

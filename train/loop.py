@@ -1,4 +1,4 @@
-"""Training loop for :class:`gsplat2d.models.sr.Pixel2GaussianSR` (single process or DDP via torchrun).
+"""Training loop for :class:`gsplat2d.sr.model.Pixel2GaussianSR` (single process or DDP via torchrun).
 
 One epoch = ``repeat`` passes of random crops over the training images, one random scale per
 batch. After each epoch: validation (loss, Y-PSNR, SSIM, optional LPIPS), a sample strip
@@ -28,7 +28,7 @@ from torch import Tensor
 
 from gsplat2d._io import atomic_write
 from gsplat2d.eval.metrics import MS_SSIM_BETAS, bicubic_upscale, load_image, psnr_y, ssim_y
-from gsplat2d.models.sr import PRESETS, Pixel2GaussianSR, SRConfig, load_checkpoint, save_checkpoint
+from gsplat2d.sr.model import PRESETS, Pixel2GaussianSR, SRConfig, load_checkpoint, save_checkpoint
 from gsplat2d.train.data import CustomImageDataset, make_loader
 from gsplat2d.train.plot import plot_curves
 from gsplat2d.train.samples import save_sample_strip

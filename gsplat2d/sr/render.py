@@ -21,7 +21,7 @@ A ``.g2d`` file stores Gaussians in normalised image coordinates plus metadata: 
 (relative to that size) and the right mode work; for older files without metadata give ``--size``
 (and ``--mode alpha`` for alpha-mode fields; the default is ``sum``).
 
-Also ``python -m gsplat2d.render``. Exit status: 0 on success, 2 for bad arguments or inputs,
+Also ``python -m gsplat2d.sr.render``. Exit status: 0 on success, 2 for bad arguments or inputs,
 1 when rendering fails; errors are one line on stderr, and no partial output file is left.
 """
 
@@ -40,8 +40,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from gsplat2d._io import atomic_write, read_image_uint8, short_load_error
+from gsplat2d._io import short_load_error
+from gsplat2d.cli.images import IMAGE_EXTENSIONS, list_images, read_image_uint8, write_image_atomic
+from gsplat2d.cli.images import OUTPUT_FORMATS as _OUTPUT_FORMATS
 from gsplat2d._validate import MAX_SIDE
+from gsplat2d.binning import EXTENT_REL_PAD, gaussian_extents
 from gsplat2d.gaussians import Gaussians2D
 
 __all__ = [
@@ -63,12 +66,7 @@ MAX_PIXELS = 1 << 28
 #: Side of the square windows a render is split into (bounded memory for any output size).
 DEFAULT_WINDOW = 1024
 #: File name endings treated as images when the input is a folder.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 #: Output formats by file ending.
-_OUTPUT_FORMATS = {
-    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
-    ".webp": "WEBP", ".ppm": "PPM",
-}
 
 _PROG = "gsplat2d render"
 
@@ -146,7 +144,7 @@ def _open_header(path: Path) -> Tuple[int, int]:
 
 
 def load_image_file(path: "str | os.PathLike[str]") -> torch.Tensor:
-    """Decode an image to float32 ``[3, H, W]`` in ``[0, 1]`` (:func:`gsplat2d._io.read_image_uint8`:
+    """Decode an image to float32 ``[3, H, W]`` in ``[0, 1]`` (:func:`gsplat2d.cli.images.read_image_uint8`:
     grey replicated, alpha dropped, palette expanded, 16/32-bit scaled to 8 bit)."""
     path = Path(path)
     try:
@@ -159,18 +157,13 @@ def load_image_file(path: "str | os.PathLike[str]") -> torch.Tensor:
 
 
 def save_image_atomic(array: np.ndarray, path: "str | os.PathLike[str]") -> None:
-    """Write ``uint8 [H, W, C]`` (C = 1 or 3) to ``path``; the format follows the file ending
-    (``.png`` etc.). Atomic: a temporary file in the same folder is renamed over ``path``, so a
-    failure never leaves a partial file."""
-    path = Path(path)
-    fmt = _OUTPUT_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise RenderError(f"output {path}: unsupported file ending {path.suffix!r}; use .png")
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (1, 3):
-        raise ValueError(f"expected uint8 [H, W, 1 or 3], got {array.dtype} {array.shape}")
-    img = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array, mode="L" if array.shape[2] == 1 else "RGB")
-    kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-    atomic_write(path, lambda f: img.save(f, format=fmt, **kwargs), suffix=path.suffix)
+    """:func:`gsplat2d.cli.images.write_image_atomic`, with this command's error type."""
+    try:
+        write_image_atomic(array, path)
+    except ValueError as e:
+        if "file ending" in str(e):
+            raise RenderError(f"output {e}") from None
+        raise
 
 
 # ---------------------------------------------------------------------------------- model / field
@@ -216,30 +209,14 @@ def _unbatch(field: Gaussians2D, source: str) -> Gaussians2D:
 
 def _extents(means_px: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor):
     """Conservative pixel bounding boxes ``(x0, x1, y0, y1)`` of where each Gaussian's weight can
-    reach 1/255 (the rasterizer's own bound, ``compute_tile_bounds``, plus a pixel), float64;
-    non-contributing Gaussians get an empty box."""
-    m = means_px.detach().double()
-    q = conics.detach().double()
-    o = opacities.detach().double()
-    a, b, c = q[:, 0], q[:, 1], q[:, 2]
-    det = a * c - b * b
-    valid = (
-        torch.isfinite(m).all(-1) & torch.isfinite(q).all(-1) & torch.isfinite(o)
-        & (a > 0) & (c > 0) & (det > 0) & (255.0 * o >= 1.0)
-    )
-    one = torch.ones((), dtype=torch.float64, device=m.device)
-    r2 = 2.0 * torch.log(255.0 * torch.where(valid, o, one))
-    r2 = r2.clamp_min(0.0)
-    det_s = torch.where(valid, det, one)
-    ex = torch.sqrt(r2 * torch.where(valid, c, one) / det_s) * (1.0 + 1e-3) + 1.0
-    ey = torch.sqrt(r2 * torch.where(valid, a, one) / det_s) * (1.0 + 1e-3) + 1.0
-    valid = valid & torch.isfinite(ex) & torch.isfinite(ey)
+    reach 1/255 (the rasterizer's own bound, :func:`gsplat2d.binning.gaussian_extents`, plus a
+    pixel), float64; non-contributing Gaussians get an empty box."""
+    valid, mx, my, ex, ey = gaussian_extents(means_px, conics, opacities, pad=False)
+    ex = ex * (1.0 + EXTENT_REL_PAD) + 1.0
+    ey = ey * (1.0 + EXTENT_REL_PAD) + 1.0
     inf = torch.full_like(ex, math.inf)
-    x0 = torch.where(valid, m[:, 0] - ex, inf)
-    x1 = torch.where(valid, m[:, 0] + ex, -inf)
-    y0 = torch.where(valid, m[:, 1] - ey, inf)
-    y1 = torch.where(valid, m[:, 1] + ey, -inf)
-    return x0, x1, y0, y1
+    return (torch.where(valid, mx - ex, inf), torch.where(valid, mx + ex, -inf),
+            torch.where(valid, my - ey, inf), torch.where(valid, my + ey, -inf))
 
 
 def warm_up(model, mode: str, backend: str, device: torch.device) -> None:
@@ -342,8 +319,7 @@ def _short(e: BaseException) -> str:
 
 
 def _list_images(folder: Path) -> List[Path]:
-    files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                   and not f.name.startswith("."))
+    files = list_images(folder)
     if not files:
         _fail(f"input folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     stems = {}
@@ -444,7 +420,7 @@ def _run(args: argparse.Namespace) -> int:
     _check_backend(args.backend, device)
 
     # ---- model
-    from gsplat2d.models.sr import default_model_path, load_model
+    from gsplat2d.sr.model import default_model_path, load_model
 
     mpath = args.model_path if args.model_path is not None else default_model_path()
     try:

@@ -2,13 +2,13 @@
 
 Python API::
 
-    from gsplat2d.fit import fit, fit_image, evaluate
+    from gsplat2d.fitting.fit import fit, fit_image, evaluate
     field = fit("kodim23.png", num_gaussians=20000, steps=5000)          # -> Gaussians2D
     res = fit_image(img, num_gaussians=2000, steps=1000, mode="sum")     # -> FitResult
     res.gaussians.save("img.g2d", codec="quantized", meta=res.meta)
     metrics = evaluate(res.gaussians, img, res.meta)                      # PSNR, MS-SSIM, bpp, FPS
 
-Command line (``gsplat2d fit``, also ``python -m gsplat2d.fit``)::
+Command line (``gsplat2d fit``, also ``python -m gsplat2d.fitting.fit``)::
 
     gsplat2d fit IMAGE --num-gaussians 20000 --steps 5000 --out image.g2d
     gsplat2d fit FOLDER --num-gaussians 10000 --steps 5000 --out fitted/     # + results.json/.md
@@ -43,8 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gsplat2d import codec as _codec
-from gsplat2d.codec import QuantSpec
+from gsplat2d.cli.images import IMAGE_EXTENSIONS, list_images
+from gsplat2d import g2d as _codec
+from gsplat2d.g2d import QuantSpec
 from gsplat2d.conics import (
     conics_from_cholesky,
     conics_from_scale_rotation,
@@ -70,7 +71,7 @@ PARAMS = ("cholesky", "scale_rotation")
 MODES = ("sum", "alpha")
 INITS = ("gradient", "uniform", "random")
 SCHEDULES = ("cosine", "step", "constant")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_EXTS = IMAGE_EXTENSIONS  # one list for every command (gsplat2d.cli.images)
 
 
 @dataclass
@@ -516,7 +517,7 @@ def evaluate(
     data_l = _codec.encode(field, meta=meta)
     data_q = _codec.encode(field, quant=quant, meta=meta)
     t = time.perf_counter()
-    fq, _, _ = _codec.decode(data_q)
+    fq, _, _ = Gaussians2D.from_g2d_bytes(data_q)
     parse_ms = 1000.0 * (time.perf_counter() - t)
     fq = fq.to(field.device)
     out: Dict[str, Any] = {}
@@ -678,7 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _list_images(folder: Path) -> List[Path]:
-    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+    return list_images(folder)
 
 
 def _fit_one(path: Path, args, cfg: FitConfig, spec_kw: Dict[str, Any], device: str, out: Path) -> Dict[str, Any]:

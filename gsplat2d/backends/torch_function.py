@@ -1,7 +1,7 @@
-"""``torch.autograd.Function`` for the torch backend: the PyTorch mirror of ``_autograd.py``.
+"""``torch.autograd.Function`` for the torch backend: the PyTorch mirror of ``backends/triton_function.py``.
 
-Forward runs the torch binning and :func:`gsplat2d._torch_impl.rasterize_fwd` without building
-an autograd graph; backward runs :func:`gsplat2d._torch_impl.rasterize_bwd` (the mirror of the
+Forward runs the torch binning and :func:`gsplat2d.backends.torch_backend.rasterize_fwd` without building
+an autograd graph; backward runs :func:`gsplat2d.backends.torch_backend.rasterize_bwd` (the mirror of the
 Triton backward kernel). :func:`rasterize_torch_autograd` keeps the old path, plain autograd
 through ``rasterize_fwd``, as the gradient reference.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from gsplat2d import _torch_impl
+from gsplat2d.backends import fp32_region, torch_backend
 
 __all__ = ["RasterizeTorch", "rasterize_torch", "rasterize_torch_autograd"]
 
@@ -28,8 +28,8 @@ class RasterizeTorch(torch.autograd.Function):
         ctx.dtypes = [None if t is None else t.dtype for t in inputs]
         m, q, c, o, bg = (None if t is None else t.detach().contiguous() for t in inputs)
         with torch.no_grad():
-            binning = _torch_impl.bin_gaussians(m, q, o, width, height, tile_size)
-            image, alpha, t_final = _torch_impl.rasterize_fwd(
+            binning = torch_backend.bin_gaussians(m, q, o, width, height, tile_size)
+            image, alpha, t_final = torch_backend.rasterize_fwd(
                 m, q, c, o, bg, binning, width, height, tile_size, mode
             )
         # the binning is an intermediate (no input or output of the Function): kept on ctx
@@ -41,8 +41,6 @@ class RasterizeTorch(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_image, grad_alpha):
         # backward may be called inside an autocast region: the gradients stay full precision
-        from gsplat2d.rasterize import fp32_region
-
         with fp32_region(grad_image.device if grad_image is not None else grad_alpha.device):
             return _backward(ctx, grad_image, grad_alpha)
 
@@ -55,7 +53,7 @@ def _backward(ctx, grad_image, grad_alpha):
         grad_image = torch.zeros_like(image)
     if grad_alpha is None:
         grad_alpha = image.new_zeros((*image.shape[:-1], 1))
-    grads = _torch_impl.rasterize_bwd(
+    grads = torch_backend.rasterize_bwd(
         m, q, c, o, has_bg, ctx.binning, image, t_final, grad_image, grad_alpha,
         width, height, tile_size, mode,
     )
@@ -73,8 +71,8 @@ def rasterize_torch_autograd(means, conics, colors, opacities, background, width
 
     Inputs flattened ``[B, N, *]``; returns ``image [B, H, W, C]``, ``alpha [B, H, W, 1]``.
     """
-    binning = _torch_impl.bin_gaussians(means, conics, opacities, width, height, tile_size)
-    image, alpha, _ = _torch_impl.rasterize_fwd(
+    binning = torch_backend.bin_gaussians(means, conics, opacities, width, height, tile_size)
+    image, alpha, _ = torch_backend.rasterize_fwd(
         means, conics, colors, opacities, background, binning, width, height, tile_size, mode
     )
     return image, alpha

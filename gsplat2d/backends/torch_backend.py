@@ -5,7 +5,7 @@ name in ``docs/design.md`` / ``kernels/``. The rasterizer (:func:`rasterize_fwd`
 vectorised like the Triton kernel (never a dense ``N x H x W`` evaluation) and differentiable by
 plain torch autograd w.r.t. means, conics, colours, opacities and background (the gradient
 reference). :func:`rasterize_bwd` mirrors the Triton backward stage on the same tile walk; the
-public torch backend uses it through ``gsplat2d._autograd_torch.RasterizeTorch``.
+public torch backend uses it through ``gsplat2d.backends.torch_function.RasterizeTorch``.
 
 Units: means in pixels (pixel ``(x, y)`` is sampled at ``(x + 0.5, y + 0.5)``), conics
 ``(a, b, c)`` = inverse covariance ``[[a, b], [b, c]]`` in 1/pixel^2, opacities dimensionless.
@@ -13,11 +13,21 @@ Units: means in pixels (pixel ``(x, y)`` is sampled at ``(x + 0.5, y + 0.5)``), 
 
 from __future__ import annotations
 
-import os
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from gsplat2d.binning import (
+    ALPHA_MAX,
+    MAX_PAIRS,
+    MIN_WEIGHT,
+    T_STOP,
+    Binning,
+    check_pair_budget,
+    gaussian_extents,
+    tile_grid,
+)
 
 __all__ = [
     "Binning",
@@ -30,40 +40,10 @@ __all__ = [
     "MAX_PAIRS",
 ]
 
-#: Hard limit on the number of (tile, Gaussian) pairs of one binning (int32 pair offsets).
-MAX_PAIRS: int = 2**31 - 1
-#: Rough bytes of temporary memory needed per (tile, Gaussian) pair while binning
-#: (keys, repeat_interleave indices, per-pair temporaries, sorted keys, sort permutation, ids).
-_BYTES_PER_PAIR: int = 48
-
-_ALPHA_MAX = 0.99  # alpha-mode weight clamp
-_W_MIN = 1.0 / 255.0  # weights below this are skipped
-_T_STOP = 1e-4  # a pixel stops when its transmittance would fall to <= this
-
-
-class Binning(NamedTuple):
-    """Result of :func:`bin_gaussians` (identical for the torch and Triton backends).
-
-    tiles_x, tiles_y: tile grid size, ``ceil(W / tile)``, ``ceil(H / tile)``.
-    ranges: int64 ``[B * tiles_x * tiles_y, 2]``, ``[start, end)`` of each global tile's pairs
-        in ``gauss_ids`` (``[0, 0]`` for empty tiles). Global tile = ``b*T + ty*tiles_x + tx``.
-    gauss_ids: int32 ``[P]``, Gaussian index within its batch element, sorted by (tile, index).
-    counts: int32 ``[B, N]``, number of tiles each Gaussian touches (0 = non-contributing).
-    params: float32 ``[B, N, 8]``, the per-Gaussian record the Triton rasterizer reads
-        (``mx, my, qa, qb, qc, log2 o, 1/o, 0`` with ``(qa, qb, qc) = -log2(e) (a/2, b, c/2)``;
-        zeros for non-contributing Gaussians), see :func:`gaussian_records`.
-    """
-
-    tiles_x: int
-    tiles_y: int
-    ranges: Tensor
-    gauss_ids: Tensor
-    counts: Tensor
-    params: Optional[Tensor] = None
-
-
-def _tiles(width: int, height: int, tile_size: int) -> Tuple[int, int]:
-    return -(-int(width) // int(tile_size)), -(-int(height) // int(tile_size))
+_ALPHA_MAX = ALPHA_MAX
+_W_MIN = MIN_WEIGHT
+_T_STOP = T_STOP
+_tiles = tile_grid
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,37 +78,12 @@ def compute_tile_bounds(
     are non-contributing; a Gaussian whose float bound is NaN through overflow is too).
     """
     tiles_x, tiles_y = _tiles(width, height, tile_size)
-    f64 = torch.float64
-    m = means.detach().to(f64)
-    q = conics.detach().to(f64)
-    o = opacities.detach().to(f64)
-    mx, my = m[..., 0], m[..., 1]
-    a, b, c = q[..., 0], q[..., 1], q[..., 2]
-    det = a * c - b * b
-    finite = (
-        torch.isfinite(mx) & torch.isfinite(my) & torch.isfinite(a) & torch.isfinite(b)
-        & torch.isfinite(c) & torch.isfinite(o)
-    )
-    valid = finite & (a > 0) & (c > 0) & (det > 0) & (255.0 * o >= 1.0)
-    one = torch.ones((), dtype=f64, device=m.device)
-    zero = torch.zeros((), dtype=f64, device=m.device)
-    # Replace the parameters of invalid Gaussians by harmless values (their result is discarded).
-    a_s = torch.where(valid, a, one)
-    c_s = torch.where(valid, c, one)
-    det_s = torch.where(valid, det, one)
-    o_s = torch.where(valid, o, one)
-    mx_s = torch.where(valid, mx, zero)
-    my_s = torch.where(valid, my, zero)
-    r2 = 2.0 * torch.log(255.0 * o_s)
-    ext_x = torch.sqrt(r2 * c_s / det_s) * (1.0 + 1e-3) + 1e-2
-    ext_y = torch.sqrt(r2 * a_s / det_s) * (1.0 + 1e-3) + 1e-2
+    valid, mx_s, my_s, ext_x, ext_y = gaussian_extents(means, conics, opacities)
     ts = float(tile_size)
     fx0 = torch.floor((mx_s - ext_x - 0.5) / ts)
     fx1 = torch.floor((mx_s + ext_x - 0.5) / ts) + 1.0
     fy0 = torch.floor((my_s - ext_y - 0.5) / ts)
     fy1 = torch.floor((my_s + ext_y - 0.5) / ts) + 1.0
-    # inf/inf overflow can make a bound NaN: treat such a Gaussian as non-contributing.
-    valid = valid & ~(torch.isnan(ext_x) | torch.isnan(ext_y))
 
     def _cast(f: Tensor, n: int) -> Tensor:
         f = torch.nan_to_num(f, nan=0.0).clamp(-1.0, float(n + 1))
@@ -140,7 +95,8 @@ def compute_tile_bounds(
     counts = torch.where(valid, counts, torch.zeros_like(counts))
     rects = torch.stack([tx0, ty0, tx1, ty1], dim=-1)
     rects = torch.where((counts > 0).unsqueeze(-1), rects, torch.zeros_like(rects))
-    params = gaussian_records(mx_s, my_s, a_s, torch.where(valid, b, zero), c_s, o_s, counts > 0)
+    params = gaussian_records(mx_s, my_s, conics[..., 0], conics[..., 1], conics[..., 2], opacities,
+                              counts > 0)
     return rects.to(torch.int32).contiguous(), counts.to(torch.int32).contiguous(), params
 
 
@@ -154,8 +110,10 @@ def gaussian_records(mx: Tensor, my: Tensor, a: Tensor, b: Tensor, c: Tensor, o:
     ``qc = -c/2 log2 e``, ``lo = log2 o``, ``inv_o = 1 / o``, so that
     ``o exp(-sigma) = exp2(lo + qa dx^2 + qb dx dy + qc dy^2)``. Zeros where not ``valid``."""
     f64 = torch.float64
-    a, b, c, o = (t.to(f64) for t in (a, b, c, o))
+    a, b, c, o = (t.detach().to(f64) for t in (a, b, c, o))
     one = torch.ones((), dtype=f64, device=a.device)
+    zero = torch.zeros((), dtype=f64, device=a.device)
+    a, b, c = (torch.where(valid, t, zero) for t in (a, b, c))  # NaN/Inf of invalid ones never used
     o_s = torch.where(valid, o, one)
     rec = torch.stack([
         mx.to(f64), my.to(f64), a * (-0.5 * _LOG2E), b * (-_LOG2E), c * (-0.5 * _LOG2E),
@@ -229,44 +187,6 @@ def tile_ranges(sorted_keys: Tensor, N: int, n_tiles_total: int) -> Tuple[Tensor
     start = torch.where(empty, torch.zeros_like(start), start)
     end = torch.where(empty, torch.zeros_like(end), end)
     return torch.stack([start, end], dim=1).contiguous(), gauss_ids
-
-
-def _available_bytes(device: torch.device) -> Optional[int]:
-    try:
-        if device.type == "cuda":
-            # memory PyTorch holds in its cache but does not use is available to it too
-            free, _ = torch.cuda.mem_get_info(device)
-            cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-            return int(free) + max(int(cached), 0)
-        if device.type == "cpu":
-            return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except Exception:  # pragma: no cover - platform dependent
-        return None
-    return None
-
-
-def check_pair_budget(total_pairs: int, n_gaussians: int, n_tiles_total: int, device: torch.device) -> None:
-    """Raise a clear error before binning a scene that needs too many tile-Gaussian pairs.
-
-    Raises:
-        ValueError: more than :data:`MAX_PAIRS` pairs.
-        MemoryError: the pair buffers (about 48 bytes per pair) would not fit in free memory.
-    """
-    why = (
-        f"the scene needs {total_pairs} tile-Gaussian pairs ({n_gaussians} Gaussians over "
-        f"{n_tiles_total} tiles, {total_pairs / max(n_gaussians, 1):.1f} tiles per Gaussian on "
-        "average); this usually means Gaussians far larger than the image (tiny conics) or "
-        "opacities far above 1. Shrink the Gaussians, use fewer of them, or a larger tile_size."
-    )
-    if total_pairs > MAX_PAIRS:
-        raise ValueError(f"too many tile-Gaussian pairs (limit {MAX_PAIRS}): {why}")
-    need = total_pairs * _BYTES_PER_PAIR
-    avail = _available_bytes(device)
-    if avail is not None and need > avail:
-        raise MemoryError(
-            f"binning would need about {need / 2**30:.2f} GiB but only {avail / 2**30:.2f} GiB "
-            f"is free on {device}: {why}"
-        )
 
 
 def bin_gaussians(

@@ -13,7 +13,7 @@ Writes to ``--out_dir`` (default ``./demo_output``): ``lr_x*.png`` (the inputs, 
 ``gsplat2d render`` on), ``sr_x*.png`` (the model's outputs) and ``comparison.png`` (LR nearest
 | bicubic | model | HR, one row per case).
 
-Also ``python -m gsplat2d.demo``. ``--image`` runs the same protocol on your own picture (centre
+Also ``python -m gsplat2d.sr.demo``. ``--image`` runs the same protocol on your own picture (centre
 crop of at most 504x504 px).
 """
 
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from gsplat2d.render import (
+from gsplat2d.sr.render import (
     run_command,
     RenderError,
     _check_backend,
@@ -49,7 +49,7 @@ __all__ = ["ASSET", "SCALES", "main"]
 
 _PROG = "gsplat2d demo"
 #: The bundled HR image (252x168: a multiple of 28, so x2, x3.5 and x4 all divide it exactly).
-ASSET = Path(__file__).resolve().parent / "assets" / "kodim23_crop.png"
+ASSET = Path(__file__).resolve().parents[1] / "assets" / "kodim23_crop.png"
 SCALES = (2.0, 3.5, 4.0)
 NONUNIFORM = (2.0, 3.0)  # (horizontal, vertical) factors applied to the first scale's LR image
 _MAX_SIDE = 504  # --image is centre-cropped to at most this (keeps the demo fast)
@@ -140,7 +140,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     from gsplat2d.eval.metrics import psnr_y, ssim_y
-    from gsplat2d.models.sr import default_model_path, load_model
+    from gsplat2d.sr.model import default_model_path, load_model
 
     src = Path(args.image) if args.image else ASSET
     if not src.is_file():

@@ -285,8 +285,6 @@ def quantize_dequantize(field, spec: Optional[QuantSpec] = None):
     """The field exactly as the quantised codec stores it (``decode(encode(field, spec))``; bit for
     bit on the CPU, to float32 rounding of float64 math on other devices), without writing bytes.
     Returns a new float32 :class:`Gaussians2D` on the field's device."""
-    from gsplat2d.gaussians import Gaussians2D
-
     spec = spec or QuantSpec()
     d = _Quantized(field, spec).dequantized()
     return field._like(d["means"], d["covariances"], d["colors"], d["opacities"]).to(field.device)
@@ -296,8 +294,6 @@ def fake_quantize(field, spec: Optional[QuantSpec] = None):
     """Straight-through quantisation for quantisation-aware training: the forward values are
     those of :func:`quantize_dequantize`, the gradient passes to ``field``'s tensors as if no
     quantisation happened (``x + (Q(x) - x).detach()``)."""
-    from gsplat2d.gaussians import Gaussians2D
-
     q = quantize_dequantize(field, spec)
 
     def ste(x: Tensor, xq: Tensor) -> Tensor:
@@ -427,15 +423,15 @@ def decode(data: bytes, *, source: str = "<bytes>"):
     """Parse a binary ``.g2d`` file's bytes.
 
     Returns:
-        ``(field, meta, info)``: a float32 CPU :class:`Gaussians2D`, the metadata dict, and a dict
+        ``(tensors, meta, info)``: float32 CPU tensors ``{"means", "covariances", "colors",
+        "opacities"}`` (what :meth:`gsplat2d.Gaussians2D.from_g2d_bytes` builds a field from;
+        this module does not import :mod:`gsplat2d.gaussians`), the metadata dict, and a dict
         describing the file (``codec``, ``bytes``, and for quantised files the bit depths).
 
     Raises:
         ValueError naming ``source`` for a foreign, truncated, corrupted (CRC mismatch) or
         inconsistent file, or an unsupported version.
     """
-    from gsplat2d.gaussians import Gaussians2D
-
     data = bytes(data)
     if not is_binary_g2d(data):
         raise ValueError(f"{source} is not a binary gsplat2d .g2d file (wrong magic bytes)")
@@ -526,7 +522,7 @@ def decode(data: bytes, *, source: str = "<bytes>"):
         d = _dequantize_parts(parts, spec.cov_encoding, (*batch, n), const_op)
         means, cov, colors, op = d["means"], d["covariances"], d["colors"], d["opacities"]
         info = {"codec": "quantized", "bytes": len(data), **asdict(spec)}
-    return Gaussians2D(means, cov, colors, op), meta, info
+    return {"means": means, "covariances": cov, "colors": colors, "opacities": op}, meta, info
 
 
 def write_atomic(path: Union[str, "os.PathLike[str]"], data: bytes) -> None:

@@ -1,8 +1,8 @@
 """The ``gsplat2d`` console command: ``gsplat2d {train,render,test,fit,demo} ...``.
 
-Each subcommand is also a module (``python -m gsplat2d.train``, ``python -m gsplat2d.render``,
-``python -m gsplat2d.eval``, ``python -m gsplat2d.fit``,
-``python -m gsplat2d.demo``); this only dispatches.
+``python -m gsplat2d <command>`` is the same. Each subcommand is also a module
+(``python -m gsplat2d.train``, ``python -m gsplat2d.sr.render``, ``python -m gsplat2d.eval``,
+``python -m gsplat2d.fitting.fit``, ``python -m gsplat2d.sr.demo``); this only dispatches.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import List, Optional
 
 _COMMANDS = {
     "train": ("gsplat2d.train.cli", "train a pixel-to-Gaussian super-resolution model"),
-    "render": ("gsplat2d.render", "super-resolve an image (or re-render a .g2d field) at any size"),
+    "render": ("gsplat2d.sr.render", "super-resolve an image (or re-render a .g2d field) at any size"),
     "test": ("gsplat2d.eval.cli", "validate a model: brief report or the Set5/Set14 benchmark protocol"),
-    "fit": ("gsplat2d.fit", "fit an image (or a folder) with N 2D Gaussians; save a compact .g2d file"),
-    "demo": ("gsplat2d.demo", "super-resolve a bundled image at several scales with the default model"),
+    "fit": ("gsplat2d.fitting.fit", "fit an image (or a folder) with N 2D Gaussians; save a compact .g2d file"),
+    "demo": ("gsplat2d.sr.demo", "super-resolve a bundled image at several scales with the default model"),
 }
 
 

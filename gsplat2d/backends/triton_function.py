@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from gsplat2d._torch_impl import Binning
+from gsplat2d.backends import fp32_region
+from gsplat2d.binning import Binning
 
 __all__ = ["RasterizeTriton", "rasterize_triton"]
 
@@ -49,8 +50,6 @@ class RasterizeTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_image, grad_alpha):
         # backward may be called inside an autocast region: the gradients stay full precision
-        from gsplat2d.rasterize import fp32_region
-
         with fp32_region(grad_image.device if grad_image is not None else grad_alpha.device):
             return _backward(ctx, grad_image, grad_alpha)
 

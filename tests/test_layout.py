@@ -1,0 +1,117 @@
+"""The package's architecture, checked: the rasterizer core knows nothing of the applications,
+no module takes part in an import cycle, every module imports on its own, and ``import gsplat2d``
+loads torch only (no pillow, torchmetrics, tqdm or triton of its own). The map is in
+``docs/design.md``."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# installed names of the source folders (pyproject's package-dir mapping)
+FOLDERS = {"gsplat2d": ROOT / "gsplat2d", "gsplat2d.kernels": ROOT / "kernels",
+           "gsplat2d.train": ROOT / "train", "gsplat2d.eval": ROOT / "eval"}
+APPLICATIONS = ("gsplat2d.sr", "gsplat2d.fitting", "gsplat2d.cli", "gsplat2d.train", "gsplat2d.eval")
+
+
+def _modules() -> dict:
+    """{dotted module name: path} of every module of the package."""
+    out = {}
+    for pkg, folder in FOLDERS.items():
+        for path in folder.rglob("*.py"):
+            rel = path.relative_to(folder).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            if pkg == "gsplat2d" and parts and parts[0] in ("kernels", "train", "eval"):
+                continue
+            out[".".join([pkg, *parts])] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set:
+    """gsplat2d modules that ``name`` imports anywhere in its file (top level or inside functions)."""
+    tree = ast.parse(path.read_text())
+    pkg = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            mods = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([base] if base else []))
+            mods = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        found |= {m for m in mods if m in MODULES and m != name}
+    return found
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def _is_app(mod: str) -> bool:
+    return any(mod == a or mod.startswith(a + ".") for a in APPLICATIONS)
+
+
+def test_core_knows_nothing_of_the_applications():
+    bad = sorted(f"{m} imports {d}" for m, deps in GRAPH.items() if not _is_app(m) and m not in (
+        "gsplat2d.__main__",) for d in deps if _is_app(d))
+    assert not bad, bad
+
+
+def test_no_import_cycles():
+    """Including imports inside functions: a lazy cycle still ties two modules together."""
+    state, cycles = {}, []
+
+    def visit(m, stack):
+        state[m] = 1
+        for d in sorted(GRAPH[m]):
+            # a package's __init__ importing its own submodules is not a cycle of design
+            if state.get(d) == 1 and not (m.startswith(d + ".")):
+                cycles.append(stack[stack.index(d):] + [d])
+            elif d not in state:
+                visit(d, stack + [d])
+        state[m] = 2
+
+    for m in sorted(GRAPH):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, cycles
+
+
+def test_every_module_imports_alone():
+    code = """
+import importlib, sys
+bad = []
+for name in sys.argv[1:]:
+    for k in [k for k in sys.modules if k == "gsplat2d" or k.startswith("gsplat2d.")]:
+        del sys.modules[k]
+    try:
+        importlib.import_module(name)
+    except SystemExit:
+        pass  # a __main__ module runs its command
+    except Exception as e:
+        bad.append(f"{name}: {type(e).__name__}: {e}")
+print("\\n".join(bad))
+sys.exit(1 if bad else 0)
+"""
+    names = [m for m in sorted(MODULES) if not m.endswith("__main__")]
+    r = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("heavy", ["PIL", "torchmetrics", "tqdm", "triton"])
+def test_import_gsplat2d_loads_only_torch(heavy):
+    code = (f"import sys, torch; before = set(sys.modules); import gsplat2d; "
+            f"new = [m for m in set(sys.modules) - before if m.split('.')[0] == {heavy!r}]; "
+            f"print(new); sys.exit(1 if new else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"import gsplat2d loads {r.stdout.strip()}"
