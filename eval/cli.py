@@ -51,6 +51,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from gsplat2d.cli.images import IMAGE_EXTENSIONS, list_images
+from gsplat2d.cli.common import UserError, pick_device, run_command
 from gsplat2d.eval.metrics import load_image_uint8, ms_ssim_y, psnr_y, ssim_y
 from gsplat2d.eval.resize import bicubic_sr, is_integer_scale, lr_size_for, make_lr
 
@@ -65,12 +66,11 @@ METRIC = (
 )
 
 
-class UserError(Exception):
-    """A problem with the user's input: reported as one line, exit code 2, no traceback."""
+_PROG = "gsplat2d test"
 
 
 def _warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr)
+    print(f"{_PROG}: warning: {msg}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -118,7 +118,7 @@ def _nonneg_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m gsplat2d.eval",
+        prog=_PROG,
         description=(
             "Validate a gsplat2d super-resolution model. Default protocol 'brief': centre crops, "
             "comparison/GT/render PNGs and an average PSNR/SSIM report. '--benchmark': full images "
@@ -216,18 +216,7 @@ def _find_lr(ds: Dataset, stem: str, scale: float) -> Optional[Path]:
     return None
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown --device {name!r} (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available")
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"unsupported --device {name!r} (use auto, cpu, cuda or cuda:N)")
-    return dev
+_device = pick_device
 
 
 def _load_model(path: Optional[str], device: torch.device):
@@ -582,22 +571,15 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- entry point
+def _run(args: argparse.Namespace) -> int:
+    if args.protocol == "benchmark":
+        return run_benchmark(args)
+    return run_brief(args)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(None if argv is None else list(argv))
-    except SystemExit as e:  # --help (0) or a usage error (2, message already printed)
-        return int(e.code or 0) if not isinstance(e.code, str) else 2
-    try:
-        if args.protocol == "benchmark":
-            return run_benchmark(args)
-        return run_brief(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    """Entry point of ``gsplat2d test``; returns the exit status (2: bad arguments or inputs)."""
+    return run_command(_PROG, build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

@@ -129,12 +129,12 @@ for name, t in (("a", im), ("b", ImageOps.mirror(im)), ("c", ImageOps.flip(im)),
 print(f"SR data: 4 variants of {src} in {out}")
 PYEOF
 run_step "SR: 60 training steps (triton, bf16 AMP, CUDA)" 60 "$OUT/sr.log" \
-    "$PY" -m gsplat2d.train --dataset_path "$SRDATA" --val_path "$SRDATA" --val_scales 2,4 \
+    "$PY" -m gsplat2d train --dataset_path "$SRDATA" --val_path "$SRDATA" --val_scales 2,4 \
     --patch_size 24 --scale_max 4 --repeat 64 --epochs 4 --max_steps 60 --batch_size 16 --amp \
     --backend triton --device cuda --no_progress --no_lpips --save_path "$SRDATA/sr.pth" \
     --samples_dir "$SRDATA/samples"
 run_step "SR: demo (encode/render times, PSNR vs bicubic)" 30 "$OUT/sr_demo.md" \
-    "$PY" -m gsplat2d.sr.demo --device cuda --backend triton --out_dir "$SRDATA/demo"
+    "$PY" -m gsplat2d demo --device cuda --backend triton --output_dir "$SRDATA/demo"
 
 {
     echo

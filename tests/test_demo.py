@@ -20,7 +20,7 @@ def test_demo_quick(tmp_path, capsys):
     torch.manual_seed(0)
     save_checkpoint(model, Pixel2GaussianSR("tiny"))
     out = tmp_path / "demo"
-    assert main(["--quick", "--model_path", str(model), "--out_dir", str(out)]) == 0
+    assert main(["--quick", "--model_path", str(model), "--output_dir", str(out)]) == 0
     text = capsys.readouterr().out
     assert sorted(os.listdir(out)) == [
         "comparison.png", "lr_x2.png", "lr_x3.5.png", "lr_x4.png",

@@ -211,7 +211,7 @@ def test_errors_are_clear(tmp_path, capsys, hr_folder, model_path):
     bad_model = tmp_path / "broken.pth"
     bad_model.write_bytes(b"not a checkpoint")
     err = _err(capsys, ["--data_path", str(hr_folder), "--model_path", str(bad_model)])
-    assert "broken.pth" in err and err.startswith("error:")
+    assert "broken.pth" in err and err.startswith("gsplat2d test: error:")
     err = _err(capsys, ["--data_path", str(hr_folder), "--model_path", str(tmp_path / "gone.pth")])
     assert "gone.pth" in err
     assert "scale" in _err(capsys, ["--benchmark", "--data_path", str(hr_folder), "--scales", "2,abc"])

@@ -1,4 +1,4 @@
-"""``python -m gsplat2d.train`` / ``gsplat2d train``: train a pixel-to-Gaussian SR model.
+"""``gsplat2d train`` / ``python -m gsplat2d train``: train a pixel-to-Gaussian SR model.
 
 Brief's command::
 
@@ -16,6 +16,7 @@ import sys
 from dataclasses import fields
 from typing import List, Optional
 
+from gsplat2d.cli.common import UserError, run_command
 from gsplat2d.sr.model import PRESETS
 
 
@@ -71,29 +72,40 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--metrics_path", default=None, help="JSONL metrics (default: <save_path stem>.metrics.jsonl)")
     g.add_argument("--no_lpips", action="store_true", help="skip val LPIPS")
     g.add_argument("--no_progress", action="store_true", help="no progress bar")
+    g.add_argument("--num_threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar (the per-epoch lines stay)")
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def _run(args: argparse.Namespace) -> int:
     from gsplat2d.train.loop import TrainConfig, train
 
-    args = build_parser().parse_args(argv)
     try:
         overrides = json.loads(args.model)
         if not isinstance(overrides, dict):
             raise ValueError("not a JSON object")
     except ValueError as e:
-        print(f"gsplat2d train: error: --model must be a JSON object of SRConfig fields ({e})", file=sys.stderr)
-        return 2
+        raise UserError(f"--model must be a JSON object of SRConfig fields ({e})") from None
+    if args.num_threads < 0:
+        raise UserError(f"--num_threads must be >= 0, got {args.num_threads}")
+    if args.num_threads:
+        import torch
+
+        torch.set_num_threads(args.num_threads)
     names = {f.name for f in fields(TrainConfig)}
     kw = {k: v for k, v in vars(args).items() if k in names and k != "model"}
-    cfg = TrainConfig(**kw, model=overrides, lpips=not args.no_lpips, progress=not args.no_progress)
+    cfg = TrainConfig(**kw, model=overrides, lpips=not args.no_lpips,
+                      progress=not (args.no_progress or args.quiet))
     try:
         train(cfg, resume=args.resume)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"gsplat2d train: error: {e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as e:  # data, paths, configs: the user's to fix
+        raise UserError(str(e)) from None
     except KeyboardInterrupt:
-        print("\ngsplat2d train: interrupted; the last finished epoch is in the *.last.pth checkpoint", file=sys.stderr)
-        return 130
+        print("gsplat2d train: the last finished epoch is in the *.last.pth checkpoint", file=sys.stderr)
+        raise
     return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``gsplat2d train``; returns the exit status (2: bad arguments or inputs)."""
+    return run_command("gsplat2d train", build_parser(), _run, argv)

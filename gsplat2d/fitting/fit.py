@@ -43,6 +43,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gsplat2d._io import atomic_write
+from gsplat2d.cli.common import (
+    EXIT_USER_ERROR,
+    UserError,
+    add_alias,
+    add_runtime_args,
+    apply_runtime_args,
+    parse_size,
+    run_command,
+)
 from gsplat2d.cli.images import IMAGE_EXTENSIONS, list_images
 from gsplat2d import g2d as _codec
 from gsplat2d.g2d import QuantSpec
@@ -343,6 +353,19 @@ def _as_image(image: Union[Tensor, str, "os.PathLike[str]"]) -> Tensor:
     return load_image(image)
 
 
+#: Smallest image side that fitting accepts (MS-SSIM's 11 x 11 window needs at least this).
+MIN_SIDE = 11
+
+
+def _snapshot(params: torch.nn.Module) -> Dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in params.state_dict().items()}
+
+
+def _restore_if_better(params: torch.nn.Module, current: float, best: float, state: Dict[str, Tensor]) -> None:
+    if best > current:
+        params.load_state_dict(state)
+
+
 def fit_image(
     image: Union[Tensor, str, "os.PathLike[str]"],
     config: Optional[FitConfig] = None,
@@ -368,6 +391,11 @@ def fit_image(
     if device is not None:
         target = target.to(device)
     C, H, W = target.shape
+    if min(H, W) < MIN_SIDE:
+        raise ValueError(f"the image is {W}x{H}; fitting needs at least {MIN_SIDE}x{MIN_SIDE} pixels")
+    if cfg.num_gaussians > H * W:
+        raise ValueError(f"{cfg.num_gaussians} Gaussians for a {W}x{H} image ({H * W} pixels): use at most "
+                         f"one Gaussian per pixel")
     spec = cfg.quant or QuantSpec.for_size(W, H)
     t0 = time.perf_counter()
     means, std, colors = init_gaussians(
@@ -422,10 +450,14 @@ def fit_image(
 
         bar = tqdm(total=total, desc="fit", unit="step", dynamic_ncols=True, leave=False)
     cur = init_psnr
+    # never return a field worse than one seen: the best parameters of the float phase (by the
+    # training PSNR, which is measured before each update) are restored before QAT / at the end
+    best_psnr, best_state = init_psnr, _snapshot(params)
     try:
         for step in range(total):
             qat = step >= cfg.steps
             if step == cfg.steps:
+                _restore_if_better(params, cur, best_psnr, best_state)
                 # quantisation-aware finetune: geometry frozen at its quantised values, colours (and
                 # opacities) refitted to compensate, with a fresh optimiser
                 with torch.no_grad():
@@ -440,17 +472,23 @@ def fit_image(
                 g["lr"] = g["base"] * fac
             img = render(params)
             loss = F.mse_loss(img, target_hwc)
+            mse = float(loss.detach())
+            cur = float("inf") if mse <= 0 else -10.0 * math.log10(mse)
+            if not qat and cur > best_psnr:
+                best_psnr, best_state = cur, _snapshot(params)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            mse = float(loss.detach())
-            cur = float("inf") if mse <= 0 else -10.0 * math.log10(mse)
             if (step + 1) % cfg.log_every == 0 or step + 1 == total:
                 history.append((step + 1, cur))
             if bar is not None:
                 bar.update(1)
                 if step % 10 == 0 or step + 1 == total:
                     bar.set_postfix_str(f"PSNR {cur:.2f} dB" + (" (QAT)" if qat else ""))
+        if cfg.qat_steps == 0:
+            with torch.no_grad():  # same measure as the training PSNR (unclamped)
+                mse = float(F.mse_loss(render(params), target_hwc))
+            _restore_if_better(params, float("inf") if mse <= 0 else -10.0 * math.log10(mse), best_psnr, best_state)
     finally:
         if bar is not None:
             bar.close()
@@ -627,13 +665,9 @@ def center_crop(img: Tensor, width: int, height: int) -> Tensor:
 
 def _parse_size(s: str) -> Tuple[int, int]:
     try:
-        w, h = s.lower().split("x")
-        w, h = int(w), int(h)
-        if w < 1 or h < 1:
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT (e.g. 256x256), got {s!r}") from None
-    return w, h
+        return parse_size(s, "--crop")
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -644,37 +678,42 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Re-render a fitted field at any size: gsplat2d render --gaussians image.g2d --scale 2.5 "
         "--output_path big.png",
     )
-    p.add_argument("input", help="an image file, or a folder of images (fits each; writes results.json/.md)")
-    p.add_argument("--out", help="output .g2d (single image; default IMAGE.g2d next to the image) or folder "
-                   "(folder input; default INPUT_fit/)")
-    p.add_argument("--num-gaussians", type=int, default=20000)
+    p.add_argument("input", nargs="?", help="an image file, or a folder of images (same as --input_path)")
+    p.add_argument("--input_path", help="an image file, or a folder of images (fits each; writes results.json/.md)")
+    p.add_argument("--output_path", help="output .g2d (single image; default IMAGE.g2d next to the image) or "
+                   "folder (folder input; default INPUT_fit/)")
+    p.add_argument("--num_gaussians", type=int, default=20000, help="at most one per pixel")
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--param", choices=PARAMS, default="cholesky", help="covariance preset")
     p.add_argument("--mode", choices=MODES, default="sum", help="rasterizer mode (default: sum, as GaussianImage)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--opacity", dest="learn_opacity", action="store_const", const=True,
                    help="learn per-Gaussian opacity (default: only in alpha mode)")
-    g.add_argument("--no-opacity", dest="learn_opacity", action="store_const", const=False)
+    g.add_argument("--no_opacity", dest="learn_opacity", action="store_const", const=False)
     p.add_argument("--init", choices=INITS, default="gradient")
     p.add_argument("--lr", type=float, default=FitConfig.lr)
-    p.add_argument("--lr-means", type=float, default=FitConfig.lr_means)
+    p.add_argument("--lr_means", type=float, default=FitConfig.lr_means)
     p.add_argument("--schedule", choices=SCHEDULES, default="cosine")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--codec", choices=("quantized", "lossless"), default="quantized",
                    help="file encoding (default: quantized; lossless = float32)")
-    p.add_argument("--pos-bits", type=int, default=None,
+    p.add_argument("--pos_bits", type=int, default=None,
                    help="bits per position coordinate (default: a 1/16-pixel step at the image size)")
-    p.add_argument("--cov-bits", type=int, default=QuantSpec.cov_bits)
-    p.add_argument("--color-bits", type=int, default=QuantSpec.color_bits)
-    p.add_argument("--opacity-bits", type=int, default=QuantSpec.opacity_bits)
-    p.add_argument("--cov-encoding", choices=("cholesky", "scale_rotation"), default=QuantSpec.cov_encoding)
-    p.add_argument("--qat-steps", type=int, default=0,
+    p.add_argument("--cov_bits", type=int, default=QuantSpec.cov_bits)
+    p.add_argument("--color_bits", type=int, default=QuantSpec.color_bits)
+    p.add_argument("--opacity_bits", type=int, default=QuantSpec.opacity_bits)
+    p.add_argument("--cov_encoding", choices=("cholesky", "scale_rotation"), default=QuantSpec.cov_encoding)
+    p.add_argument("--qat_steps", type=int, default=0,
                    help="quantisation-aware finetune steps after --steps (renders the quantised field)")
     p.add_argument("--crop", type=_parse_size, metavar="WxH", help="fit the centre crop of this size")
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
-    p.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto")
     p.add_argument("--json", dest="json_path", help="also write the metrics as JSON here (single image)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_runtime_args(p)
+    # the dashed spellings of earlier versions, accepted and not shown
+    for flag in ("--num_gaussians", "--no_opacity", "--lr_means", "--pos_bits", "--cov_bits", "--color_bits",
+                 "--opacity_bits", "--cov_encoding", "--qat_steps", "--no_progress"):
+        add_alias(p, flag, flag.replace("_", "-"))
+    add_alias(p, "--output_path", "--out")
     return p
 
 
@@ -706,14 +745,18 @@ def _fit_one(path: Path, args, cfg: FitConfig, spec_kw: Dict[str, Any], device: 
     return row
 
 
+def _f4(v: float) -> str:
+    return f"{v:.4f}" if math.isfinite(v) else "n/a"
+
+
 def _print_row(row: Dict[str, Any]) -> None:
     print(
         f"{row['image']}: {row['width']}x{row['height']}, N={row['num_gaussians']}, steps={row['steps']}"
         f"{' + ' + str(row['qat_steps']) + ' QAT' if row['qat_steps'] else ''}, init={row['init']} "
         f"(init PSNR {row['init_psnr']:.2f} dB)\n"
-        f"  PSNR {row['psnr']:.2f} dB  MS-SSIM {row['ms_ssim']:.4f}   (float32 field, {row['bytes_lossless']} B, "
+        f"  PSNR {row['psnr']:.2f} dB  MS-SSIM {_f4(row['ms_ssim'])}   (float32 field, {row['bytes_lossless']} B, "
         f"{row['bpp_lossless']:.3f} bpp)\n"
-        f"  PSNR {row['psnr_q']:.2f} dB  MS-SSIM {row['ms_ssim_q']:.4f}   (quantised, {row['bytes_quantized']} B, "
+        f"  PSNR {row['psnr_q']:.2f} dB  MS-SSIM {_f4(row['ms_ssim_q'])}   (quantised, {row['bytes_quantized']} B, "
         f"{row['bpp_quantized']:.3f} bpp)\n"
         f"  fit {row['fit_time_s']:.1f} s; decode: parse {row['parse_ms']:.1f} ms + render {row['render_ms']:.1f} ms "
         f"({row['fps']:.1f} FPS)\n"
@@ -721,13 +764,16 @@ def _print_row(row: Dict[str, Any]) -> None:
     )
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    inp = Path(args.input)
+def _run(args: argparse.Namespace) -> int:
+    if args.input and args.input_path and args.input != args.input_path:
+        raise UserError("give the image either as INPUT or as --input_path, not both")
+    src = args.input_path or args.input
+    if not src:
+        raise UserError("no input: give an image or a folder (--input_path)")
+    inp = Path(src)
     if not inp.exists():
-        print(f"gsplat2d fit: {inp} does not exist", file=sys.stderr)
-        return 2
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        raise UserError(f"{inp} does not exist")
+    device = apply_runtime_args(args)
     try:
         spec_kw = dict(cov_bits=args.cov_bits, color_bits=args.color_bits, opacity_bits=args.opacity_bits,
                        cov_encoding=args.cov_encoding)
@@ -738,45 +784,69 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             num_gaussians=args.num_gaussians, steps=args.steps, param=args.param, mode=args.mode,
             learn_opacity=args.learn_opacity, init=args.init, lr=args.lr, lr_means=args.lr_means,
             schedule=args.schedule, qat_steps=args.qat_steps, seed=args.seed,
-            backend=args.backend, progress=not args.no_progress,
+            backend=args.backend, progress=not (args.no_progress or args.quiet),
         )
     except (ValueError, TypeError) as e:
-        print(f"gsplat2d fit: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from None
+    say = (lambda *a, **k: None) if args.quiet else print
+    if inp.is_dir():
+        return _fit_folder(inp, args, cfg, spec_kw, device, say)
+    out = Path(args.output_path) if args.output_path else inp.with_suffix(".g2d")
+    if out.is_dir():
+        out = out / (inp.stem + ".g2d")
+    if out.suffix.lower() != ".g2d":
+        raise UserError(f"--output_path {out}: a fitted field is written as a .g2d file")
+    if args.json_path and Path(args.json_path).suffix.lower() != ".json":
+        raise UserError(f"--json {args.json_path}: give a .json file name")
     try:
-        if inp.is_dir():
-            images = _list_images(inp)
-            if not images:
-                print(f"gsplat2d fit: no images in {inp}", file=sys.stderr)
-                return 2
-            out_dir = Path(args.out) if args.out else inp.parent / (inp.name + "_fit")
-            if out_dir.exists() and not out_dir.is_dir():
-                print(f"gsplat2d fit: --out {out_dir} is a file; give a folder for a folder input", file=sys.stderr)
-                return 2
-            rows = []
-            for i, path in enumerate(images):
-                print(f"[{i + 1}/{len(images)}] {path.name}", flush=True)
-                row = _fit_one(path, args, cfg, spec_kw, device, out_dir / (path.stem + ".g2d"))
-                _print_row(row)
-                rows.append(row)
-            extra = {"config": {**asdict(cfg), "quant": spec_kw}, "codec": args.codec}
-            write_tables(rows, out_dir / "results.json", out_dir / "results.md", extra,
-                         f"gsplat2d fit: {inp}")
-            print(f"\nwrote {out_dir / 'results.json'} and {out_dir / 'results.md'}\n")
-            print(markdown_table(rows + [mean_row(rows)]))
-        else:
-            out = Path(args.out) if args.out else inp.with_suffix(".g2d")
-            if out.is_dir():
-                out = out / (inp.stem + ".g2d")
-            row = _fit_one(inp, args, cfg, spec_kw, device, out)
-            _print_row(row)
-            if args.json_path:
-                Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json_path).write_text(json.dumps(row, indent=2) + "\n")
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"gsplat2d fit: {e}", file=sys.stderr)
-        return 1
+        row = _fit_one(inp, args, cfg, spec_kw, str(device), out)
+    except ValueError as e:  # unreadable or too small image, more Gaussians than pixels
+        raise UserError(str(e)) from None
+    if not args.quiet:
+        _print_row(row)
+    if args.json_path:
+        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(args.json_path, lambda f: f.write((json.dumps(row, indent=2) + "\n").encode()),
+                     suffix=".json")
     return 0
+
+
+def _fit_folder(inp: Path, args, cfg: "FitConfig", spec_kw: Dict[str, Any], device, say) -> int:
+    """Every image of ``inp``: a file that cannot be fitted is skipped with one warning naming it;
+    the results tables cover the fitted ones; "N of M failed" and exit 2 when any failed."""
+    images = _list_images(inp)
+    if not images:
+        raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {inp}")
+    out_dir = Path(args.output_path) if args.output_path else inp.parent / (inp.name + "_fit")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--output_path {out_dir} is a file; give a folder for a folder input")
+    rows, failed = [], []
+    for i, path in enumerate(images):
+        say(f"[{i + 1}/{len(images)}] {path.name}", flush=True)
+        try:
+            row = _fit_one(path, args, cfg, spec_kw, str(device), out_dir / (path.stem + ".g2d"))
+        except ValueError as e:
+            print(f"gsplat2d fit: warning: skipped {path}: {e}", file=sys.stderr)
+            failed.append(path)
+            continue
+        if not args.quiet:
+            _print_row(row)
+        rows.append(row)
+    if rows:
+        extra = {"config": {**asdict(cfg), "quant": spec_kw}, "codec": args.codec,
+                 "failed": [str(p) for p in failed]}
+        write_tables(rows, out_dir / "results.json", out_dir / "results.md", extra, f"gsplat2d fit: {inp}")
+        say(f"\nwrote {out_dir / 'results.json'} and {out_dir / 'results.md'}\n")
+        say(markdown_table(rows + [mean_row(rows)]))
+    if failed:
+        print(f"gsplat2d fit: {len(failed)} of {len(images)} images failed", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``gsplat2d fit``; returns the exit status (2: bad arguments or inputs)."""
+    return run_command("gsplat2d fit", build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

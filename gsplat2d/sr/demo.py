@@ -9,7 +9,7 @@ rendered at 2x horizontally by 3x vertically, a size no fixed-scale network can 
 Y-channel PSNR/SSIM (BT.601, border ``ceil(scale)`` shaved) against the HR crop are printed for
 the model and for bicubic upscaling of the same LR image.
 
-Writes to ``--out_dir`` (default ``./demo_output``): ``lr_x*.png`` (the inputs, to try
+Writes to ``--output_dir`` (default ``./demo_output``): ``lr_x*.png`` (the inputs, to try
 ``gsplat2d render`` on), ``sr_x*.png`` (the model's outputs) and ``comparison.png`` (LR nearest
 | bicubic | model | HR, one row per case).
 
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from gsplat2d.cli.common import add_alias, add_runtime_args, apply_runtime_args
 from gsplat2d.sr.render import (
     run_command,
     RenderError,
@@ -127,11 +128,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "default (or a given) model; compare with bicubic; write the outputs and a comparison picture.",
     )
     p.add_argument("--model_path", help="model checkpoint (.pth); default: the shipped model")
-    p.add_argument("--out_dir", default="demo_output", help="output folder (default ./demo_output)")
+    p.add_argument("--output_dir", default="demo_output", help="output folder (default ./demo_output)")
     p.add_argument("--image", help=f"use this HR image instead of the bundled one (centre crop, at most "
                    f"{_MAX_SIDE}x{_MAX_SIDE})")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"), help="rasterizer backend")
+    add_runtime_args(p)
+    add_alias(p, "--output_dir", "--out_dir")
     # For tests: a 56x56 centre crop of the HR image.
     p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -154,8 +155,7 @@ def _run(args: argparse.Namespace) -> int:
         raise RenderError(f"{src} is {hr_full.shape[1]}x{hr_full.shape[0]}; the demo needs at least {unit}x{unit} px")
     hr = _centre_crop(hr_full, H, W)
 
-    device = pick_device(args.device)
-    _check_backend(args.backend, device)
+    device = apply_runtime_args(args)
     mpath = args.model_path if args.model_path is not None else default_model_path()
     try:
         model = load_model(mpath, map_location="cpu").to(device)
@@ -164,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise RenderError(_short(e)) from None
     mode = model.config.mode
-    out_dir = Path(args.out_dir)
+    out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"model: {mpath} ({model.num_parameters():,} parameters, mode {mode}), device {device}")
     print(f"HR image: {src.name} {W}x{H}" + (" (centre crop)" if (W, H) != hr_full.shape[1::-1] else ""))

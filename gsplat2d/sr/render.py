@@ -41,6 +41,20 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from gsplat2d._io import short_load_error
+from gsplat2d.cli.common import (
+    MAX_PIXELS,
+    UserError,
+    add_alias,
+    add_runtime_args,
+    apply_runtime_args,
+    check_backend,
+    check_output_size,
+    output_size,
+    parse_scale,
+    parse_size,
+    pick_device,
+    run_command,
+)
 from gsplat2d.cli.images import IMAGE_EXTENSIONS, list_images, read_image_uint8, write_image_atomic
 from gsplat2d.cli.images import OUTPUT_FORMATS as _OUTPUT_FORMATS
 from gsplat2d._validate import MAX_SIDE
@@ -61,8 +75,6 @@ __all__ = [
     "main",
 ]
 
-#: Largest output accepted, in pixels (the uint8 result alone is 3 bytes per pixel: 768 MiB).
-MAX_PIXELS = 1 << 28
 #: Side of the square windows a render is split into (bounded memory for any output size).
 DEFAULT_WINDOW = 1024
 #: File name endings treated as images when the input is a folder.
@@ -71,64 +83,8 @@ DEFAULT_WINDOW = 1024
 _PROG = "gsplat2d render"
 
 
-class RenderError(Exception):
-    """A problem with the arguments or inputs; the message says what is wrong."""
-
-
-# ---------------------------------------------------------------------------------- parsing
-_NUM = r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:nan|inf|infinity))\s*"
-
-
-def parse_scale(text: str) -> Tuple[float, float]:
-    """``"4"`` -> ``(4.0, 4.0)``; ``"2.5x3"`` -> ``(2.5, 3.0)`` (horizontal x vertical).
-
-    Raises :class:`RenderError` unless both factors are finite and positive."""
-    s = str(text).strip()
-    m = re.fullmatch(_NUM + r"(?:[xX*]" + _NUM + r")?", s, flags=re.IGNORECASE)
-    if not m:
-        raise RenderError(f"--scale must be a number such as 4 or 3.7, or SXxSY such as 2.5x3; got {text!r}")
-    sx = float(m.group(1))
-    sy = float(m.group(2)) if m.group(2) is not None else sx
-    for v in (sx, sy):
-        if not math.isfinite(v) or v <= 0:
-            raise RenderError(f"--scale must be a finite number > 0, got {text!r}")
-    return sx, sy
-
-
-def parse_size(text: str) -> Tuple[int, int]:
-    """``"3840x2160"`` -> ``(3840, 2160)`` (width x height). Raises :class:`RenderError`."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+)\s*", str(text))
-    if not m:
-        raise RenderError(f"--size must be WIDTHxHEIGHT in pixels, such as 3840x2160; got {text!r}")
-    w, h = int(m.group(1)), int(m.group(2))
-    check_output_size(w, h, what=f"--size {text}")
-    return w, h
-
-
-def check_output_size(width: int, height: int, what: str = "output") -> None:
-    """Raise :class:`RenderError` for a side outside ``[1, 65536]`` or more than MAX_PIXELS."""
-    if width < 1 or height < 1:
-        raise RenderError(f"{what}: output size {width}x{height} is empty (each side must be >= 1 px)")
-    if width > MAX_SIDE or height > MAX_SIDE:
-        raise RenderError(f"{what}: output size {width}x{height} exceeds the largest side, {MAX_SIDE} px")
-    if width * height > MAX_PIXELS:
-        raise RenderError(
-            f"{what}: output size {width}x{height} = {width * height / 1e6:.0f} megapixels exceeds the "
-            f"limit of {MAX_PIXELS / 1e6:.0f} megapixels"
-        )
-
-
-def output_size(width: int, height: int, scale: Tuple[float, float]) -> Tuple[int, int]:
-    """``(round(width * sx), round(height * sy))``, checked with :func:`check_output_size`."""
-    sx, sy = scale
-    fw, fh = width * sx, height * sy
-    if fw > 2 * MAX_SIDE or fh > 2 * MAX_SIDE:  # before round(): keeps huge floats out of int()
-        raise RenderError(
-            f"--scale {sx:g}x{sy:g} turns {width}x{height} into more than {MAX_SIDE} px per side"
-        )
-    w, h = int(round(fw)), int(round(fh))
-    check_output_size(w, h, what=f"{width}x{height} at --scale {sx:g}x{sy:g}")
-    return w, h
+#: The commands' one error type (kept under its old name for callers of this module).
+RenderError = UserError
 
 
 # ---------------------------------------------------------------------------------- images
@@ -167,17 +123,6 @@ def save_image_atomic(array: np.ndarray, path: "str | os.PathLike[str]") -> None
 
 
 # ---------------------------------------------------------------------------------- model / field
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RenderError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise RenderError(f"--device {name!r}: {e}") from None
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -302,11 +247,13 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="render this saved field instead of encoding an image (--size, or --scale of its source size)")
     p.add_argument("--mode", choices=("sum", "alpha"),
                    help="rasterizer mode; default: the model's mode, or 'sum' for --gaussians")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"), help="rasterizer backend")
     p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
                    help=f"render in square windows of this many pixels (bounded memory; default {DEFAULT_WINDOW})")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    add_runtime_args(p)
+    add_alias(p, "--input_path", "--input-path")
+    add_alias(p, "--output_path", "--output-path")
+    add_alias(p, "--model_path", "--model-path")
+    add_alias(p, "--save_gaussians", "--save-gaussians")
     return p
 
 
@@ -330,13 +277,7 @@ def _list_images(folder: Path) -> List[Path]:
     return files
 
 
-def _check_backend(backend: str, device: torch.device) -> None:
-    from gsplat2d.rasterize import _pick_backend
-
-    try:
-        _pick_backend(backend, device, 16)
-    except RuntimeError as e:
-        raise RenderError(f"--backend {backend}: {e}") from None
+_check_backend = check_backend
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -416,8 +357,7 @@ def _run(args: argparse.Namespace) -> int:
         else:
             fields = [g / (inp.stem + ".g2d") if g.is_dir() else g]
 
-    device = pick_device(args.device)
-    _check_backend(args.backend, device)
+    device = apply_runtime_args(args)
 
     # ---- model
     from gsplat2d.sr.model import default_model_path, load_model
@@ -491,8 +431,7 @@ def _run_field(args: argparse.Namespace, size: Optional[Tuple[int, int]], scale,
         out = out / (gpath.stem + ".png")
     if out.suffix.lower() not in _OUTPUT_FORMATS:
         _fail(f"--output_path {out}: unsupported file ending {out.suffix!r}; use .png")
-    device = pick_device(args.device)
-    _check_backend(args.backend, device)
+    device = apply_runtime_args(args)
     try:
         field, meta = Gaussians2D.load_with_meta(gpath, map_location=device)
     except FileNotFoundError as e:
@@ -525,27 +464,6 @@ def _run_field(args: argparse.Namespace, size: Optional[Tuple[int, int]], scale,
     save_image_atomic(arr, out)
     say(f"{gpath}: {field.num_gaussians} Gaussians, mode {mode}, render {w}x{h} {ren_ms:.1f} ms -> {out}")
     return 0
-
-
-def run_command(prog: str, parser: argparse.ArgumentParser, run, argv: Optional[Sequence[str]]) -> int:
-    """Parse ``argv`` and call ``run(args)``; user errors (:class:`RenderError`) exit 2, runtime
-    failures (out of memory, unwritable folder, truncated image...) exit 1, each as one line on
-    stderr with no traceback. Shared by ``gsplat2d render`` and ``gsplat2d demo``."""
-    try:
-        args = parser.parse_args(None if argv is None else list(argv))
-    except SystemExit as e:  # --help (0) or an argparse error (2; message already printed)
-        return int(e.code or 0)
-    try:
-        return run(args)
-    except RenderError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, RuntimeError, MemoryError) as e:
-        print(f"{prog}: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
