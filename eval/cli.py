@@ -51,7 +51,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from gsplat2d.cli.images import IMAGE_EXTENSIONS, list_images
-from gsplat2d.cli.common import UserError, pick_device, run_command
+from gsplat2d.cli.common import UserError, check_folder_creatable, pick_device, run_command
 from gsplat2d.eval.metrics import load_image_uint8, ms_ssim_y, psnr_y, ssim_y
 from gsplat2d.eval.resize import bicubic_sr, is_integer_scale, lr_size_for, make_lr
 
@@ -319,9 +319,11 @@ def run_brief(args: argparse.Namespace) -> int:
     datasets = [find_dataset(a, args.max_images) for a in args.data_path]
     device = _device(args.device)
     model, shown_model = _load_model(args.model_path, device)
-    _make_dirs(args.output_dir, args.gt_dir, args.ren_dir)
+    for flag, d in (("--output_dir", args.output_dir), ("--gt_dir", args.gt_dir), ("--ren_dir", args.ren_dir)):
+        check_folder_creatable(d, flag)  # made when the first image is written, not before
     prefix = len(datasets) > 1
     total = sum(len(d.files) for d in datasets)
+    n_files, skipped = total, [0]
     print(f"Validating {shown_model} on {total} image(s), scale {_scale_label(scale)}, "
           f"{'whole images' if args.crop == 0 else f'{args.crop}x{args.crop} centre crops'}, device {device}")
     print(f"Metric: {METRIC}")
@@ -336,6 +338,7 @@ def run_brief(args: argparse.Namespace) -> int:
             return
         hw = pending[0]["hr"].shape[:2]
         srs = _super_resolve(model, [it["lr"] for it in pending], hw, device)
+        _make_dirs(args.output_dir, args.gt_dir, args.ren_dir)
         for it, sr in zip(pending, srs):
             counter[0] += 1
             hr_t = _to_tensor(it["hr"])
@@ -355,25 +358,27 @@ def run_brief(args: argparse.Namespace) -> int:
                 ).save(Path(args.output_dir) / name)
             except OSError as e:
                 raise UserError(f"cannot write output image {name}: {e}") from None
-            print(f"[{counter[0]}/{total}] {it['name']}  {hw[1]}x{hw[0]}  bicubic {bp:.2f} dB / {bs:.4f}"
+            print(f"[{it['index']}/{n_files}] {it['name']}  {hw[1]}x{hw[0]}  bicubic {bp:.2f} dB / {bs:.4f}"
                   f"  SR {sp:.2f} dB / {ss:.4f}")
         pending.clear()
 
+    index = 0
     for ds in datasets:
         for path in ds.files:
+            index += 1
             got = read_image(path)
             if got is None:
-                total -= 1
+                skipped[0] += 1
                 continue
             hr_full, grey = got
             try:
                 hr, lr = make_lr(_centre_crop(hr_full, args.crop), scale)
             except ValueError as e:
                 _warn(f"skipping {path}: {e}")
-                total -= 1
+                skipped[0] += 1
                 continue
             name = _unique_name(f"{ds.name}_{path.stem}" if prefix else path.stem, used)
-            item = {"name": name, "hr": hr, "lr": lr, "grey": grey}
+            item = {"name": name, "hr": hr, "lr": lr, "grey": grey, "index": index}
             if pending and (pending[0]["hr"].shape != hr.shape or len(pending) >= args.batch_size):
                 flush()
             pending.append(item)
@@ -384,6 +389,7 @@ def run_brief(args: argparse.Namespace) -> int:
         raise UserError("no image could be evaluated (all were unreadable or too small)")
 
     avg = np.mean(np.asarray(results, dtype=np.float64), axis=0)
+    print(f"Evaluated {len(results)} of {n_files} images ({skipped[0]} skipped)")
     print(f"Bicubic baseline: PSNR {avg[0]:.4f} dB, SSIM {avg[1]:.4f}")
     print("--- Validation Complete ---")
     print(f"Dataset: {', '.join(args.data_path)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
@@ -183,58 +184,44 @@ class Gaussians2D:
         self,
         path: Union[str, "os.PathLike[str]"],
         *,
-        dtype: Optional[torch.dtype] = None,
-        codec: Optional[str] = None,
+        codec: str = "lossless",
         quant: Optional[g2d.QuantSpec] = None,
         meta: Optional[Dict[str, Any]] = None,
     ) -> int:
         """Write the field to ``path`` (a ``.g2d`` file); returns the file size in bytes.
 
-        Three encodings, all read back by :meth:`load`:
+        One container (:mod:`gsplat2d.g2d`: magic, version, metadata, CRC-32), two encodings:
 
-        * ``codec=None`` (default): a ``torch.save`` dict of plain tensors (``format``/``version``
-          header, optional ``meta`` dict); ``dtype`` (e.g. ``torch.float16``) stores the tensors
-          at lower precision, default: as they are.
-        * ``codec="lossless"``: the binary container (:mod:`gsplat2d.g2d`) with float32 arrays;
-          a float32 field reads back bit-exactly.
-        * ``codec="quantized"``: the compact binary codec (fixed-point positions, few-bit
-          covariances, colours and opacities; bit depths from ``quant``, default
-          ``QuantSpec.for_size(width, height)`` when ``meta`` gives the size, else ``QuantSpec()``).
+        * ``codec="lossless"`` (default): float32 arrays; a float32 field reads back bit-exactly.
+        * ``codec="quantized"``: the compact codec (fixed-point positions, few-bit covariances,
+          colours and opacities; bit depths from ``quant``, default
+          ``QuantSpec.for_size(width, height)`` when the field has a source size, else
+          ``QuantSpec()``).
+
+        Files of the older torch encoding (written by gsplat2d 0.1 before this container was the
+        default) still load; nothing writes them any more.
 
         The file records how the field renders: its :attr:`mode` and :attr:`source_size`
         (``{"mode", "width", "height"}``), which :meth:`load` restores. ``meta`` (optional) adds
         ``"background": [...]`` and any JSON-serialisable extras (a ``mode``/``width``/``height``
-        given there is what the file records). :meth:`load_with_meta` returns it. The write is atomic (temporary file in the same folder, then rename), so an
-        interrupted save never leaves a half-written file. Tensors are saved from the CPU.
+        given there is what the file records). :meth:`load_with_meta` returns it. The write is
+        atomic (temporary file in the same folder, then rename), so an interrupted save never
+        leaves a half-written file.
         """
         meta = g2d.validate_meta(self._file_meta(meta))
-        if codec is not None:
-            if dtype is not None:
-                raise ValueError("dtype applies only to the default (torch) encoding; the binary codecs fix it")
-            if codec not in ("lossless", "quantized"):
-                raise ValueError(f"codec must be None, 'lossless' or 'quantized', got {codec!r}")
-            if codec == "lossless" and quant is not None:
-                raise ValueError("quant is only used with codec='quantized'")
-            spec = None
-            if codec == "quantized":
-                spec = quant
-                if spec is None:
-                    w, h = meta.get("width"), meta.get("height")
-                    spec = g2d.QuantSpec.for_size(w, h) if w and h else g2d.QuantSpec()
-            data = g2d.encode(self, quant=spec, meta=meta)
-            g2d.write_atomic(path, data)
-            return len(data)
-        if quant is not None:
+        if codec not in ("lossless", "quantized"):
+            raise ValueError(f"codec must be 'lossless' or 'quantized', got {codec!r}")
+        if codec == "lossless" and quant is not None:
             raise ValueError("quant is only used with codec='quantized'")
-        fields = {name: getattr(self, name).detach().cpu() for name in _FIELDS}
-        if dtype is not None:
-            fields = {k: v.to(dtype) for k, v in fields.items()}
-        payload = {"format": _FORMAT, "version": _VERSION, **fields}
-        if meta:
-            payload["meta"] = meta
-        path = os.fspath(path)
-        atomic_write(path, lambda f: torch.save(payload, f), suffix=".g2d")
-        return os.path.getsize(path)
+        spec = None
+        if codec == "quantized":
+            spec = quant
+            if spec is None:
+                w, h = meta.get("width"), meta.get("height")
+                spec = g2d.QuantSpec.for_size(w, h) if w and h else g2d.QuantSpec()
+        data = g2d.encode(self, quant=spec, meta=meta)
+        g2d.write_atomic(path, data)
+        return len(data)
 
     def _file_meta(self, meta: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         own: Dict[str, Any] = {"mode": self.mode}
@@ -271,7 +258,9 @@ class Gaussians2D:
                 field, meta, _ = cls.from_g2d_bytes(head + f.read(), source=path)
                 return field.to(map_location), meta
         try:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
+            with warnings.catch_warnings():  # torch's pickle-protocol note is not for the user
+                warnings.simplefilter("ignore", UserWarning)
+                payload = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as e:
             raise ValueError(f"{path} is not a readable gsplat2d Gaussian file: {short_load_error(e)}") from None
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:

@@ -49,7 +49,7 @@ def _read(path):
 
 
 def _leftovers(folder):
-    return sorted(n for n in os.listdir(folder) if n.startswith(".tmp-"))
+    return sorted(n for n in os.listdir(folder) if ".g2dtmp" in n)
 
 
 # ------------------------------------------------------------------------------- sizes

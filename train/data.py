@@ -53,6 +53,24 @@ def _list_images(root: Path) -> list[Path]:
     return files
 
 
+def _readable(files: list[Path], root: Path) -> list[Path]:
+    """``files`` whose image header pillow can read (one ``UserWarning`` per file that it cannot);
+    ``ValueError`` before any training when none is left. Cheap: only headers are parsed here;
+    a file truncated after its header is caught (and skipped) when it is first loaded."""
+    good = []
+    for p in files:
+        try:
+            with Image.open(p):
+                pass
+        except Exception as e:  # pillow raises many types for foreign data
+            warnings.warn(f"skipping unreadable image {p}: {type(e).__name__}: {e}", stacklevel=3)
+            continue
+        good.append(p)
+    if not good:
+        raise ValueError(f"no readable image in {root}: all {len(files)} image files failed to open")
+    return good
+
+
 def _pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
     """Mirror-pad (``numpy`` ``symmetric``, works for any size >= 1) at the bottom/right."""
     ph, pw = max(0, h - arr.shape[0]), max(0, w - arr.shape[1])
@@ -112,7 +130,7 @@ class CustomImageDataset(Dataset):
         self.root = Path(root)
         self.patch_size = int(patch_size)
         self.augment = bool(augment)
-        self.files = _list_images(self.root)
+        self.files = _readable(_list_images(self.root), self.root)
         self.lr_root = Path(lr_root) if lr_root is not None else None
         self.lr_files: list[Path] | None = None
         if self.lr_root is not None:

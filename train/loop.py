@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gsplat2d._io import atomic_write
+from gsplat2d.cli.common import check_folder_creatable
 from gsplat2d.eval.metrics import MS_SSIM_BETAS, bicubic_upscale, load_image, psnr_y, ssim_y
 from gsplat2d.sr.model import PRESETS, Pixel2GaussianSR, SRConfig, load_checkpoint, save_checkpoint
 from gsplat2d.train.data import CustomImageDataset, make_loader
@@ -307,6 +308,22 @@ def train(cfg: TrainConfig, resume: Optional[str] = None) -> Dict[str, Any]:
             dist.destroy_process_group()
 
 
+def check_output_paths(cfg: TrainConfig) -> None:
+    """Every file the run will write, checked before any work (a folder where a file goes, a
+    file where a folder goes, a folder that cannot be created or written): ``ValueError``."""
+    files = {"--save_path": cfg.save_path, "the resumable checkpoint": last_checkpoint_path(cfg.save_path),
+             "--metrics_path": _metrics_path(cfg),
+             "the metrics plot": str(Path(_metrics_path(cfg)).with_suffix(".png"))}
+    for what, path in files.items():
+        if Path(path).is_dir():
+            raise ValueError(f"{what} {path} is a folder; give a file name such as {Path(path) / 'model.pth'}")
+        check_folder_creatable(Path(path).parent, f"the folder of {what}")
+    if cfg.samples_dir:
+        if Path(cfg.samples_dir).exists() and not Path(cfg.samples_dir).is_dir():
+            raise ValueError(f"--samples_dir {cfg.samples_dir} is a file; give a folder")
+        check_folder_creatable(Path(cfg.samples_dir), "--samples_dir")
+
+
 def _train(cfg: TrainConfig, resume: Optional[str]) -> Dict[str, Any]:
     rank, world, local_rank = _dist_info()
     device = _pick_device(cfg.device)
@@ -317,6 +334,7 @@ def _train(cfg: TrainConfig, resume: Optional[str]) -> Dict[str, Any]:
         raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {cfg.epochs}, {cfg.batch_size}, {cfg.lr}")
     if cfg.preset not in PRESETS:
         raise ValueError(f"unknown --preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
+    check_output_paths(cfg)
 
     # Data first: a missing or empty folder is an error before any model is built.
     dataset = CustomImageDataset(
@@ -375,6 +393,12 @@ def _train(cfg: TrainConfig, resume: Optional[str]) -> Dict[str, Any]:
         if rank == 0:  # drop metrics lines of an epoch that was cut before its checkpoint
             _write_jsonl(_metrics_path(cfg), history)
         _log(f"resumed from {resume}: epoch {start_epoch}, step {step}", rank)
+        if start_epoch >= cfg.epochs:
+            _log(f"the run in {resume} is complete ({start_epoch} of {cfg.epochs} epochs); to train "
+                 f"further, resume it with a larger --epochs", rank)
+            return {"epochs_run": start_epoch, "steps": step, "complete": True,
+                    "best_val_psnr": best_psnr if math.isfinite(best_psnr) else None, "history": history,
+                    "save_path": cfg.save_path, "last_checkpoint": last_checkpoint_path(cfg.save_path)}
 
     net = model
     if world > 1:
@@ -526,7 +550,9 @@ def _train(cfg: TrainConfig, resume: Optional[str]) -> Dict[str, Any]:
         if summary["final_train_loss"] is not None:
             print(f"Final train loss: {summary['final_train_loss']:.4f}")
         if summary["best_val_psnr"] is not None:
-            print(f"Best val PSNR:   {summary['best_val_psnr']:.3f} dB (bicubic {summary['bicubic_val_psnr']:.3f} dB)")
+            bic = summary["bicubic_val_psnr"]
+            print(f"Best val PSNR:   {summary['best_val_psnr']:.3f} dB"
+                  + (f" (bicubic {bic:.3f} dB)" if bic is not None else ""))
         print(f"Model:           {cfg.save_path}")
         print(f"Resume from:     {summary['last_checkpoint']}")
         print(f"Metrics:         {metrics_path} (+ plot {Path(metrics_path).with_suffix('.png')})")

@@ -23,7 +23,7 @@ _COMMANDS = {
 def _usage() -> str:
     lines = ["usage: gsplat2d <command> [options]", "", "commands:"]
     lines += [f"  {name:<8} {desc}" for name, (_, desc) in _COMMANDS.items()]
-    lines += ["", "Run 'gsplat2d <command> --help' for a command's options."]
+    lines += ["", "Run 'gsplat2d <command> --help' for a command's options; 'gsplat2d --version' for the version."]
     return "\n".join(lines)
 
 
@@ -31,6 +31,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
+        return 0
+    if argv[0] in ("--version", "-V"):
+        from gsplat2d import __version__
+
+        print(f"gsplat2d {__version__}")
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in _COMMANDS:

@@ -28,7 +28,7 @@ from gsplat2d._validate import MAX_SIDE
 __all__ = [
     "UserError", "EXIT_USER_ERROR", "MAX_SIDE", "MAX_PIXELS", "run_command", "add_alias",
     "add_runtime_args", "apply_runtime_args", "pick_device", "check_backend", "parse_scale",
-    "parse_size", "check_output_size", "output_size",
+    "parse_size", "check_output_size", "output_size", "check_folder_creatable",
 ]
 
 EXIT_USER_ERROR = 2
@@ -104,6 +104,24 @@ def add_alias(parser, dest_flag: str, *aliases: str) -> None:
         else:
             parser.add_argument(alias, type=action.type, choices=action.choices, nargs=action.nargs,
                                 metavar=action.metavar, **kwargs)
+
+
+def check_folder_creatable(folder, flag: str) -> None:
+    """:class:`UserError` unless ``folder`` is an existing writable folder or could be created
+    (its nearest existing ancestor is a writable folder). Creates nothing: commands make their
+    output folders only when they have something to write."""
+    import os
+    from pathlib import Path
+
+    p = Path(folder).resolve()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{flag} {folder} is a file; give a folder")
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise UserError(f"{flag} {folder}: {p} is a file, so the folder cannot be created")
+    if not os.access(p, os.W_OK):
+        raise UserError(f"{flag} {folder}: cannot write in {p}")
 
 
 def add_runtime_args(parser, *, backend: bool = True) -> None:

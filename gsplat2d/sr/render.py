@@ -34,7 +34,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import NamedTuple, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from PIL import Image, UnidentifiedImageError
 
 from gsplat2d._io import short_load_error
 from gsplat2d.cli.common import (
+    EXIT_USER_ERROR,
     MAX_PIXELS,
     UserError,
     add_alias,
@@ -280,17 +281,47 @@ def _list_images(folder: Path) -> List[Path]:
 _check_backend = check_backend
 
 
+class _Job(NamedTuple):
+    """One image of a render: its input, LR size, output size and where its results go."""
+
+    src: Path
+    lr_size: Tuple[int, int]
+    out_size: Optional[Tuple[int, int]]
+    dst: Optional[Path]
+    field_dst: Optional[Path]
+
+
 def _run(args: argparse.Namespace) -> int:
     say = (lambda *a, **k: None) if args.quiet else print
+    scale, size = _check_arguments(args)
+    if args.gaussians is not None:
+        return _run_field(args, size, scale, say)
+    inp = Path(args.input_path)
+    if not inp.exists():
+        _fail(f"input not found: {inp}")
+    folder_mode = inp.is_dir()
+    jobs, failed = _plan_jobs(args, inp, folder_mode, scale, size)
+    device = apply_runtime_args(args)
+    model, mode = _load_model_for(args, device)
+    warm_up(model, mode, args.backend, device)
+    failed += _render_jobs(args, jobs, model, mode, device, folder_mode, say)
+    n_total = len(jobs) + len([f for f in failed if f not in {j.src for j in jobs}])
+    if args.save_gaussians is not None and not args.quiet:
+        print(f"re-render a field with: {_PROG} --gaussians FIELD.g2d --scale S (or --size WxH) --output_path OUT.png")
+    if failed:
+        print(f"{_PROG}: {len(failed)} of {n_total} images failed", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
 
-    # ---- arguments that need no file access
+
+def _check_arguments(args: argparse.Namespace):
+    """Everything that needs no file access; returns ``(scale, size)``."""
     if args.window < 1:
         _fail(f"--window must be >= 1 pixel, got {args.window}")
     scale = parse_scale(args.scale) if args.scale is not None else None
     size = parse_size(args.size) if args.size is not None else None
     if scale is not None and size is not None:
         _fail("give either --scale or --size, not both")
-
     if args.gaussians is not None:
         for flag, val in (("--input_path", args.input_path), ("--model_path", args.model_path),
                           ("--save_gaussians", args.save_gaussians)):
@@ -301,8 +332,7 @@ def _run(args: argparse.Namespace) -> int:
         if scale is None and size is None:
             _fail("--gaussians needs --size WIDTHxHEIGHT or --scale S (--scale only for files that record "
                   "their source size)")
-        return _run_field(args, size, scale, say)
-
+        return scale, size
     if args.input_path is None:
         _fail("give --input_path (an image or a folder), or --gaussians FIELD.g2d")
     if args.output_path is None and args.save_gaussians is None:
@@ -311,55 +341,54 @@ def _run(args: argparse.Namespace) -> int:
         _fail("give the output size with --scale (e.g. 4 or 2.5x3) or --size (e.g. 3840x2160)")
     if args.output_path is None and (scale is not None or size is not None):
         _fail("--scale/--size need --output_path")
+    return scale, size
 
-    # ---- inputs and outputs, all checked before anything is written
-    inp = Path(args.input_path)
-    if not inp.exists():
-        _fail(f"input not found: {inp}")
-    folder_mode = inp.is_dir()
+
+def _plan_jobs(args, inp: Path, folder_mode: bool, scale, size) -> Tuple[List[_Job], List[Path]]:
+    """Inputs and outputs, all checked before anything is written. In a folder, an image whose
+    header cannot be read (or whose output would be too large) is skipped with one warning."""
     inputs = _list_images(inp) if folder_mode else [inp]
-    sizes = [_open_header(f) for f in inputs]
-    out_sizes: List[Optional[Tuple[int, int]]] = []
-    for f, (w, h) in zip(inputs, sizes):
-        if args.output_path is None:
-            out_sizes.append(None)
-        elif size is not None:
-            out_sizes.append(size)
-        else:
-            try:
-                out_sizes.append(output_size(w, h, scale))
-            except RenderError as e:
-                raise RenderError(f"{f}: {e}") from None
+    out_root = Path(args.output_path) if args.output_path is not None else None
+    g_root = Path(args.save_gaussians) if args.save_gaussians is not None else None
+    if folder_mode:
+        for flag, root in (("--output_path", out_root), ("--save_gaussians", g_root)):
+            if root is not None and root.exists() and not root.is_dir():
+                _fail(f"{flag} {root} is a file, but --input_path is a folder: give a folder")
+    else:
+        if out_root is not None:
+            if out_root.is_dir() or args.output_path.endswith(("/", os.sep)):
+                out_root = out_root / (inp.stem + ".png")
+            if out_root.suffix.lower() not in _OUTPUT_FORMATS:
+                _fail(f"--output_path {out_root}: unsupported file ending {out_root.suffix!r}; use .png")
+        if g_root is not None:
+            if g_root.is_dir() or args.save_gaussians.endswith(("/", os.sep)):
+                g_root = g_root / (inp.stem + ".g2d")
+            if g_root.suffix.lower() != ".g2d":
+                _fail(f"--save_gaussians {g_root}: a field is written as a .g2d file")
+    jobs, failed = [], []
+    for src in inputs:
+        try:
+            w, h = _open_header(src)
+            osz = None
+            if out_root is not None:
+                osz = size if size is not None else output_size(w, h, scale)
+        except RenderError as e:
+            if not folder_mode:
+                raise RenderError(f"{src}: {e}" if str(src) not in str(e) else str(e)) from None
+            print(f"{_PROG}: warning: skipped {src}: {e}", file=sys.stderr)
+            failed.append(src)
+            continue
+        dst = (out_root / (src.stem + ".png") if folder_mode else out_root) if out_root is not None else None
+        gdst = (g_root / (src.stem + ".g2d") if folder_mode else g_root) if g_root is not None else None
+        if dst is not None and dst.exists() and dst.resolve() == src.resolve():
+            _fail(f"--output_path would overwrite the input {src}")
+        jobs.append(_Job(src, (w, h), osz, dst, gdst))
+    if not jobs:
+        _fail(f"no image of {inp} could be read ({len(failed)} skipped)")
+    return jobs, failed
 
-    outputs: List[Optional[Path]] = [None] * len(inputs)
-    fields: List[Optional[Path]] = [None] * len(inputs)
-    if args.output_path is not None:
-        out = Path(args.output_path)
-        if folder_mode:
-            if out.exists() and not out.is_dir():
-                _fail(f"--output_path {out} is a file, but --input_path is a folder: give a folder")
-            outputs = [out / (f.stem + ".png") for f in inputs]
-        else:
-            if out.is_dir() or args.output_path.endswith(("/", os.sep)):
-                out = out / (inp.stem + ".png")
-            if out.suffix.lower() not in _OUTPUT_FORMATS:
-                _fail(f"--output_path {out}: unsupported file ending {out.suffix!r}; use .png")
-            outputs = [out]
-        for src, dst in zip(inputs, outputs):
-            if dst.exists() and dst.resolve() == src.resolve():
-                _fail(f"--output_path would overwrite the input {src}")
-    if args.save_gaussians is not None:
-        g = Path(args.save_gaussians)
-        if folder_mode:
-            if g.exists() and not g.is_dir():
-                _fail(f"--save_gaussians {g} is a file, but --input_path is a folder: give a folder")
-            fields = [g / (f.stem + ".g2d") for f in inputs]
-        else:
-            fields = [g / (inp.stem + ".g2d") if g.is_dir() else g]
 
-    device = apply_runtime_args(args)
-
-    # ---- model
+def _load_model_for(args, device: torch.device):
     from gsplat2d.sr.model import default_model_path, load_model
 
     mpath = args.model_path if args.model_path is not None else default_model_path()
@@ -373,55 +402,66 @@ def _run(args: argparse.Namespace) -> int:
     if args.mode and args.mode != model.config.mode:
         print(f"{_PROG}: warning: {mpath} was trained for --mode {model.config.mode}, rendering with {args.mode}",
               file=sys.stderr)
+    return model, mode
 
-    # ---- work
-    warm_up(model, mode, args.backend, device)
+
+def _render_jobs(args, jobs: List[_Job], model, mode: str, device: torch.device, folder_mode: bool, say) -> List[Path]:
+    """Encode, save and render every job (timed); in a folder an image that fails to decode is
+    skipped with one warning. Returns the skipped inputs."""
     progress = None
     if folder_mode and not args.quiet:
-        try:
-            from tqdm import tqdm
+        from tqdm import tqdm
 
-            progress = tqdm(total=len(inputs), unit="img", file=sys.stderr)
-            say = progress.write
-        except ImportError:
-            pass
+        progress = tqdm(total=len(jobs), unit="img", file=sys.stderr)
+        say = progress.write
+    failed: List[Path] = []
     t_enc = t_ren = 0.0
-    for src, (w, h), osz, dst, gdst in zip(inputs, sizes, out_sizes, outputs, fields):
-        lr = load_image_file(src)
-        _sync(device)
-        t0 = time.perf_counter()
-        field = encode_image(model, lr)
-        _sync(device)
-        t1 = time.perf_counter()
-        enc_ms = (t1 - t0) * 1e3
-        t_enc += enc_ms
-        line = f"{src}: {w}x{h}, {field.num_gaussians} Gaussians, encode {enc_ms:.1f} ms"
-        if gdst is not None:
-            # Mode and LR size travel with the field, so it re-renders with --scale and the right mode.
-            field.mode = mode  # the mode this command renders with (--mode may override the model's)
-            field.save(gdst)
-            line += f", field -> {gdst}"
-        if dst is not None:
-            ow, oh = osz
-            t2 = time.perf_counter()
-            arr = render_to_array(field, ow, oh, mode=mode, window=args.window, backend=args.backend)
-            _sync(device)
-            ren_ms = (time.perf_counter() - t2) * 1e3
-            t_ren += ren_ms
-            save_image_atomic(arr, dst)
-            line += f", render {ow}x{oh} {ren_ms:.1f} ms -> {dst}"
-        say(line)
+    try:
+        for job in jobs:
+            try:
+                lr = load_image_file(job.src)
+            except RenderError as e:
+                if not folder_mode:
+                    raise
+                print(f"{_PROG}: warning: skipped {job.src}: {e}", file=sys.stderr)
+                failed.append(job.src)
+                continue
+            line, enc_ms, ren_ms = _render_one(job, lr, model, mode, args, device)
+            t_enc, t_ren = t_enc + enc_ms, t_ren + ren_ms
+            say(line)
+            if progress is not None:
+                progress.update(1)
+    finally:
         if progress is not None:
-            progress.update(1)
-    if progress is not None:
-        progress.close()
-    if len(inputs) > 1:
-        (print if not args.quiet else (lambda *a: None))(
-            f"{len(inputs)} images: encode {t_enc:.0f} ms, render {t_ren:.0f} ms in total"
-        )
-    if args.save_gaussians is not None and not args.quiet:
-        print(f"re-render a field with: {_PROG} --gaussians FIELD.g2d --scale S (or --size WxH) --output_path OUT.png")
-    return 0
+            progress.close()
+    if len(jobs) > 1 and not args.quiet:
+        print(f"{len(jobs) - len(failed)} images: encode {t_enc:.0f} ms, render {t_ren:.0f} ms in total")
+    return failed
+
+
+def _render_one(job: _Job, lr: torch.Tensor, model, mode: str, args, device: torch.device):
+    (w, h) = job.lr_size
+    _sync(device)
+    t0 = time.perf_counter()
+    field = encode_image(model, lr)
+    _sync(device)
+    enc_ms = (time.perf_counter() - t0) * 1e3
+    ren_ms = 0.0
+    line = f"{job.src}: {w}x{h}, {field.num_gaussians} Gaussians, encode {enc_ms:.1f} ms"
+    if job.field_dst is not None:
+        # Mode and LR size travel with the field, so it re-renders with --scale and the right mode.
+        field.mode = mode  # the mode this command renders with (--mode may override the model's)
+        field.save(job.field_dst)
+        line += f", field -> {job.field_dst}"
+    if job.dst is not None:
+        ow, oh = job.out_size
+        t2 = time.perf_counter()
+        arr = render_to_array(field, ow, oh, mode=mode, window=args.window, backend=args.backend)
+        _sync(device)
+        ren_ms = (time.perf_counter() - t2) * 1e3
+        save_image_atomic(arr, job.dst)
+        line += f", render {ow}x{oh} {ren_ms:.1f} ms -> {job.dst}"
+    return line, enc_ms, ren_ms
 
 
 def _run_field(args: argparse.Namespace, size: Optional[Tuple[int, int]], scale, say) -> int:
