@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Optional, Tuple
+
 import numpy as np
 import torch
 from PIL import Image
@@ -139,36 +141,43 @@ def ssim_y(
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003 (torchmetrics default)
 
 
+def ms_ssim_betas(side: int) -> Optional[Tuple[float, ...]]:
+    """The scale weights MS-SSIM uses for images whose shorter side is ``side`` pixels: as many
+    of the standard 5 scales as fit (torchmetrics' rule ``side // (n-1)^2 > 10``, and the
+    coarsest scale at least 11 px: ``side > 10 * 2^(n-1)``; so 5 from 176 px, 4 from 99, 3 from
+    44, 2 from 21), the first ``n`` weights renormalised to sum to 1; None under 2 scales.
+    The one rule for the training loss, image fitting and evaluation."""
+    n = len(MS_SSIM_BETAS)
+    while n > 1 and not (side // max(1, n - 1) ** 2 > 10 and side > 10 * 2 ** (n - 1)):
+        n -= 1
+    if n < 2:
+        return None
+    b = MS_SSIM_BETAS[:n]
+    return tuple(v / sum(b) for v in b)
+
+
+def ms_ssim(pred: torch.Tensor, target: torch.Tensor) -> Optional[torch.Tensor]:
+    """MS-SSIM of ``[N, C, H, W]`` images in [0, 1] (``pred`` clamped): Gaussian 11 x 11 window,
+    sigma 1.5, data range 1, scales from :func:`ms_ssim_betas`, ``normalize="relu"`` (the
+    product stays defined when a contrast term goes negative, early in training).
+    Differentiable; None when the images are too small for 2 scales."""
+    betas = ms_ssim_betas(min(pred.shape[-2:]))
+    if betas is None:
+        return None
+    return multiscale_structural_similarity_index_measure(
+        pred.float().clamp(0, 1), target.float(), gaussian_kernel=True, kernel_size=11, sigma=1.5,
+        data_range=1.0, betas=betas, normalize="relu",
+    )
+
+
 def ms_ssim_y(
     sr: torch.Tensor, hr: torch.Tensor, shave: int, *, round_hr_y: bool = False, grey: bool = False
 ) -> float:
-    """Multi-scale SSIM on the Y channel (same preprocessing and options as :func:`psnr_y`).
-
-    Gaussian window 11x11, sigma 1.5, data range 1.0, the standard 5 scale weights; an image too
-    small for 5 scales (the shorter side must be at least 176 px after the shave) uses as many
-    scales as fit (4: 99 px, 3: 44 px, 2: 21 px) with the first weights renormalised to sum to 1.
-    Images too small for 2 scales return ``nan``.
-    """
+    """Multi-scale SSIM on the Y channel (same preprocessing and options as :func:`psnr_y`), by
+    :func:`ms_ssim`; ``nan`` for images too small for 2 scales."""
     a, b = _prepare(sr, hr, shave, round_hr_y, grey)
-    side = min(a.shape[-2:])
-
-    def fits(n: int) -> bool:  # torchmetrics' size check and 11 px at the coarsest scale
-        return side // max(1, n - 1) ** 2 > 10 and side > 10 * 2 ** (n - 1)
-
-    n = len(MS_SSIM_BETAS)
-    while n > 1 and not fits(n):
-        n -= 1
-    if n < 2:
-        return float("nan")
-    if n == 0:
-        return float("nan")
-    betas = tuple(v / sum(MS_SSIM_BETAS[:n]) for v in MS_SSIM_BETAS[:n])
-    return float(
-        multiscale_structural_similarity_index_measure(
-            a.float(), b.float(), gaussian_kernel=True, kernel_size=11, sigma=1.5, data_range=1.0,
-            betas=betas, normalize="relu",
-        )
-    )
+    val = ms_ssim(a, b)
+    return float("nan") if val is None else float(val)
 
 
 def load_image_uint8(path: str | Path) -> np.ndarray:

@@ -326,3 +326,25 @@ def test_imresize_reproduces_matlab_lr_files():
         ref = load_image_uint8(folder / f"{hp.stem}x4.png")
         np.testing.assert_array_equal(lr, ref, err_msg=hp.name)
         np.testing.assert_array_equal(imresize(hr, 0.25), ref)
+
+
+def test_one_ms_ssim_for_loss_fit_and_eval(monkeypatch):
+    """Training loss, image fitting and the test command all go through eval.metrics.ms_ssim with
+    one scale rule (5 scales from 176 px, 4 from 99, 3 from 44, 2 from 21, renormalised)."""
+    import gsplat2d.eval.metrics as m
+    from gsplat2d.fitting.fit import ms_ssim as fit_ms_ssim
+    from gsplat2d.train.loop import SRLoss
+
+    assert [len(m.ms_ssim_betas(s) or ()) for s in (20, 21, 43, 44, 98, 99, 175, 176)] == [0, 2, 2, 3, 3, 4, 4, 5]
+    for s in (21, 44, 99, 176):
+        assert abs(sum(m.ms_ssim_betas(s)) - 1) < 1e-12
+    calls = []
+    real = m.ms_ssim
+    monkeypatch.setattr(m, "ms_ssim", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    x, y = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    import gsplat2d.train.loop as loop
+
+    monkeypatch.setattr(loop, "ms_ssim", m.ms_ssim)
+    v_loss = SRLoss(0.0, 1.0)(x, y)[1]["ms_ssim"]
+    v_fit = fit_ms_ssim(x[0], y[0])
+    assert len(calls) == 2 and abs(v_loss - v_fit) < 1e-6

@@ -28,7 +28,15 @@ from torch import Tensor
 
 from gsplat2d._io import atomic_write
 from gsplat2d.cli.common import check_folder_creatable
-from gsplat2d.eval.metrics import MS_SSIM_BETAS, bicubic_upscale, load_image, psnr_y, ssim_y
+from gsplat2d.eval.metrics import (
+    MS_SSIM_BETAS,
+    bicubic_upscale,
+    load_image,
+    ms_ssim,
+    ms_ssim_betas,
+    psnr_y,
+    ssim_y,
+)
 from gsplat2d.sr.model import PRESETS, Pixel2GaussianSR, SRConfig, load_checkpoint, save_checkpoint
 from gsplat2d.train.data import CustomImageDataset, make_loader
 from gsplat2d.train.plot import plot_curves
@@ -93,10 +101,9 @@ def _metrics_path(cfg: TrainConfig) -> str:
 class SRLoss(torch.nn.Module):
     """``l1_weight * L1 + ms_ssim_weight * (1 - MS-SSIM)`` on RGB in [0, 1].
 
-    MS-SSIM (torchmetrics, Gaussian 11-tap window) needs ``side // (m-1)^2 > 10`` for ``m``
-    scales, so the number of scales adapts to the patch (3 scales at 48 px, 5 from 176 px) with
-    the standard weights of the scales kept, renormalised to sum to one. ``normalize='relu'``
-    keeps the product well defined early in training, when contrast terms can go negative.
+    MS-SSIM is :func:`gsplat2d.eval.metrics.ms_ssim`, the one used by fitting and evaluation
+    too: the number of scales adapts to the patch (3 at 48 px, 5 from 176 px) with renormalised
+    standard weights, ``normalize='relu'``; patches under 21 px train on L1 alone.
     """
 
     BETAS = MS_SSIM_BETAS  # the standard 5-scale weights (Wang et al. 2003)
@@ -109,26 +116,17 @@ class SRLoss(torch.nn.Module):
 
     @classmethod
     def betas_for(cls, side: int) -> Optional[Tuple[float, ...]]:
-        # torchmetrics' own check: side // max(1, m - 1)^2 > kernel - 1.
-        m = 0
-        while m < len(cls.BETAS) and side // max(1, m) ** 2 > 10:
-            m += 1
-        if m < 1:
-            return None
-        b = cls.BETAS[:m]
-        return tuple(v / sum(b) for v in b)
+        """The scale weights for patches of this side (:func:`gsplat2d.eval.metrics.ms_ssim_betas`)."""
+        return ms_ssim_betas(side)
 
     def forward(self, sr: Tensor, hr: Tensor) -> Tuple[Tensor, Dict[str, float]]:
-        from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as ms_ssim
-
         sr = sr.float()
         l1 = F.l1_loss(sr, hr)
         loss = self.l1_weight * l1
         parts = {"l1": float(l1.detach())}
         if self.ms_ssim_weight > 0:
-            betas = self.betas_for(min(hr.shape[-2:]))
-            if betas is not None:
-                m = ms_ssim(sr.clamp(0, 1), hr, data_range=1.0, betas=betas, normalize="relu")
+            m = ms_ssim(sr, hr)  # None for patches too small for 2 scales: L1 alone
+            if m is not None:
                 loss = loss + self.ms_ssim_weight * (1.0 - m)
                 parts["ms_ssim"] = float(m.detach())
         return loss, parts

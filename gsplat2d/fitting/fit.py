@@ -190,32 +190,14 @@ def psnr(pred: Tensor, target: Tensor) -> float:
     return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
 
-_MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-
-
 def ms_ssim(pred: Tensor, target: Tensor) -> float:
-    """MS-SSIM (torchmetrics, data range 1, 11x11 Gaussian window, the standard 5 scales) of
-    ``[3, H, W]`` images, ``pred`` clamped to [0, 1].
+    """MS-SSIM of ``[3, H, W]`` images, ``pred`` clamped to [0, 1]:
+    :func:`gsplat2d.eval.metrics.ms_ssim` (the one MS-SSIM of the package: 5 scales from 176 px,
+    fewer below, renormalised weights); ``nan`` for images too small for 2 scales."""
+    from gsplat2d.eval.metrics import ms_ssim as _ms_ssim
 
-    Images whose smaller side is under 176 pixels cannot use 5 scales (torchmetrics' size rule):
-    the number of scales is reduced to what fits (4 from 99 px, 3 from 44 px, 2 from 12 px) with
-    the first betas, and for images under 11 pixels NaN is returned.
-    """
-    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
-
-    p = pred.detach().float().clamp(0, 1)[None].cpu()
-    t = target.detach().float()[None].cpu()
-    side = min(p.shape[-1], p.shape[-2])
-    k = 5
-    # torchmetrics' size rule, and the coarsest scale must still be wider than the 5-pixel padding
-    while k > 1 and (side // max(1, k - 1) ** 2 <= 10 or side < 2**k or side >> (k - 1) <= 5):
-        k -= 1
-    if side < 11:
-        return float("nan")
-    val = multiscale_structural_similarity_index_measure(
-        p, t, data_range=1.0, kernel_size=11, sigma=1.5, betas=_MS_SSIM_BETAS[:k]
-    )
-    return float(val)
+    val = _ms_ssim(pred.detach()[None].cpu(), target.detach()[None].cpu())
+    return float("nan") if val is None else float(val)
 
 
 # ---------------------------------------------------------------------------------- parameters
