@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import BinaryIO, Callable, Union
+import warnings
+from typing import Any, BinaryIO, Callable, Union
 
 
-__all__ = ["atomic_write", "short_load_error"]
+__all__ = ["atomic_write", "short_load_error", "load_tensors"]
 
 
 #: Temporary files of :func:`atomic_write` are named ``.<target name>.<pid>.<random>.g2dtmp<suffix>``.
@@ -90,3 +91,17 @@ def short_load_error(e: BaseException) -> str:
     if cut >= 0:
         return (msg[:cut].rstrip(" :") + ": " if msg[:cut].strip() else "") + "the file is damaged, of another kind, or holds objects other than tensors"
     return msg.splitlines()[0] if msg else type(e).__name__
+
+
+def load_tensors(path: str, map_location: Any, what: str) -> Any:
+    """``torch.load(path, weights_only=True)``: only tensors and plain containers, never code
+    from the file. Any failure is a ``ValueError`` "``path`` is not a readable ``what``: ..."
+    without torch's advice; torch's pickle-protocol warning is not shown to the user."""
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable {what}: {short_load_error(e)}") from None

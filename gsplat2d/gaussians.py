@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from gsplat2d import g2d
-from gsplat2d._io import atomic_write, short_load_error
+from gsplat2d._io import load_tensors
 from gsplat2d.conics import (
     conics_from_covariances,
     covariances_from_cholesky,
@@ -257,12 +256,7 @@ class Gaussians2D:
             if g2d.is_binary_g2d(head):
                 field, meta, _ = cls.from_g2d_bytes(head + f.read(), source=path)
                 return field.to(map_location), meta
-        try:
-            with warnings.catch_warnings():  # torch's pickle-protocol note is not for the user
-                warnings.simplefilter("ignore", UserWarning)
-                payload = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{path} is not a readable gsplat2d Gaussian file: {short_load_error(e)}") from None
+        payload = load_tensors(path, map_location, "gsplat2d Gaussian file")
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a gsplat2d Gaussian file (no '{_FORMAT}' header)")
         if payload.get("version") != _VERSION:

@@ -136,20 +136,6 @@ def any_pixel_left(T, inside):
 
 
 @triton.jit
-def pin_layout(x, FAST: tl.constexpr):
-    """Identity that keeps ``x`` [P] computed once per pixel. Without it Triton may rematerialise
-    the whole per-pixel chain (exp included) in a broadcast ``[P, C]`` layout, i.e. once per
-    channel (seen for sum mode: C+1 MUFU per pair). An opaque inline ``mov`` cannot be
-    rematerialised; the interpreter takes the identity."""
-    if FAST:
-        return tl.inline_asm_elementwise(
-            "mov.b32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=False, pack=1
-        )
-    else:
-        return x
-
-
-@triton.jit
 def opaque_zero(i, FAST: tl.constexpr):
     """0, computed so the compiler cannot see it (``i``: any int32 scalar of the current loop
     iteration). Adding it to a pointer keeps a per-iteration re-read of loop-invariant data

@@ -71,6 +71,20 @@ def _load_pixel(ptr, pix, inside, k, C: tl.constexpr):
     return tl.load(ptr + pix * C + k, mask=inside, other=0.0).to(tl.float32)
 
 
+@triton.jit
+def _channel_sums(x, g0, g1, g2, g3, cr, NC: tl.constexpr):
+    """``[sum_p x g_k]`` for the ``NC <= 4`` named cotangent channels, as one ``[BLOCK_C]`` vector
+    (entry ``k`` in lane ``k``) for a single vector atomic."""
+    out = tl.where(cr == 0, tl.sum(x * g0), 0.0)
+    if NC > 1:
+        out = tl.where(cr == 1, tl.sum(x * g1), out)
+    if NC > 2:
+        out = tl.where(cr == 2, tl.sum(x * g2), out)
+    if NC > 3:
+        out = tl.where(cr == 3, tl.sum(x * g3), out)
+    return out
+
+
 @triton.jit(do_not_specialize=["N", "C", "W", "H", "tiles_x", "n_tiles"])
 def _rasterize_bwd_kernel(
     params_ptr,  # [B, N, 8] fp32 per-Gaussian record (binning stage 1)
@@ -140,13 +154,7 @@ def _rasterize_bwd_kernel(
                 g_dot_img = tl.fma(g3, _load_pixel(image_ptr, pix, inside, 3, NC), g_dot_img)
             if HAS_BG:
                 # d image / d bg = T_final: reduce over the block, one atomic per channel
-                gbg = tl.where(cr == 0, tl.sum(g0 * t_final), 0.0)  # [BLOCK_C]
-                if NC > 1:
-                    gbg = tl.where(cr == 1, tl.sum(g1 * t_final), gbg)
-                if NC > 2:
-                    gbg = tl.where(cr == 2, tl.sum(g2 * t_final), gbg)
-                if NC > 3:
-                    gbg = tl.where(cr == 3, tl.sum(g3 * t_final), gbg)
+                gbg = _channel_sums(t_final, g0, g1, g2, g3, cr, NC)  # [BLOCK_C]
                 tl.atomic_add(gbg_ptr + b * NC + cr, gbg, mask=cr < NC, sem="relaxed")
     else:
         if ALPHA_MODE:
@@ -216,13 +224,7 @@ def _rasterize_bwd_kernel(
                 v = sg * dy
                 # colour gradients sum_p w g_p (w is already 0 where not composited)
                 if SMALL_C:
-                    dcol = tl.where(cr == 0, tl.sum(w * g0), 0.0)  # [BLOCK_C]
-                    if NC > 1:
-                        dcol = tl.where(cr == 1, tl.sum(w * g1), dcol)
-                    if NC > 2:
-                        dcol = tl.where(cr == 2, tl.sum(w * g2), dcol)
-                    if NC > 3:
-                        dcol = tl.where(cr == 3, tl.sum(w * g3), dcol)
+                    dcol = _channel_sums(w, g0, g1, g2, g3, cr, NC)  # [BLOCK_C]
                     tl.atomic_add(gcolors_ptr + gid * NC + cr, dcol, mask=cr < NC, sem="relaxed")
                 ss = tl.sum(sg)
                 sx = tl.sum(u)

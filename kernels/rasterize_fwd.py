@@ -38,7 +38,6 @@ from gsplat2d.kernels._common import (
     composite_step,
     exp2_approx,
     load_record,
-    pin_layout,
     log2_weight,
     sum_step,
     tile_pixels,
@@ -183,7 +182,7 @@ def _rasterize_fwd_kernel(
                     acc3 = tl.fma(w, tl.load(cp + 3).to(tl.float32), acc3)
             else:
                 col = tl.load(colors_ptr + gid * C + cidx, mask=cmask, other=0.0)
-                acc += pin_layout(w, FAST)[:, None] * col.to(tl.float32)[None, :]  # [P, BLOCK_C]
+                acc += w[:, None] * col.to(tl.float32)[None, :]  # [P, BLOCK_C]
         s = s_end
         go = s < end
         if ALPHA_MODE:

@@ -4,7 +4,6 @@ dimension 1, and every launch happens under a device guard."""
 
 from __future__ import annotations
 
-import types
 
 import pytest
 import torch

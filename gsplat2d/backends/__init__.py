@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-__all__ = ["fp32_region"]
+__all__ = ["fp32_region", "fp32_backward"]
 
 
 def fp32_region(device: torch.device):
@@ -20,3 +20,15 @@ def fp32_region(device: torch.device):
     if device.type in ("cpu", "cuda"):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+def fp32_backward(body):
+    """A ``torch.autograd.Function.backward`` that runs ``body(ctx, grad_image, grad_alpha)``
+    with autocast off (backward may be called inside an autocast region; the gradients stay full
+    precision). Shared by both backends' Functions."""
+
+    def backward(ctx, grad_image, grad_alpha):
+        with fp32_region(grad_image.device if grad_image is not None else grad_alpha.device):
+            return body(ctx, grad_image, grad_alpha)
+
+    return staticmethod(backward)

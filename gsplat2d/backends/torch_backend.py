@@ -40,12 +40,6 @@ __all__ = [
     "MAX_PAIRS",
 ]
 
-_ALPHA_MAX = ALPHA_MAX
-_W_MIN = MIN_WEIGHT
-_T_STOP = T_STOP
-_tiles = tile_grid
-
-
 # ----------------------------------------------------------------------------------------------
 # Stage 1
 # ----------------------------------------------------------------------------------------------
@@ -77,7 +71,7 @@ def compute_tile_bounds(
     Computed in float64 without gradients. Never fails on NaN/Inf/huge values (such Gaussians
     are non-contributing; a Gaussian whose float bound is NaN through overflow is too).
     """
-    tiles_x, tiles_y = _tiles(width, height, tile_size)
+    tiles_x, tiles_y = tile_grid(width, height, tile_size)
     valid, mx_s, my_s, ext_x, ext_y = gaussian_extents(means, conics, opacities)
     ts = float(tile_size)
     fx0 = torch.floor((mx_s - ext_x - 0.5) / ts)
@@ -207,7 +201,7 @@ def bin_gaussians(
     """
     with torch.no_grad():
         B, N = opacities.shape[0], opacities.shape[1]
-        tiles_x, tiles_y = _tiles(width, height, tile_size)
+        tiles_x, tiles_y = tile_grid(width, height, tile_size)
         n_tiles_total = B * tiles_x * tiles_y
         rects, counts, params = compute_tile_bounds(means, conics, opacities, width, height, tile_size)
         total = int(counts.sum(dtype=torch.int64).item()) if counts.numel() else 0
@@ -319,7 +313,7 @@ def _block_weights(
     raw = torch.exp(logw)
     w = raw.clamp(max=w_max)
     # keep w >= 1/255 (threshold keeps x > t; t = the largest float below 1/255)
-    t = torch.nextafter(torch.tensor(_W_MIN, dtype=dt), torch.tensor(0.0, dtype=dt)).item()
+    t = torch.nextafter(torch.tensor(MIN_WEIGHT, dtype=dt), torch.tensor(0.0, dtype=dt)).item()
     w = torch.nn.functional.threshold(w, t, 0.0)
     return _BlockEval(w, raw, colx, gid, dx, dy, q)
 
@@ -417,7 +411,7 @@ def _walk_tiles(
     T = tiles_x * binning.tiles_y
     n_tiles = sc.B * T
     length = sc.length
-    w_max = _ALPHA_MAX if alpha_mode else 1.0
+    w_max = ALPHA_MAX if alpha_mode else 1.0
     track_state = track_state or alpha_mode  # alpha mode needs the carried transmittance
 
     active = torch.nonzero(length > 0).flatten()
@@ -466,11 +460,11 @@ def _walk_tiles(
                 wt = w * t_ex
                 with torch.no_grad():
                     t_last = t_ex[:, -1] * f[:, -1]  # running T incl. every factor of the block
-                    lv_out = t_last > _T_STOP
+                    lv_out = t_last > T_STOP
                     new_live.append(lv_out)
                     stops = bool((lv_in & ~lv_out).any())
                     # T' = T * (1 - a_i) <= 1e-4 stops the pixel: a suffix of the block is cut
-                    contrib = (t_ex * f > _T_STOP) if stops else None
+                    contrib = (t_ex * f > T_STOP) if stops else None
                 if contrib is not None:
                     wt = torch.where(contrib, wt, zero)
             else:
@@ -665,7 +659,7 @@ def rasterize_bwd(
     dtype = _compute_dtype(means, conics, colors, opacities, image)
     dev = means.device
     B, N, C = colors.shape
-    w_max = _ALPHA_MAX if alpha_mode else 1.0
+    w_max = ALPHA_MAX if alpha_mode else 1.0
     with torch.no_grad():
         sc = _prepare_scene(means, conics, colors, opacities, binning, dtype, alpha_mode)
         g_img = grad_image.to(dtype).reshape(B, height, width, C)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from gsplat2d.backends import fp32_region, torch_backend
+from gsplat2d.backends import fp32_backward, torch_backend
 
 __all__ = ["RasterizeTorch", "rasterize_torch", "rasterize_torch_autograd"]
 
@@ -38,11 +38,7 @@ class RasterizeTorch(torch.autograd.Function):
         ctx.save_for_backward(m, q, c, o, image, t_final)
         return image, alpha
 
-    @staticmethod
-    def backward(ctx, grad_image, grad_alpha):
-        # backward may be called inside an autocast region: the gradients stay full precision
-        with fp32_region(grad_image.device if grad_image is not None else grad_alpha.device):
-            return _backward(ctx, grad_image, grad_alpha)
+    backward = fp32_backward(lambda ctx, gi, ga: _backward(ctx, gi, ga))
 
 
 def _backward(ctx, grad_image, grad_alpha):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gsplat2d.backends import fp32_region
+from gsplat2d.backends import fp32_backward
 from gsplat2d.binning import Binning
 
 __all__ = ["RasterizeTriton", "rasterize_triton"]
@@ -47,11 +47,7 @@ class RasterizeTriton(torch.autograd.Function):
         )
         return image, alpha
 
-    @staticmethod
-    def backward(ctx, grad_image, grad_alpha):
-        # backward may be called inside an autocast region: the gradients stay full precision
-        with fp32_region(grad_image.device if grad_image is not None else grad_alpha.device):
-            return _backward(ctx, grad_image, grad_alpha)
+    backward = fp32_backward(lambda ctx, gi, ga: _backward(ctx, gi, ga))
 
 
 def _backward(ctx, grad_image, grad_alpha):

@@ -35,12 +35,10 @@ from gsplat2d.cli.common import add_alias, add_runtime_args, apply_runtime_args
 from gsplat2d.sr.render import (
     run_command,
     RenderError,
-    _check_backend,
     _short,
     _sync,
     encode_image,
     load_image_file,
-    pick_device,
     render_to_array,
     save_image_atomic,
     warm_up,

@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from gsplat2d._io import atomic_write, short_load_error
+from gsplat2d._io import atomic_write, load_tensors
 from gsplat2d.conics import covariances_from_cholesky, covariances_from_scale_rotation
 from gsplat2d.gaussians import Gaussians2D
 
@@ -242,12 +241,7 @@ def load_checkpoint(path: Union[str, "os.PathLike[str]"], map_location: Any = "c
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file not found: {path}")
-    try:
-        with warnings.catch_warnings():  # torch's pickle-protocol note is not for the user
-            warnings.simplefilter("ignore", UserWarning)
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable gsplat2d model checkpoint: {short_load_error(e)}") from None
+    payload = load_tensors(path, map_location, "gsplat2d model checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a gsplat2d super-resolution checkpoint (no '{CHECKPOINT_FORMAT}' header)")
     if payload.get("version") != CHECKPOINT_VERSION:

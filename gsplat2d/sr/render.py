@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -48,17 +47,14 @@ from gsplat2d.cli.common import (
     add_alias,
     add_runtime_args,
     apply_runtime_args,
-    check_backend,
     check_output_size,
     output_size,
     parse_scale,
     parse_size,
-    pick_device,
     run_command,
 )
 from gsplat2d.cli.images import IMAGE_EXTENSIONS, list_images, read_image_uint8, write_image_atomic
 from gsplat2d.cli.images import OUTPUT_FORMATS as _OUTPUT_FORMATS
-from gsplat2d._validate import MAX_SIDE
 from gsplat2d.binning import EXTENT_REL_PAD, gaussian_extents
 from gsplat2d.gaussians import Gaussians2D
 
@@ -276,9 +272,6 @@ def _list_images(folder: Path) -> List[Path]:
             _fail(f"input folder {folder}: {stems[f.stem].name} and {f.name} would both write {f.stem}.png")
         stems[f.stem] = f
     return files
-
-
-_check_backend = check_backend
 
 
 class _Job(NamedTuple):
