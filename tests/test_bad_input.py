@@ -4,8 +4,8 @@
 Rows 4 (README Quick start on a fresh venv) and 17 (``pip install -e .`` without triton) are
 install steps: CI runs ``pip install -e ".[test]"`` as the README says; row 17's dependency
 split is checked on ``pyproject.toml`` below. Row 13 is
-``test_gaussians_io.test_every_written_file_has_a_checksum``; row 14 (flat images dark at the
-corners) is not fixed yet.
+``test_gaussians_io.test_every_written_file_has_a_checksum``; row 14's model-level test (with its
+``border=0`` mutant) is ``test_sr_model.test_shipped_model_renders_a_flat_image_flat``.
 """
 
 from __future__ import annotations
@@ -104,6 +104,20 @@ def test_quick_start_installs_the_test_tools_and_triton_is_optional():
 
 
 # 5 -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size,scale", [((1, 1), "2"), ((1, 1), "100"), ((9, 6), "2"), ((9, 6), "3.7")],
+                         ids=["1x1-x2", "1x1-x100", "9x6-x2", "9x6-x3.7"])
+def test_render_of_a_flat_image_is_flat_to_its_corners(tmp_path, size, scale):
+    """Row 14: a 1x1 image rendered at half brightness and flat images ~10% dark at the corners."""
+    src, out = tmp_path / "flat.png", tmp_path / "out.png"
+    Image.new("RGB", size, (200, 30, 40)).save(src)
+    assert render_main(["--input_path", str(src), "--output_path", str(out), "--scale", scale,
+                        "--device", "cpu", "--backend", "torch", "--quiet"]) == 0
+    got = np.asarray(Image.open(out)).astype(int)
+    corners = got[[0, 0, -1, -1], [0, -1, 0, -1]]
+    assert np.abs(corners - (200, 30, 40)).max() <= 5, corners  # worst observed 4 (1x1 at x100)
+    assert np.abs(got - (200, 30, 40)).max() <= 5
+
+
 def test_resuming_a_finished_run_says_so(tmp_path, images, capsys):
     save = tmp_path / "m.pth"
     common = ["--dataset_path", str(images), "--save_path", str(save), "--epochs", "1", "--batch_size", "2",

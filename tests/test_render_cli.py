@@ -87,7 +87,8 @@ def test_saved_field_rerenders_like_direct(tmp_path, model_path, lr_path, capsys
     text = capsys.readouterr().out
     assert "encode" in text and "render" in text and "ms" in text  # timings are printed
     g = Gaussians2D.load(field)
-    assert g.num_gaussians == LR_W * LR_H and tuple(g.batch_shape) == ()
+    # One Gaussian per LR pixel plus the 2-pixel replicate-padded border ring (SRConfig.border).
+    assert g.num_gaussians == (LR_W + 4) * (LR_H + 4) and tuple(g.batch_shape) == ()
     assert main(["--gaussians", str(field), "--size", "61x47", "--output_path", str(again), "--quiet"]) == 0
     assert _size(again) == (61, 47)
     assert np.abs(_read(direct) - _read(again)).max() <= 1

@@ -23,15 +23,17 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from gsplat2d.cli.common import add_alias, add_runtime_args, apply_runtime_args
+from gsplat2d.gaussians import Gaussians2D
 from gsplat2d.sr.render import (
     run_command,
     RenderError,
@@ -136,93 +138,179 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(args: argparse.Namespace) -> int:
-    t_start = time.perf_counter()
-    from gsplat2d.eval.metrics import psnr_y, ssim_y
-    from gsplat2d.sr.model import default_model_path, load_model
-
-    src = Path(args.image) if args.image else ASSET
+def _load_hr(image: Optional[str], quick: bool) -> Tuple[Path, np.ndarray, bool]:
+    """The HR image (``--image`` or the bundled one) centre-cropped to a multiple of every scale;
+    returns its path, the crop and whether cropping changed its size."""
+    src = Path(image) if image else ASSET
     if not src.is_file():
-        raise RenderError(f"image not found: {src}" + ("" if args.image else " (the bundled demo image is missing)"))
+        raise RenderError(f"image not found: {src}" + ("" if image else " (the bundled demo image is missing)"))
     hr_full = (load_image_file(src).permute(1, 2, 0) * 255.0).round().to(torch.uint8).numpy()
     unit = _lcm_numerators(SCALES)  # 28
-    limit = 56 if args.quick else _MAX_SIDE
+    limit = 56 if quick else _MAX_SIDE
     H = min(hr_full.shape[0], limit) // unit * unit
     W = min(hr_full.shape[1], limit) // unit * unit
     if H < unit or W < unit:
         raise RenderError(f"{src} is {hr_full.shape[1]}x{hr_full.shape[0]}; the demo needs at least {unit}x{unit} px")
-    hr = _centre_crop(hr_full, H, W)
+    return src, _centre_crop(hr_full, H, W), (W, H) != hr_full.shape[1::-1]
 
-    device = apply_runtime_args(args)
-    mpath = args.model_path if args.model_path is not None else default_model_path()
+
+def _load_demo_model(model_path: Optional[str], device: torch.device) -> Tuple[torch.nn.Module, str]:
+    """The model (``--model_path`` or the shipped one) on ``device``, with the path it came from."""
+    from gsplat2d.sr.model import default_model_path, load_model
+
+    mpath = model_path if model_path is not None else default_model_path()
     try:
         model = load_model(mpath, map_location="cpu").to(device)
     except FileNotFoundError as e:
-        raise RenderError(f"{e}" + ("" if args.model_path else " (the shipped default model is missing)")) from None
+        raise RenderError(f"{e}" + ("" if model_path else " (the shipped default model is missing)")) from None
     except ValueError as e:
         raise RenderError(_short(e)) from None
-    mode = model.config.mode
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    print(f"model: {mpath} ({model.num_parameters():,} parameters, mode {mode}), device {device}")
-    print(f"HR image: {src.name} {W}x{H}" + (" (centre crop)" if (W, H) != hr_full.shape[1::-1] else ""))
+    return model, mpath
 
-    warm_up(model, mode, args.backend, device)  # one-off start-up and JIT costs out of the timings
 
-    table = []  # (scale, size, bic psnr, bic ssim, sr psnr, sr ssim, enc ms, ren ms)
-    rows = []
-    hr_t = _to_tensor(hr)
-    for i, s in enumerate(SCALES):
-        w, h = int(round(W / s)), int(round(H / s))
-        lr = _bicubic(hr, w, h)
-        save_image_atomic(lr, out_dir / f"lr_x{_fmt_scale(s)}.png")
-        _sync(device)
-        t0 = time.perf_counter()
-        field = encode_image(model, _to_tensor(lr))
-        _sync(device)
-        enc_ms = (time.perf_counter() - t0) * 1e3
+@dataclass
+class _Demo:
+    """What every demo case shares: the model, where it runs and the HR image."""
 
-        sizes = [(f"x{_fmt_scale(s)}", W, H, True)]
-        if i == 0:
-            sx, sy = NONUNIFORM
-            sizes.append((f"{_fmt_scale(sx)}x{_fmt_scale(sy)} of x{_fmt_scale(s)}", int(round(w * sx)),
-                          int(round(h * sy)), False))
-        for name, ow, oh, has_hr in sizes:
-            t1 = time.perf_counter()
-            sr = render_to_array(field, ow, oh, mode=mode, backend=args.backend)
-            _sync(device)
-            ren_ms = (time.perf_counter() - t1) * 1e3
-            bic = _bicubic(lr, ow, oh)
-            fname = "sr_" + name.replace(" ", "_") + ".png"
-            save_image_atomic(sr, out_dir / fname)
-            nearest = np.asarray(Image.fromarray(lr).resize((ow, oh), Image.NEAREST))
-            if has_hr:
-                shave = int(math.ceil(s))
-                sr_t, bic_t = _to_tensor(sr), _to_tensor(bic)
-                m = (psnr_y(bic_t, hr_t, shave), ssim_y(bic_t, hr_t, shave),
-                     psnr_y(sr_t, hr_t, shave), ssim_y(sr_t, hr_t, shave))
-                hr_panel = (hr, "HR")
-                labels = (f"bicubic {m[0]:.2f} dB", f"model {m[2]:.2f} dB")
-            else:
-                m = (math.nan,) * 4
-                hr_panel = (np.full_like(sr, 235), "(no HR at this size)")
-                labels = ("bicubic", "model")
-            table.append((name, f"{ow}x{oh}", *m, enc_ms, ren_ms))
-            rows.append([(nearest, f"{name}: LR {w}x{h}, nearest"), (bic, labels[0]), (sr, labels[1]), hr_panel])
-            enc_ms = math.nan  # encoded once: later sizes of this LR cost no encode
+    model: torch.nn.Module
+    mode: str
+    backend: str
+    device: torch.device
+    out_dir: Path
+    hr: np.ndarray
+    hr_t: torch.Tensor
 
-    save_image_atomic(np.asarray(_comparison(rows)), out_dir / "comparison.png")
 
-    def f(v: float, d: int) -> str:
-        return "-" if math.isnan(v) else f"{v:.{d}f}"
+@dataclass
+class _EncodedLR:
+    """One scale's LR input and its Gaussian field, encoded once and rendered at every size."""
 
+    scale: float
+    lr: np.ndarray
+    w: int
+    h: int
+    field: Gaussians2D
+    enc_ms: float
+
+
+class _CaseRow(NamedTuple):
+    """One line of the printed table; NaN where a value does not apply."""
+
+    name: str
+    size: str
+    bic_psnr: float
+    bic_ssim: float
+    sr_psnr: float
+    sr_ssim: float
+    enc_ms: float
+    ren_ms: float
+
+
+def _encode_scale(demo: _Demo, s: float) -> _EncodedLR:
+    """Makes the LR input at scale ``s``, writes it as ``lr_x{s}.png`` and times its encoding."""
+    H, W = demo.hr.shape[:2]
+    w, h = int(round(W / s)), int(round(H / s))
+    lr = _bicubic(demo.hr, w, h)
+    save_image_atomic(lr, demo.out_dir / f"lr_x{_fmt_scale(s)}.png")
+    _sync(demo.device)
+    t0 = time.perf_counter()
+    field = encode_image(demo.model, _to_tensor(lr))
+    _sync(demo.device)
+    return _EncodedLR(s, lr, w, h, field, (time.perf_counter() - t0) * 1e3)
+
+
+def _output_sizes(enc: _EncodedLR, W: int, H: int, first: bool) -> List[Tuple[str, int, int, bool]]:
+    """``(name, width, height, has HR)`` to render ``enc`` at: the HR size, plus the non-uniform
+    size for the first scale."""
+    s = enc.scale
+    sizes = [(f"x{_fmt_scale(s)}", W, H, True)]
+    if first:
+        sx, sy = NONUNIFORM
+        sizes.append((f"{_fmt_scale(sx)}x{_fmt_scale(sy)} of x{_fmt_scale(s)}", int(round(enc.w * sx)),
+                      int(round(enc.h * sy)), False))
+    return sizes
+
+
+def _score_case(
+    demo: _Demo, sr: np.ndarray, bic: np.ndarray, s: float, has_hr: bool
+) -> Tuple[Tuple[float, float, float, float], Tuple[np.ndarray, str], Tuple[str, str]]:
+    """Bicubic and model PSNR/SSIM against the HR image, the HR panel and the bicubic and model
+    panel labels; NaN scores and a blank panel when there is no HR image at this size."""
+    from gsplat2d.eval.metrics import psnr_y, ssim_y
+
+    if not has_hr:
+        return (math.nan,) * 4, (np.full_like(sr, 235), "(no HR at this size)"), ("bicubic", "model")
+    shave = int(math.ceil(s))
+    sr_t, bic_t = _to_tensor(sr), _to_tensor(bic)
+    m = (psnr_y(bic_t, demo.hr_t, shave), ssim_y(bic_t, demo.hr_t, shave),
+         psnr_y(sr_t, demo.hr_t, shave), ssim_y(sr_t, demo.hr_t, shave))
+    return m, (demo.hr, "HR"), (f"bicubic {m[0]:.2f} dB", f"model {m[2]:.2f} dB")
+
+
+def _render_case(
+    demo: _Demo, enc: _EncodedLR, name: str, ow: int, oh: int, has_hr: bool, enc_ms: float
+) -> Tuple[_CaseRow, List[tuple]]:
+    """Renders ``enc`` at ``ow x oh``, writes ``sr_{name}.png`` and scores it against bicubic;
+    returns its table line and its comparison row (LR nearest | bicubic | model | HR)."""
+    t1 = time.perf_counter()
+    sr = render_to_array(enc.field, ow, oh, mode=demo.mode, backend=demo.backend,
+                         decode=demo.model.pixel_decoder(enc.field, ow, oh))
+    _sync(demo.device)
+    ren_ms = (time.perf_counter() - t1) * 1e3
+    bic = _bicubic(enc.lr, ow, oh)
+    fname = "sr_" + name.replace(" ", "_") + ".png"
+    save_image_atomic(sr, demo.out_dir / fname)
+    nearest = np.asarray(Image.fromarray(enc.lr).resize((ow, oh), Image.NEAREST))
+    m, hr_panel, labels = _score_case(demo, sr, bic, enc.scale, has_hr)
+    panels = [(nearest, f"{name}: LR {enc.w}x{enc.h}, nearest"), (bic, labels[0]), (sr, labels[1]), hr_panel]
+    return _CaseRow(name, f"{ow}x{oh}", *m, enc_ms, ren_ms), panels
+
+
+def _cell(v: float, d: int) -> str:
+    """``v`` with ``d`` decimals, ``-`` for NaN."""
+    return "-" if math.isnan(v) else f"{v:.{d}f}"
+
+
+def _print_table(table: List[_CaseRow]) -> None:
+    """Prints the scores and timings of every case, then the metric note."""
     head = f"{'scale':<13}{'output':>9}  {'bicubic PSNR/SSIM':>18}  {'model PSNR/SSIM':>18}  {'encode ms':>9}  {'render ms':>9}"
     print(head)
     print("-" * len(head))
     for name, size, bp, bs, sp, ss, em, rm in table:
-        print(f"{name:<13}{size:>9}  {f(bp, 2) + ' / ' + f(bs, 4):>18}  {f(sp, 2) + ' / ' + f(ss, 4):>18}  "
-              f"{f(em, 1):>9}  {f(rm, 1):>9}")
+        print(f"{name:<13}{size:>9}  {_cell(bp, 2) + ' / ' + _cell(bs, 4):>18}  "
+              f"{_cell(sp, 2) + ' / ' + _cell(ss, 4):>18}  {_cell(em, 1):>9}  {_cell(rm, 1):>9}")
     print("PSNR/SSIM: Y channel (BT.601), border of ceil(scale) px shaved; encode runs once per LR image.")
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Runs the demo: every scale and size, the comparison picture and the printed table."""
+    t_start = time.perf_counter()
+    src, hr, cropped = _load_hr(args.image, args.quick)
+    device = apply_runtime_args(args)
+    model, mpath = _load_demo_model(args.model_path, device)
+    mode = model.config.mode
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    H, W = hr.shape[:2]
+    print(f"model: {mpath} ({model.num_parameters():,} parameters, mode {mode}), device {device}")
+    print(f"HR image: {src.name} {W}x{H}" + (" (centre crop)" if cropped else ""))
+
+    warm_up(model, mode, args.backend, device)  # one-off start-up and JIT costs out of the timings
+
+    demo = _Demo(model, mode, args.backend, device, out_dir, hr, _to_tensor(hr))
+    table: List[_CaseRow] = []
+    rows: List[List[tuple]] = []
+    for i, s in enumerate(SCALES):
+        enc = _encode_scale(demo, s)
+        enc_ms = enc.enc_ms
+        for name, ow, oh, has_hr in _output_sizes(enc, W, H, first=i == 0):
+            line, panels = _render_case(demo, enc, name, ow, oh, has_hr, enc_ms)
+            table.append(line)
+            rows.append(panels)
+            enc_ms = math.nan  # encoded once: later sizes of this LR cost no encode
+
+    save_image_atomic(np.asarray(_comparison(rows)), out_dir / "comparison.png")
+    _print_table(table)
     print(f"wrote {len(table)} SR images, the LR inputs and comparison.png to {out_dir} "
           f"({time.perf_counter() - t_start:.1f} s)")
     return 0

@@ -31,19 +31,35 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, Optional, Tuple, Union
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from gsplat2d._io import atomic_write, load_tensors
-from gsplat2d.conics import covariances_from_cholesky, covariances_from_scale_rotation
 from gsplat2d.gaussians import Gaussians2D
+from gsplat2d.sr.feature import FeatureSRConfig, GaussianFeatureSR
+from gsplat2d.sr._layers import (
+    ConfigChecks,
+    ResBlock,
+    SuperResolver,
+    grid_means,
+    lr_covariances,
+    normalise_covariances,
+    pad_border,
+    partition_opacity,
+    per_gaussian,
+)
 
 __all__ = [
     "SRConfig",
+    "FeatureSRConfig",
     "PRESETS",
+    "preset_config",
+    "build_model",
+    "config_from_checkpoint",
+    "GaussianFeatureSR",
     "Pixel2GaussianSR",
     "save_checkpoint",
     "load_checkpoint",
@@ -58,7 +74,7 @@ NUM_RAW = 9  # raw parameters per Gaussian
 
 
 @dataclass
-class SRConfig:
+class SRConfig(ConfigChecks):
     """Architecture of :class:`Pixel2GaussianSR` (stored in every checkpoint)."""
 
     n_feats: int = 32  # backbone width (channels)
@@ -71,85 +87,89 @@ class SRConfig:
     init_scale: float = 0.6  # initial standard deviation in LR pixels
     scale_span: float = 1.0  # log-std may move +-scale_span around log(init_scale)
     colors: int = 3  # image channels
+    border: int = 2  # replicate-pad the LR image by this many pixels (Gaussians outside the image edge)
 
     def validate(self) -> "SRConfig":
-        ints = {"n_feats": self.n_feats, "n_blocks": self.n_blocks, "k": self.k, "colors": self.colors}
-        for name, v in ints.items():
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "n_blocks" else 1):
-                raise ValueError(f"SRConfig.{name} must be a positive int, got {v!r}")
-        if self.head not in ("scale_rotation", "cholesky"):
-            raise ValueError(f"SRConfig.head must be 'scale_rotation' or 'cholesky', got {self.head!r}")
-        if self.mode not in ("sum", "alpha"):
-            raise ValueError(f"SRConfig.mode must be 'sum' or 'alpha', got {self.mode!r}")
-        for name in ("res_scale", "max_offset", "init_scale", "scale_span"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"SRConfig.{name} must be a positive number, got {v!r}")
+        self._ints(("n_feats", "k", "colors"), ("n_blocks", "border"))
+        self._choice("head", ("scale_rotation", "cholesky"))
+        self._choice("mode", ("sum", "alpha"))
+        self._numbers(("res_scale", "max_offset", "init_scale", "scale_span"))
         return self
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "SRConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown SRConfig field(s): {', '.join(unknown)}")
-        return cls(**d).validate()
 
 
 #: Named architectures. ``tiny`` trains and runs on a CPU (the shipped default model);
-#: ``base`` is EDSR-baseline width/depth for GPUs; ``cholesky`` is ``tiny`` with the Cholesky head.
-PRESETS: Dict[str, SRConfig] = {
+#: ``base`` is EDSR-baseline width/depth for GPUs; ``cholesky`` is ``tiny`` with the Cholesky head;
+#: ``feature`` is the feature-splatting model (:class:`gsplat2d.sr.feature.GaussianFeatureSR`), its
+#: backbone 30 channels wide so that it has about ``tiny``'s parameter count (84.7k vs 86.7k).
+PRESETS: Dict[str, Union[SRConfig, FeatureSRConfig]] = {
     "tiny": SRConfig(n_feats=32, n_blocks=4, k=1),
     "small": SRConfig(n_feats=48, n_blocks=8, k=2),
     "base": SRConfig(n_feats=64, n_blocks=16, k=2, res_scale=1.0),
     "cholesky": SRConfig(n_feats=32, n_blocks=4, k=1, head="cholesky"),
+    "feature": FeatureSRConfig(n_feats=30, n_blocks=4, k=1),
 }
 
-
-class _ResBlock(nn.Module):
-    def __init__(self, n: int, res_scale: float) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(n, n, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(n, n, 3, padding=1))
-        self.res_scale = res_scale
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x) * self.res_scale
+#: Checkpoint "arch" -> config class (checkpoints without "arch" hold a pixel-to-Gaussian model).
+_CONFIGS = {"pixel": SRConfig, "feature": FeatureSRConfig}
 
 
-class Pixel2GaussianSR(nn.Module):
+def preset_config(name: str, overrides: Optional[Dict[str, Any]] = None) -> Union[SRConfig, "FeatureSRConfig"]:
+    """The config of preset ``name`` with ``overrides`` (field -> value) applied and validated."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    base = PRESETS[name]
+    return type(base).from_dict({**asdict(base), **(overrides or {})})
+
+
+def build_model(config: Union[SRConfig, "FeatureSRConfig", str]) -> nn.Module:
+    """The model class a config (or preset name) describes: :class:`Pixel2GaussianSR` or
+    :class:`gsplat2d.sr.feature.GaussianFeatureSR`."""
+    if isinstance(config, str):
+        config = preset_config(config)
+    return GaussianFeatureSR(config) if isinstance(config, FeatureSRConfig) else Pixel2GaussianSR(config)
+
+
+def config_from_checkpoint(payload: Dict[str, Any]) -> Union[SRConfig, "FeatureSRConfig"]:
+    """The validated config a checkpoint payload records (ValueError naming what is wrong)."""
+    arch = payload.get("arch", "pixel")
+    if arch not in _CONFIGS:
+        raise ValueError(f"unknown model arch {arch!r} (this gsplat2d knows {', '.join(_CONFIGS)})")
+    return _CONFIGS[arch].from_dict(payload["config"])
+
+
+class Pixel2GaussianSR(SuperResolver):
     """EDSR-style backbone + a head predicting ``K x 9`` raw Gaussian parameters per LR pixel.
 
     Args:
         config: an :class:`SRConfig` (or a preset name from :data:`PRESETS`).
     """
 
+    arch = "pixel"  # what a checkpoint records under "arch"
+
     def __init__(self, config: Union[SRConfig, str, None] = None) -> None:
         super().__init__()
         if config is None:
             config = "tiny"
         if isinstance(config, str):
-            if config not in PRESETS:
-                raise ValueError(f"unknown preset {config!r}; choose one of {', '.join(PRESETS)}")
-            config = SRConfig(**asdict(PRESETS[config]))
+            config = preset_config(config)
+        if not isinstance(config, SRConfig):  # e.g. the "feature" preset: use build_model
+            raise ValueError(f"Pixel2GaussianSR needs an SRConfig, got {type(config).__name__}")
         self.config = config.validate()
         c, f = config.colors, config.n_feats
         self.conv_in = nn.Conv2d(c, f, 3, padding=1)
-        self.body = nn.Sequential(*[_ResBlock(f, config.res_scale) for _ in range(config.n_blocks)])
+        self.body = nn.Sequential(*[ResBlock(f, config.res_scale) for _ in range(config.n_blocks)])
         self.conv_body = nn.Conv2d(f, f, 3, padding=1)
         self.head = nn.Conv2d(f, config.k * (6 + c), 3, padding=1)
         # A near-zero head makes the untrained field the "init" field (LR colours, isotropic
         # Gaussians at the pixel centres), a smooth interpolator to improve on.
         nn.init.normal_(self.head.weight, std=1e-3)
         nn.init.zeros_(self.head.bias)
-        # Opacity giving a partition of unity for K isotropic Gaussians of std s per unit cell
-        # (sum of exp(-d^2 / 2 s^2) over a unit grid = 2 pi s^2); capped for alpha blending.
-        o0 = 1.0 / (2.0 * math.pi * config.init_scale**2 * config.k)
-        o0 = min(max(o0, 0.05), 0.95) if config.mode == "sum" else 0.9
+        o0 = partition_opacity(config.init_scale, config.k) if config.mode == "sum" else 0.9
         self.register_buffer("_logit_o0", torch.tensor(math.log(o0 / (1.0 - o0))), persistent=False)
 
     # ------------------------------------------------------------------ network
     def raw_params(self, lr: Tensor) -> Tensor:
-        """Raw head output ``[B, K, 6 + C, H, W]`` for LR images ``[B, C, H, W]`` in ``[0, 1]``."""
+        """Raw head output ``[B, K, 6 + C, H, W]`` for (padded) LR images ``[B, C, H, W]`` in ``[0, 1]``."""
         if lr.dim() != 4 or lr.shape[1] != self.config.colors:
             raise ValueError(
                 f"lr must be [B, {self.config.colors}, H, W] floats in [0, 1], got {tuple(lr.shape)}"
@@ -161,36 +181,26 @@ class Pixel2GaussianSR(nn.Module):
         return raw.view(b, self.config.k, 6 + self.config.colors, h, w)
 
     def encode(self, lr: Tensor) -> Gaussians2D:
-        """LR images ``[B, C, H, W]`` (floats in ``[0, 1]``) -> a batched field of
-        ``N = K * H * W`` Gaussians per image, in normalised coordinates (``[B, N, ...]``)."""
+        """LR images ``[B, C, h, w]`` (floats in ``[0, 1]``) -> a batched field of
+        ``N = K (h + 2 border) (w + 2 border)`` Gaussians per image, in normalised coordinates
+        (``[B, N, ...]``; the border ring's Gaussians lie just outside ``[0, 1]^2``)."""
         cfg = self.config
-        raw = self.raw_params(lr).float()  # [B, K, 6 + C, H, W]; fp32 geometry even under AMP
-        b, k, _, h, w = raw.shape
-        raw = raw.permute(0, 1, 3, 4, 2).reshape(b, k * h * w, 6 + cfg.colors)  # [B, N, 6 + C]
-        dev = raw.device
-        ys = (torch.arange(h, device=dev, dtype=torch.float32) + 0.5).view(h, 1).expand(h, w)
-        xs = (torch.arange(w, device=dev, dtype=torch.float32) + 0.5).view(1, w).expand(h, w)
-        centres = torch.stack([xs, ys], dim=-1).reshape(1, h * w, 2).repeat(1, k, 1)  # [1, N, 2] LR px
-        offsets = cfg.max_offset * torch.tanh(raw[..., 0:2])
-        inv = torch.tensor([1.0 / w, 1.0 / h], device=dev)
-        means = (centres + offsets) * inv  # [B, N, 2] normalised
-
-        log_s0 = math.log(cfg.init_scale)
-        span = cfg.scale_span
-        if cfg.head == "scale_rotation":
-            log_s = log_s0 + span * torch.tanh(raw[..., 2:4] / span)
-            cov_lr = covariances_from_scale_rotation(torch.exp(log_s), raw[..., 4])  # LR px^2
-        else:
-            l11 = cfg.init_scale * torch.exp(span * torch.tanh(raw[..., 2] / span))
-            l22 = cfg.init_scale * torch.exp(span * torch.tanh(raw[..., 3] / span))
-            l21 = cfg.init_scale * raw[..., 4]
-            cov_lr = covariances_from_cholesky(torch.stack([l11, l21, l22], dim=-1))
-        cov = cov_lr * torch.tensor([1.0 / (w * w), 1.0 / (w * h), 1.0 / (h * h)], device=dev)
-
-        base = lr.float().permute(0, 2, 3, 1).reshape(b, 1, h * w, cfg.colors).expand(b, k, h * w, cfg.colors)
-        colors = base.reshape(b, k * h * w, cfg.colors) + raw[..., 5 : 5 + cfg.colors]
+        h, w = lr.shape[-2:]
+        padded = pad_border(lr, cfg.border)
+        raw = self.raw_params(padded).float()  # [B, K, 6 + C, hp, wp]; fp32 geometry even under AMP
+        b, k = raw.shape[:2]
+        raw, hp, wp = per_gaussian(raw.flatten(1, 2), k)  # [B, N, 6 + C]
+        means = grid_means(cfg.max_offset * torch.tanh(raw[..., 0:2]), h, w, k, cfg.border)
+        cov = normalise_covariances(lr_covariances(raw[..., 2:5], cfg.head, cfg.init_scale, cfg.scale_span), h, w)
+        base = padded.float().permute(0, 2, 3, 1).reshape(b, 1, hp * wp, cfg.colors).expand(b, k, hp * wp, cfg.colors)
+        colors = base.reshape(b, k * hp * wp, cfg.colors) + raw[..., 5 : 5 + cfg.colors]
         opacities = torch.sigmoid(raw[..., 5 + cfg.colors] + self._logit_o0)
         return Gaussians2D(means, cov, colors, opacities, mode=cfg.mode, source_size=(w, h))
+
+    def pixel_decoder(self, field: Gaussians2D, width: int, height: int) -> Optional[Callable[[Tensor], Tensor]]:
+        """What turns a rendered window ``[..., h, w, C]`` into RGB: nothing for this model (the
+        field's channels are the colours). See :meth:`GaussianFeatureSR.pixel_decoder`."""
+        return None
 
     def render(
         self, field: Gaussians2D, width: int, height: int, *, backend: str = "auto", tile_size: int = 16
@@ -199,28 +209,11 @@ class Pixel2GaussianSR(nn.Module):
         image, _ = field.render(width, height, mode=self.config.mode, backend=backend, tile_size=tile_size)
         return image.permute(0, 3, 1, 2)
 
-    def forward(
-        self, lr: Tensor, size: Union[Tuple[int, int], None] = None, *, scale: Optional[float] = None,
-        backend: str = "auto",
-    ) -> Tensor:
-        """Super-resolve ``lr [B, C, h, w]`` to ``size = (W, H)`` pixels, or ``round(w * scale)``.
-
-        Returns ``[B, C, H, W]`` float32 (unclamped; clamp to ``[0, 1]`` for display/metrics).
-        """
-        h, w = lr.shape[-2:]
-        if size is None:
-            if scale is None:
-                raise ValueError("give size=(W, H) or scale=")
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        return self.render(self.encode(lr), int(size[0]), int(size[1]), backend=backend)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
 
 # ---------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Union[str, "os.PathLike[str]"], model: Pixel2GaussianSR, **extra: Any) -> None:
-    """Write ``{format, version, config, model, **extra}`` atomically (temp file + fsync + rename).
+def save_checkpoint(path: Union[str, "os.PathLike[str]"], model: nn.Module, **extra: Any) -> None:
+    """Write ``{format, version, arch, config, model, **extra}`` atomically (temp file + fsync + rename).
 
     ``extra`` may hold optimiser/scheduler state, epoch, RNG states and metrics (anything
     ``torch.load(weights_only=True)`` accepts: tensors, numbers, strings, lists, dicts)."""
@@ -228,6 +221,7 @@ def save_checkpoint(path: Union[str, "os.PathLike[str]"], model: Pixel2GaussianS
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
+        "arch": net.arch,
         "config": asdict(net.config),
         "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         **extra,
@@ -260,16 +254,17 @@ def default_model_path() -> str:
 
 def load_model(
     path: Union[str, "os.PathLike[str]", None] = None, map_location: Any = "cpu"
-) -> Pixel2GaussianSR:
-    """Build a :class:`Pixel2GaussianSR` from a checkpoint (``None``: the shipped default model), in
-    eval mode, float32."""
+) -> nn.Module:
+    """Build the model a checkpoint holds (:class:`Pixel2GaussianSR` or
+    :class:`gsplat2d.sr.feature.GaussianFeatureSR`; ``None``: the shipped default model), in eval
+    mode, float32."""
     path = default_model_path() if path is None else os.fspath(path)
     payload = load_checkpoint(path, map_location=map_location)
     try:
-        config = SRConfig.from_dict(payload["config"])
+        config = config_from_checkpoint(payload)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: bad model config: {e}") from None
-    model = Pixel2GaussianSR(config)
+    model = build_model(config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()}
     try:
         model.load_state_dict(state)

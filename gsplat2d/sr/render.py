@@ -11,6 +11,7 @@ Examples::
     gsplat2d render --input_path lr.png --save_gaussians field.g2d               # encode only
     gsplat2d render --gaussians field.g2d --size 8000x8000 --output_path big.png
     gsplat2d render --gaussians field.g2d --scale 2.5 --output_path big.png     # x2.5 of the source size
+    gsplat2d render --gaussians feat.g2d --model_path feature.pth --scale 4 --output_path big.png
 
 The network runs once per input (``encode``); the field is then rasterized window by window
 (``--window`` pixels square, default 1024) into an 8-bit image, so the memory of a very large
@@ -20,6 +21,12 @@ A ``.g2d`` file stores Gaussians in normalised image coordinates plus metadata: 
 ``--save_gaussians`` or ``gsplat2d fit`` record their render mode and source size, so ``--scale``
 (relative to that size) and the right mode work; for older files without metadata give ``--size``
 (and ``--mode alpha`` for alpha-mode fields; the default is ``sum``).
+
+A feature model (``--preset feature``) renders the same way: its per-pixel decoder runs on each
+window after rasterization. Its ``--save_gaussians`` file holds the feature field (colour base,
+features, weight channel) plus the decoder's kind and weight hash, not the decoder itself:
+``--gaussians`` re-renders it only with ``--model_path`` naming the model that encoded it (checked
+against the hash), and says so when it is missing.
 
 Also ``python -m gsplat2d.sr.render``. Exit status: 0 on success, 2 for bad arguments or inputs,
 1 when rendering fails; errors are one line on stderr, and no partial output file is left.
@@ -33,7 +40,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple, List, Optional, Sequence, Tuple
+from typing import Callable, NamedTuple, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -167,7 +174,7 @@ def warm_up(model, mode: str, backend: str, device: torch.device) -> None:
     binning and rasterization kernels on first use; sizes are never specialised, so one tiny
     render compiles what every later size uses)."""
     field = encode_image(model, torch.zeros(3, 8, 8))
-    render_to_array(field, 16, 16, mode=mode, backend=backend)
+    render_to_array(field, 16, 16, mode=mode, backend=backend, decode=model.pixel_decoder(field, 16, 16))
     _sync(device)
 
 
@@ -181,14 +188,18 @@ def render_to_array(
     backend: str = "auto",
     tile_size: int = 16,
     as_uint8: bool = True,
+    decode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> np.ndarray:
     """Render an unbatched field at ``width x height`` window by window.
 
     Each ``window x window`` piece is rasterized with only the Gaussians that can reach it (means
     shifted by the window origin), so memory stays bounded for any output size; the stitched result
-    equals ``field.render(width, height, mode=mode)``.
+    equals ``field.render(width, height, mode=mode)``. ``decode`` (a feature model's
+    :meth:`~gsplat2d.sr.feature.GaussianFeatureSR.pixel_decoder` for this ``width x height``) maps
+    each rasterized window ``[h, w, C]`` to ``[h, w, C_out]`` before it is stored; it works per
+    pixel, so the windowed result equals a whole-image decode.
 
-    Returns ``uint8 [H, W, C]`` (clamped to [0, 1], rounded) or, with ``as_uint8=False``, the
+    Returns ``uint8 [H, W, C_out]`` (clamped to [0, 1], rounded) or, with ``as_uint8=False``, the
     unclamped float32 image.
     """
     from gsplat2d.rasterize import rasterize
@@ -200,8 +211,7 @@ def render_to_array(
     means_px, conics = field.to_pixels(width, height)
     colors, opac = field.colors, field.opacities
     x0s, x1s, y0s, y1s = _extents(means_px, conics, opac)
-    C = field.channels
-    out = np.empty((height, width, C), dtype=np.uint8 if as_uint8 else np.float32)
+    out: Optional[np.ndarray] = None  # allocated at the first window (decode sets C_out)
     with torch.inference_mode():
         for wy in range(0, height, window):
             h = min(window, height - wy)
@@ -216,6 +226,10 @@ def render_to_array(
                     means_px[idx] - shift, conics[idx], colors[idx], opac[idx], w, h,
                     mode=mode, tile_size=tile_size, backend=backend,
                 )
+                if decode is not None:
+                    img = decode(img)
+                if out is None:
+                    out = np.empty((height, width, img.shape[-1]), dtype=np.uint8 if as_uint8 else np.float32)
                 if as_uint8:
                     piece = img.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
                 else:
@@ -235,7 +249,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--input_path", help="LR image file, or a folder of images")
     p.add_argument("--output_path", help="output image (.png), or a folder when --input_path is a folder")
-    p.add_argument("--model_path", help="model checkpoint (.pth); default: the shipped model")
+    p.add_argument("--model_path", help="model checkpoint (.pth); default: the shipped model. With --gaussians: "
+                   "the feature model whose decoder a feature field needs")
     p.add_argument("--scale", help="upscaling factor: a number > 0 (4, 3.7, 12) or SXxSY (2.5x3)")
     p.add_argument("--size", help="exact output size WIDTHxHEIGHT in pixels, e.g. 3840x2160")
     p.add_argument("--save_gaussians", metavar="PATH",
@@ -316,8 +331,7 @@ def _check_arguments(args: argparse.Namespace):
     if scale is not None and size is not None:
         _fail("give either --scale or --size, not both")
     if args.gaussians is not None:
-        for flag, val in (("--input_path", args.input_path), ("--model_path", args.model_path),
-                          ("--save_gaussians", args.save_gaussians)):
+        for flag, val in (("--input_path", args.input_path), ("--save_gaussians", args.save_gaussians)):
             if val is not None:
                 _fail(f"{flag} cannot be combined with --gaussians (which renders a saved field)")
         if args.output_path is None:
@@ -391,6 +405,8 @@ def _load_model_for(args, device: torch.device):
         _fail(f"{e}" + ("" if args.model_path else " (the shipped default model is missing)"))
     except ValueError as e:
         _fail(_short(e))
+    if getattr(model, "arch", "pixel") == "feature" and args.mode == "alpha":
+        _fail(f"{mpath} is a feature-splatting model; it renders in sum mode only (drop --mode alpha)")
     mode = args.mode or model.config.mode
     if args.mode and args.mode != model.config.mode:
         print(f"{_PROG}: warning: {mpath} was trained for --mode {model.config.mode}, rendering with {args.mode}",
@@ -444,12 +460,13 @@ def _render_one(job: _Job, lr: torch.Tensor, model, mode: str, args, device: tor
     if job.field_dst is not None:
         # Mode and LR size travel with the field, so it re-renders with --scale and the right mode.
         field.mode = mode  # the mode this command renders with (--mode may override the model's)
-        field.save(job.field_dst)
+        field.save(job.field_dst, meta=decoder_meta(model))
         line += f", field -> {job.field_dst}"
     if job.dst is not None:
         ow, oh = job.out_size
         t2 = time.perf_counter()
-        arr = render_to_array(field, ow, oh, mode=mode, window=args.window, backend=args.backend)
+        arr = render_to_array(field, ow, oh, mode=mode, window=args.window, backend=args.backend,
+                              decode=model.pixel_decoder(field, ow, oh))
         _sync(device)
         ren_ms = (time.perf_counter() - t2) * 1e3
         save_image_atomic(arr, job.dst)
@@ -472,7 +489,8 @@ def _run_field(args: argparse.Namespace, size: Optional[Tuple[int, int]], scale,
     except (ValueError, TypeError) as e:
         _fail(f"bad Gaussian file: {_short(e)}")
     field = _unbatch(field, str(gpath))
-    if field.channels not in (1, 3):
+    decoder = _field_decoder(args, gpath, field, meta, device)
+    if decoder is None and field.channels not in (1, 3):
         _fail(f"{gpath} has {field.channels} colour channels; an image needs 1 or 3")
     field = field.to(torch.float32) if field.dtype != torch.float32 else field
     # Files record their render mode and source size when written by --save_gaussians or
@@ -488,15 +506,59 @@ def _run_field(args: argparse.Namespace, size: Optional[Tuple[int, int]], scale,
         size = output_size(src_w, src_h, scale)
     w, h = size
     check_output_size(w, h)
-    render_to_array(field, 8, 8, mode=mode, backend=args.backend)  # warm-up: JIT out of the timing
+    # Warm-up: JIT out of the timing.
+    render_to_array(field, 8, 8, mode=mode, backend=args.backend, decode=decoder and decoder.pixel_decoder(field, 8, 8))
     _sync(device)
     t0 = time.perf_counter()
-    arr = render_to_array(field, w, h, mode=mode, window=args.window, backend=args.backend)
+    arr = render_to_array(field, w, h, mode=mode, window=args.window, backend=args.backend,
+                          decode=decoder and decoder.pixel_decoder(field, w, h))
     _sync(device)
     ren_ms = (time.perf_counter() - t0) * 1e3
     save_image_atomic(arr, out)
     say(f"{gpath}: {field.num_gaussians} Gaussians, mode {mode}, render {w}x{h} {ren_ms:.1f} ms -> {out}")
     return 0
+
+
+#: ``.g2d`` metadata of a feature field: which model kind decodes it and a hash of its decoder.
+DECODER_KIND = "gsplat2d.GaussianFeatureSR"
+
+
+def decoder_meta(model) -> dict:
+    """Metadata a saved field needs beyond mode and size: for a feature model, the decoder it
+    needs (its kind and weight hash, checked when ``--gaussians`` re-renders the field)."""
+    if getattr(model, "arch", "pixel") != "feature":
+        return {}
+    return {"decoder": DECODER_KIND, "decoder_sha256": model.decoder_sha256(),
+            "feature_dim": model.config.feature_dim}
+
+
+def _field_decoder(args, gpath: Path, field: Gaussians2D, meta: dict, device: torch.device):
+    """The feature model that decodes ``field`` (``--model_path``, checked against the hash the
+    file records), or None for a colour field."""
+    if "decoder" not in meta:
+        if args.model_path is not None:
+            _fail(f"--model_path is only used with feature fields; {gpath} holds colours")
+        return None
+    want = meta.get("decoder_sha256")
+    if meta["decoder"] != DECODER_KIND or not isinstance(want, str):
+        _fail(f"{gpath} needs a decoder this gsplat2d does not know ({meta['decoder']!r})")
+    if args.model_path is None:
+        _fail(f"{gpath} holds a feature field ({field.channels} channels) that needs the decoder of the model "
+              f"that encoded it: add --model_path MODEL.pth (decoder sha256 {want[:12]}...)")
+    from gsplat2d.sr.model import load_model
+
+    try:
+        model = load_model(args.model_path, map_location="cpu").to(device)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    except ValueError as e:
+        _fail(_short(e))
+    if getattr(model, "arch", "pixel") != "feature" or model.decoder_sha256() != want:
+        _fail(f"--model_path {args.model_path} is not the model that encoded {gpath} (its decoder differs: "
+              f"the file needs sha256 {want[:12]}...)")
+    if field.channels != model.field_channels:
+        _fail(f"{gpath} has {field.channels} channels; {args.model_path} decodes {model.field_channels}")
+    return model
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,0 +1,252 @@
+"""Feature-space splatting super-resolution (the GaussianSR idea, Hu et al. 2024, arXiv 2407.18046).
+
+Instead of a colour per Gaussian, every LR pixel carries K Gaussians holding a ``C``-dimensional
+feature vector; the features are splatted onto the HR pixel grid with :func:`gsplat2d.rasterize`
+(sum mode) and each HR pixel's splatted feature is decoded to RGB by a small per-pixel MLP.
+
+Per Gaussian, from a 3x3 convolution head on the same EDSR-style backbone as
+:class:`gsplat2d.sr.model.Pixel2GaussianSR` (LR-pixel units):
+
+====================  =========================================================================
+``dx, dy``            offset from the LR pixel centre, ``max_offset * tanh(raw)``
+shape                 ``shape="bank"``: softmax over ``bank_size`` logits mixes the covariances
+                      of a learnable kernel bank (soft selection; ``select="hard"`` takes the
+                      argmax kernel at inference), times an adaptive variance factor
+                      ``exp(2 scale_span tanh(raw / scale_span))``. ``shape="direct"``:
+                      ``(log sx, log sy, theta)`` as in the colour model
+``r, g, b``           the LR pixel's colour + raw (a residual), splatted as a colour base
+``feature``           ``feature_dim`` raw numbers
+``logit opacity``     ``sigmoid(raw + logit(o0))``, the Gaussian's relative weight
+====================  =========================================================================
+
+Rendering splats ``[rgb, feature, 1]`` (``3 + C + 1`` channels) in one pass; the last channel is
+the total splatted weight ``W``, and ``rgb / W`` and ``feature / W`` are weighted means, so a
+sparse or border region does not darken. The decoder (1x1 convolutions) reads
+``[feature / W, rgb / W, cell]`` where ``cell = (w / W_out, h / H_out)`` is the HR pixel's size in
+LR pixels (as in LIIF), and adds its RGB output to ``rgb / W``. An untrained model (zero last
+decoder layer, near-zero head) renders the Gaussian interpolation of the LR image.
+
+A field from :meth:`GaussianFeatureSR.encode` is an ordinary :class:`gsplat2d.Gaussians2D` with
+``3 + C + 1`` channels; :meth:`GaussianFeatureSR.render` (or :meth:`pixel_decoder` applied to a
+window rasterized from it) turns it into an image, so encoding once and rendering many sizes,
+windows included, works exactly as for the colour model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from gsplat2d.conics import covariances_from_scale_rotation
+from gsplat2d.gaussians import Gaussians2D
+from gsplat2d.sr._layers import (
+    ConfigChecks,
+    ResBlock,
+    SuperResolver,
+    grid_means,
+    lr_covariances,
+    normalise_covariances,
+    pad_border,
+    partition_opacity,
+    per_gaussian,
+)
+
+__all__ = ["FeatureSRConfig", "GaussianFeatureSR"]
+
+#: The splatted weight is divided by at least this (a pixel no Gaussian reaches decodes from zeros).
+MIN_WEIGHT = 1e-4
+
+
+@dataclass
+class FeatureSRConfig(ConfigChecks):
+    """Architecture of :class:`GaussianFeatureSR` (stored in every checkpoint)."""
+
+    n_feats: int = 32  # backbone width (channels)
+    n_blocks: int = 4  # EDSR residual blocks
+    res_scale: float = 1.0
+    k: int = 1  # Gaussians per LR pixel
+    feature_dim: int = 12  # C: feature channels per Gaussian (splatted with 3 colour + 1 weight channel)
+    shape: str = "bank"  # "bank" (classifier over a learnable kernel bank) or "direct"
+    bank_size: int = 8  # kernels in the bank
+    select: str = "soft"  # bank selection at inference: "soft" (as in training) or "hard" (argmax)
+    max_offset: float = 1.0  # |dx|, |dy| bound in LR pixels
+    init_scale: float = 0.6  # initial standard deviation in LR pixels
+    scale_span: float = 1.0  # log-std may move +-scale_span (direct) / the bank's variance factor
+    decoder_hidden: int = 48  # width of the decoder's hidden 1x1 convolutions
+    decoder_layers: int = 2  # hidden layers of the decoder
+    cell: bool = True  # feed the decoder the HR pixel's size in LR pixels
+    colors: int = 3  # image channels
+    border: int = 2  # replicate-pad the LR image by this many pixels
+    mode: str = "sum"  # features are splatted in sum mode (the only mode this model has)
+
+    def validate(self) -> "FeatureSRConfig":
+        self._ints(("n_feats", "k", "feature_dim", "bank_size", "decoder_hidden", "colors"),
+                   ("n_blocks", "decoder_layers", "border"))
+        self._choice("shape", ("bank", "direct"))
+        self._choice("select", ("soft", "hard"))
+        self._choice("mode", ("sum",))
+        if not isinstance(self.cell, bool):  # 1 == True would pass a membership test
+            raise ValueError(f"FeatureSRConfig.cell must be true or false, got {self.cell!r}")
+        self._numbers(("res_scale", "max_offset", "init_scale", "scale_span"))
+        return self
+
+
+def _bank_init(m: int, init_scale: float) -> Tensor:
+    """``m`` kernels ``(log sx, log sy, theta)``: isotropic ones at a few sizes around
+    ``init_scale`` plus elongated ones at evenly spread angles (as a fixed, spread start)."""
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(m):
+        if i % 4 == 0:
+            s = init_scale * 2.0 ** ((i // 4) % 3 - 1) * 0.75 + 0.25 * init_scale
+            rows.append([math.log(s), math.log(s), 0.0])
+        else:
+            ls = math.log(init_scale)
+            rows.append([ls + 0.4, ls - 0.4, math.pi * float(torch.rand((), generator=g))])
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+class GaussianFeatureSR(SuperResolver):
+    """Feature-splatting arbitrary-scale SR: backbone -> per-pixel Gaussians carrying features ->
+    sum-mode splat normalised by the splatted weight -> per-pixel MLP decoder.
+
+    Args:
+        config: a :class:`FeatureSRConfig` (or the preset name ``"feature"``).
+    """
+
+    arch = "feature"  # what a checkpoint records under "arch"
+
+    def __init__(self, config: Optional[FeatureSRConfig] = None) -> None:
+        super().__init__()
+        if config is None:
+            config = FeatureSRConfig()
+        if not isinstance(config, FeatureSRConfig):
+            raise ValueError(f"GaussianFeatureSR needs a FeatureSRConfig, got {type(config).__name__}")
+        self.config = cfg = config.validate()
+        c, f = cfg.colors, cfg.n_feats
+        self.conv_in = nn.Conv2d(c, f, 3, padding=1)
+        self.body = nn.Sequential(*[ResBlock(f, cfg.res_scale) for _ in range(cfg.n_blocks)])
+        self.conv_body = nn.Conv2d(f, f, 3, padding=1)
+        self.head = nn.Conv2d(f, cfg.k * self._per_gaussian(), 3, padding=1)
+        nn.init.normal_(self.head.weight, std=1e-3)
+        nn.init.zeros_(self.head.bias)
+        if cfg.shape == "bank":
+            self.bank = nn.Parameter(_bank_init(cfg.bank_size, cfg.init_scale))  # [M, 3] (log sx, log sy, theta)
+        d_in = cfg.feature_dim + c + (2 if cfg.cell else 0)
+        layers = []
+        for _ in range(cfg.decoder_layers):
+            layers += [nn.Conv2d(d_in, cfg.decoder_hidden, 1), nn.ReLU(inplace=True)]
+            d_in = cfg.decoder_hidden
+        layers.append(nn.Conv2d(d_in, c, 1))
+        self.decoder = nn.Sequential(*layers)
+        # Zero last layer: the untrained model renders the splatted colour base.
+        nn.init.zeros_(self.decoder[-1].weight)
+        nn.init.zeros_(self.decoder[-1].bias)
+        o0 = partition_opacity(cfg.init_scale, cfg.k)
+        self.register_buffer("_logit_o0", torch.tensor(math.log(o0 / (1.0 - o0))), persistent=False)
+
+    def _per_gaussian(self) -> int:
+        cfg = self.config
+        shape = cfg.bank_size + 1 if cfg.shape == "bank" else 3
+        return 2 + shape + cfg.colors + cfg.feature_dim + 1
+
+    @property
+    def field_channels(self) -> int:
+        """Channels of an encoded field: colour base, features, and the constant-1 weight channel."""
+        return self.config.colors + self.config.feature_dim + 1
+
+    # ------------------------------------------------------------------ encode
+    def _shape_covariances(self, raw: Tensor) -> Tuple[Tensor, Tensor]:
+        """LR px^2 covariances from the shape part of the head; returns ``(cov, rest)``."""
+        cfg = self.config
+        if cfg.shape == "direct":
+            return lr_covariances(raw[..., :3], "scale_rotation", cfg.init_scale, cfg.scale_span), raw[..., 3:]
+        m = cfg.bank_size
+        logits, adapt = raw[..., :m], raw[..., m]
+        bank = covariances_from_scale_rotation(torch.exp(self.bank[:, :2]), self.bank[:, 2])  # [M, 3]
+        if cfg.select == "hard" and not self.training:
+            mix = bank[logits.argmax(-1)]
+        else:  # a convex mix of positive-definite matrices stays positive definite
+            mix = torch.softmax(logits, dim=-1) @ bank
+        factor = torch.exp(2.0 * cfg.scale_span * torch.tanh(adapt / cfg.scale_span))
+        return mix * factor[..., None], raw[..., m + 1 :]
+
+    def encode(self, lr: Tensor) -> Gaussians2D:
+        """LR images ``[B, colors, h, w]`` in ``[0, 1]`` -> a batched field of
+        ``N = K (h + 2 border) (w + 2 border)`` Gaussians with ``3 + C + 1`` channels
+        ``[rgb, feature, 1]``, sum mode, ``source_size = (w, h)``."""
+        cfg = self.config
+        if lr.dim() != 4 or lr.shape[1] != cfg.colors:
+            raise ValueError(f"lr must be [B, {cfg.colors}, H, W] floats in [0, 1], got {tuple(lr.shape)}")
+        h, w = lr.shape[-2:]
+        padded = pad_border(lr, cfg.border)
+        x = self.conv_in(padded - 0.5)
+        x = x + self.conv_body(self.body(x))
+        raw, hp, wp = per_gaussian(self.head(x).float(), cfg.k)  # [B, N, P]; fp32 geometry under AMP
+        b, n = raw.shape[:2]
+        means = grid_means(cfg.max_offset * torch.tanh(raw[..., 0:2]), h, w, cfg.k, cfg.border)
+        cov_lr, rest = self._shape_covariances(raw[..., 2:])
+        cov = normalise_covariances(cov_lr, h, w)
+        base = padded.float().permute(0, 2, 3, 1).reshape(b, 1, hp * wp, cfg.colors).expand(b, cfg.k, hp * wp, cfg.colors)
+        rgb = base.reshape(b, n, cfg.colors) + rest[..., : cfg.colors]
+        feats = rest[..., cfg.colors : cfg.colors + cfg.feature_dim]
+        opacities = torch.sigmoid(rest[..., -1] + self._logit_o0)
+        colors = torch.cat([rgb, feats, torch.ones_like(opacities)[..., None]], dim=-1)
+        return Gaussians2D(means, cov, colors, opacities, mode="sum", source_size=(w, h))
+
+    # ------------------------------------------------------------------ decode
+    def decode(self, splat: Tensor, cell: Tuple[float, float]) -> Tensor:
+        """Splatted ``[..., H, W, 3 + C + 1]`` -> RGB ``[..., H, W, 3]`` (unclamped).
+
+        ``cell = (w / W_out, h / H_out)``: one output pixel's size in LR pixels."""
+        cfg = self.config
+        if splat.shape[-1] != self.field_channels:
+            raise ValueError(
+                f"a feature field for this model has {self.field_channels} channels "
+                f"(3 colour + {cfg.feature_dim} feature + 1 weight), got {splat.shape[-1]}"
+            )
+        lead = splat.shape[:-1]
+        x = splat.reshape(-1, *splat.shape[-3:]).permute(0, 3, 1, 2)  # [B, 3 + C + 1, H, W]
+        weight = x[:, -1:].clamp(min=MIN_WEIGHT)
+        mean = x[:, :-1] / weight  # weighted means of colour and feature
+        rgb = mean[:, : cfg.colors]
+        parts = [mean[:, cfg.colors :], rgb]
+        if cfg.cell:
+            b, _, hh, ww = x.shape
+            parts.append(torch.tensor(cell, dtype=x.dtype, device=x.device).view(1, 2, 1, 1).expand(b, 2, hh, ww))
+        out = rgb + self.decoder(torch.cat(parts, dim=1))
+        return out.permute(0, 2, 3, 1).reshape(*lead, cfg.colors)
+
+    def pixel_decoder(self, field: Gaussians2D, width: int, height: int) -> Callable[[Tensor], Tensor]:
+        """The per-pixel decoder for a ``width x height`` render of ``field``: a function from any
+        rasterized window ``[..., h, w, 3 + C + 1]`` of that render to RGB ``[..., h, w, 3]``.
+        Decoding is per pixel, so a windowed render equals a whole one."""
+        if field.source_size is None:
+            raise ValueError("a feature field needs its source size (LR width, height) to decode")
+        sw, sh = field.source_size
+        cell = (float(sw) / float(width), float(sh) / float(height))
+        return lambda splat: self.decode(splat, cell)
+
+    def render(
+        self, field: Gaussians2D, width: int, height: int, *, backend: str = "auto", tile_size: int = 16
+    ) -> Tensor:
+        """Splat an encoded field at ``width x height`` and decode: ``[B, 3, height, width]`` (unclamped)."""
+        splat, _ = field.render(width, height, mode="sum", backend=backend, tile_size=tile_size)
+        return self.pixel_decoder(field, width, height)(splat).permute(0, 3, 1, 2)
+
+
+    def decoder_sha256(self) -> str:
+        """A hash of the decoder's weights (and the config it depends on): a saved feature field
+        records it, so a re-render can check it is decoded by the network that encoded it."""
+        h = hashlib.sha256()
+        cfg = self.config
+        h.update(f"{cfg.colors},{cfg.feature_dim},{cfg.cell},{cfg.decoder_hidden},{cfg.decoder_layers}".encode())
+        for name, t in sorted(self.decoder.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
