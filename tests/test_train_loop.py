@@ -137,6 +137,30 @@ def test_resume_refuses_other_architecture(tmp_path, image_dir):
         train(replace(cfg, epochs=2), resume=cfg.save_path)
 
 
+def test_time_budget_stops_the_run_with_the_schedule_finished(tmp_path, image_dir, monkeypatch, capsys):
+    """--time_budget_min: the cosine decay follows the time spent (the last step runs at
+    lr * min_lr_ratio), the run stops once the budget is spent, and a resume says it is complete.
+    The clock is faked: 1 s per step, a 4-step (4 / 60 min) budget."""
+    fake = {"t": 1000.0}
+
+    def clock() -> float:
+        fake["t"] += 0.5  # two reads per step (epoch start / step end)
+        return fake["t"]
+
+    monkeypatch.setattr(loop_mod.time, "time", clock)
+    cfg = _cfg(tmp_path, image_dir, epochs=50, repeat=1, val_split=0, time_budget_min=4 / 60, min_lr_ratio=0.1)
+    out = train(cfg)
+    hist = out["history"]
+    assert out["steps"] < 50 and hist[-1]["train_seconds"] >= 4.0
+    assert hist[-1]["lr"] == pytest.approx(cfg.lr * 0.1)  # the schedule ran to its end in time
+    assert hist[0]["lr"] > cfg.lr * 0.5  # and not in steps: the first epoch is still near the top
+    capsys.readouterr()
+    again = train(replace(cfg, time_budget_min=4 / 60), resume=last_checkpoint_path(cfg.save_path))
+    assert again["complete"] and "time budget is spent" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="time_budget_min"):
+        train(replace(cfg, time_budget_min=-1.0))
+
+
 def test_amp_bf16_step_on_cpu(tmp_path, image_dir):
     out = train(_cfg(tmp_path, image_dir, epochs=1, amp=True, val_split=0))
     assert np.isfinite(out["final_train_loss"])

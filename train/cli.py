@@ -59,9 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ms_ssim_weight", type=float, default=0.2)
     g.add_argument("--early_stop", type=int, default=0, help="stop after N epochs without val PSNR gain (0 = off)")
     g.add_argument("--max_steps", type=int, default=0, help="stop after N optimiser steps in total (0 = no limit)")
+    g.add_argument("--time_budget_min", type=float, default=0.0,
+                   help="stop after this many minutes of training steps (validation not counted); the cosine "
+                   "decay then follows the time spent, so runs of equal budget compare fairly (0 = off)")
     g = p.add_argument_group("model and run")
-    g.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model architecture")
-    g.add_argument("--model", default="{}", help="JSON overrides of the preset's SRConfig, e.g. '{\"k\": 2}'")
+    g.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
+                   help="model architecture: tiny/small/base/cholesky (pixel-to-Gaussian colour model) or "
+                   "feature (feature splatting + MLP decoder)")
+    g.add_argument("--model", default="{}",
+                   help="JSON overrides of the preset's config (SRConfig or FeatureSRConfig), e.g. '{\"k\": 2}'")
     g.add_argument("--save_path", default="models/my_model.pth", help="best model (by val PSNR); *.last.pth beside it resumes")
     g.add_argument("--resume", default=None, help="continue a run from its *.last.pth checkpoint")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -85,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
         if not isinstance(overrides, dict):
             raise ValueError("not a JSON object")
     except ValueError as e:
-        raise UserError(f"--model must be a JSON object of SRConfig fields ({e})") from None
+        raise UserError(f"--model must be a JSON object of model config fields ({e})") from None
     if args.num_threads < 0:
         raise UserError(f"--num_threads must be >= 0, got {args.num_threads}")
     if args.num_threads:

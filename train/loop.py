@@ -1,4 +1,5 @@
-"""Training loop for :class:`gsplat2d.sr.model.Pixel2GaussianSR` (single process or DDP via torchrun).
+"""Training loop for the super-resolution models (:class:`gsplat2d.sr.model.Pixel2GaussianSR`,
+:class:`gsplat2d.sr.feature.GaussianFeatureSR`; single process or DDP via torchrun).
 
 One epoch = ``repeat`` passes of random crops over the training images, one random scale per
 batch. After each epoch: validation (loss, Y-PSNR, SSIM, optional LPIPS), a sample strip
@@ -37,7 +38,7 @@ from gsplat2d.eval.metrics import (
     psnr_y,
     ssim_y,
 )
-from gsplat2d.sr.model import PRESETS, Pixel2GaussianSR, SRConfig, load_checkpoint, save_checkpoint
+from gsplat2d.sr.model import build_model, config_from_checkpoint, load_checkpoint, preset_config, save_checkpoint
 from gsplat2d.train.data import CustomImageDataset, make_loader
 from gsplat2d.train.plot import plot_curves
 from gsplat2d.train.samples import save_sample_strip
@@ -65,7 +66,7 @@ class TrainConfig:
     scale_max: float = 4.0
     repeat: int = 1  # passes over the training images per epoch
     preset: str = "tiny"
-    model: Dict[str, Any] = field(default_factory=dict)  # SRConfig overrides
+    model: Dict[str, Any] = field(default_factory=dict)  # overrides of the preset's config
     l1_weight: float = 0.8
     ms_ssim_weight: float = 0.2
     val_scales: Tuple[float, ...] = (2.0, 3.0, 4.0)
@@ -81,6 +82,7 @@ class TrainConfig:
     samples_dir: str = "train_samples"
     metrics_path: Optional[str] = None  # default: <save_path stem>.metrics.jsonl
     max_steps: int = 0  # stop after this many optimiser steps in total (0 = no limit; for tests)
+    time_budget_min: float = 0.0  # stop after this many minutes of training steps; cosine over time (0 = off)
     progress: bool = True
 
 
@@ -194,11 +196,17 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _lr_lambda(cfg: TrainConfig, total_steps: int):
+def _lr_lambda(cfg: TrainConfig, total_steps: int, clock: Optional[Dict[str, float]] = None):
+    """Linear warm-up over steps, then cosine decay to ``min_lr_ratio`` over the steps or, with a
+    time budget, over the fraction ``clock["t"]`` of the budget spent."""
+
     def f(step: int) -> float:
         if cfg.warmup_steps and step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
-        t = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        if clock is not None and cfg.time_budget_min > 0:
+            t = min(1.0, clock["t"])
+        else:
+            t = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
     return f
@@ -247,7 +255,7 @@ class _Validator:
         return self.lpips
 
     @torch.no_grad()
-    def run(self, model: Pixel2GaussianSR, loss_fn: SRLoss, device: torch.device, backend: str, use_lpips: bool):
+    def run(self, model: torch.nn.Module, loss_fn: SRLoss, device: torch.device, backend: str, use_lpips: bool):
         model.eval()
         losses, psnrs, ssims, lp = [], [], [], []
         bic = []
@@ -323,132 +331,200 @@ def check_output_paths(cfg: TrainConfig) -> None:
 
 
 def _train(cfg: TrainConfig, resume: Optional[str]) -> Dict[str, Any]:
-    rank, world, local_rank = _dist_info()
-    device = _pick_device(cfg.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if cfg.epochs < 1 or cfg.batch_size < 1 or not (cfg.lr > 0):
-        raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {cfg.epochs}, {cfg.batch_size}, {cfg.lr}")
-    if cfg.preset not in PRESETS:
-        raise ValueError(f"unknown --preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
-    check_output_paths(cfg)
+    run = _Run(cfg)
+    if resume and run.restore(resume):
+        return run.complete_summary(resume)
+    run.log_start()
+    for epoch in range(run.start_epoch, cfg.epochs):
+        if run.budget_spent():
+            break
+        record = run.train_epoch(epoch)
+        run.end_epoch(epoch, record)
+        if cfg.early_stop and run.stale >= cfg.early_stop:
+            _log(f"early stopping: no val PSNR improvement for {run.stale} epochs", run.rank)
+            run.stopped_early = True
+            break
+    return run.finish()
 
-    # Data first: a missing or empty folder is an error before any model is built.
-    dataset = CustomImageDataset(
-        cfg.dataset_path, patch_size=cfg.patch_size, scale_range=(cfg.scale_min, cfg.scale_max)
-    )
-    val_files: List[Path] = []
-    if cfg.val_path:
-        from gsplat2d.train.data import _list_images
 
-        val_files = _list_images(Path(cfg.val_path))
-    elif cfg.val_split:
-        if cfg.val_split >= len(dataset.files):
-            raise ValueError(f"--val_split {cfg.val_split} leaves no training images (dataset has {len(dataset.files)})")
-        # Every k-th image (deterministic, spread over sub-folders) is held out.
-        step = len(dataset.files) / cfg.val_split
-        held = {int(i * step) for i in range(cfg.val_split)}
-        val_files = [f for i, f in enumerate(dataset.files) if i in held]
-        dataset.files = [f for i, f in enumerate(dataset.files) if i not in held]
-    if cfg.val_max_images:
-        val_files = val_files[: cfg.val_max_images]
-    validator = _Validator(val_files, cfg) if (val_files and rank == 0) else None
+class _Run:
+    """One training run's state and its steps: setup (checks, data, model, optimiser), resume,
+    one epoch of steps, the end-of-epoch work (validation, files, checkpoints), the summary."""
 
-    loader = make_loader(
-        dataset, cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed, drop_last=len(dataset) >= cfg.batch_size,
-        repeat=cfg.repeat, rank=rank, world_size=world,
-    )
-    steps_per_epoch = len(loader.batch_sampler)
-    if steps_per_epoch < 1:
-        raise ValueError(f"no batches: {len(dataset)} images x repeat {cfg.repeat} for {world} process(es)")
-    total_steps = steps_per_epoch * cfg.epochs
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.rank, self.world, local_rank = _dist_info()
+        self.device = _pick_device(cfg.device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(self.device)
+        self.mcfg = self._check(cfg)
+        self._build_data(cfg)
+        total_steps = self.steps_per_epoch * cfg.epochs
+        if cfg.max_steps:
+            total_steps = min(total_steps, cfg.max_steps)
 
-    _seed_all(cfg.seed)
-    mcfg = SRConfig(**{**asdict(PRESETS[cfg.preset]), **cfg.model}).validate()
-    model = Pixel2GaussianSR(mcfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total_steps))
-    loss_fn = SRLoss(cfg.l1_weight, cfg.ms_ssim_weight)
+        _seed_all(cfg.seed)
+        self.model = build_model(self.mcfg).to(self.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.clock = {"t": 0.0, "seconds": 0.0}  # training-step seconds so far (the time budget's clock)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg, total_steps, self.clock))
+        self.loss_fn = SRLoss(cfg.l1_weight, cfg.ms_ssim_weight)
+        self.start_epoch, self.step, self.best_psnr, self.stale = 0, 0, -math.inf, 0
+        self.history: List[Dict[str, Any]] = []
+        self.stopped_early = False
+        self.budget_s = cfg.time_budget_min * 60.0
+        self.metrics_path = _metrics_path(cfg)
 
-    start_epoch, step, best_psnr, history, stale = 0, 0, -math.inf, [], 0
-    if resume:
+    @staticmethod
+    def _check(cfg: TrainConfig):
+        """Settings, model config and output paths, before any data is read."""
+        if cfg.epochs < 1 or cfg.batch_size < 1 or not (cfg.lr > 0):
+            raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {cfg.epochs}, {cfg.batch_size}, {cfg.lr}")
+        if not (cfg.time_budget_min >= 0) or not math.isfinite(cfg.time_budget_min):
+            raise ValueError(f"--time_budget_min must be >= 0 minutes, got {cfg.time_budget_min}")
+        mcfg = preset_config(cfg.preset, cfg.model)  # a bad preset or override fails before any data is read
+        check_output_paths(cfg)
+        return mcfg
+
+    def _build_data(self, cfg: TrainConfig) -> None:
+        """Training set, held-out or separate validation set, loader; a missing or empty folder is
+        an error before any model is built."""
+        dataset = CustomImageDataset(
+            cfg.dataset_path, patch_size=cfg.patch_size, scale_range=(cfg.scale_min, cfg.scale_max)
+        )
+        val_files: List[Path] = []
+        if cfg.val_path:
+            from gsplat2d.train.data import _list_images
+
+            val_files = _list_images(Path(cfg.val_path))
+        elif cfg.val_split:
+            if cfg.val_split >= len(dataset.files):
+                raise ValueError(f"--val_split {cfg.val_split} leaves no training images (dataset has {len(dataset.files)})")
+            # Every k-th image (deterministic, spread over sub-folders) is held out.
+            step = len(dataset.files) / cfg.val_split
+            held = {int(i * step) for i in range(cfg.val_split)}
+            val_files = [f for i, f in enumerate(dataset.files) if i in held]
+            dataset.files = [f for i, f in enumerate(dataset.files) if i not in held]
+        if cfg.val_max_images:
+            val_files = val_files[: cfg.val_max_images]
+        self.dataset, self.val_files = dataset, val_files
+        self.validator = _Validator(val_files, cfg) if (val_files and self.rank == 0) else None
+        self.loader = make_loader(
+            dataset, cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed,
+            drop_last=len(dataset) >= cfg.batch_size, repeat=cfg.repeat, rank=self.rank, world_size=self.world,
+        )
+        self.steps_per_epoch = len(self.loader.batch_sampler)
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"no batches: {len(dataset)} images x repeat {cfg.repeat} for {self.world} process(es)")
+
+    def restore(self, resume: str) -> bool:
+        """Load a ``*.last.pth`` checkpoint of the same architecture; True when that run is complete."""
+        cfg = self.cfg
         ck = load_checkpoint(resume, map_location="cpu")
         if "optimizer" not in ck:
             raise ValueError(f"{resume} holds weights only (no optimiser state); resume from a *.last.pth file")
-        if ck["config"] != asdict(mcfg):
-            raise ValueError(f"{resume}: its model config {ck['config']} differs from this run's {asdict(mcfg)}")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start_epoch, step = int(ck["epoch"]), int(ck["step"])
-        best_psnr = float(ck.get("best_psnr", -math.inf))
-        stale = int(ck.get("stale", 0))
-        history = json.loads(ck.get("history", "[]"))
+        try:
+            ck_cfg = config_from_checkpoint(ck)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{resume}: bad model config: {e}") from None
+        if ck_cfg != self.mcfg:
+            raise ValueError(f"{resume}: its model config {asdict(ck_cfg)} differs from this run's {asdict(self.mcfg)}")
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["scheduler"])
+        self.start_epoch, self.step = int(ck["epoch"]), int(ck["step"])
+        self.best_psnr = float(ck.get("best_psnr", -math.inf))
+        self.stale = int(ck.get("stale", 0))
+        self.history = json.loads(ck.get("history", "[]"))
+        self.clock["seconds"] = float(ck.get("train_seconds", 0.0))
         _set_rng_state(ck["rng"])
-        if rank == 0:  # drop metrics lines of an epoch that was cut before its checkpoint
-            _write_jsonl(_metrics_path(cfg), history)
-        _log(f"resumed from {resume}: epoch {start_epoch}, step {step}", rank)
-        if start_epoch >= cfg.epochs:
-            _log(f"the run in {resume} is complete ({start_epoch} of {cfg.epochs} epochs); to train "
-                 f"further, resume it with a larger --epochs", rank)
-            return {"epochs_run": start_epoch, "steps": step, "complete": True,
-                    "best_val_psnr": best_psnr if math.isfinite(best_psnr) else None, "history": history,
-                    "save_path": cfg.save_path, "last_checkpoint": last_checkpoint_path(cfg.save_path)}
+        if self.rank == 0:  # drop metrics lines of an epoch that was cut before its checkpoint
+            _write_jsonl(self.metrics_path, self.history)
+        _log(f"resumed from {resume}: epoch {self.start_epoch}, step {self.step}", self.rank)
+        return self.start_epoch >= cfg.epochs or bool(self.budget_s and self.clock["seconds"] >= self.budget_s)
 
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+    def complete_summary(self, resume: str) -> Dict[str, Any]:
+        cfg = self.cfg
+        if self.start_epoch >= cfg.epochs:
+            _log(f"the run in {resume} is complete ({self.start_epoch} of {cfg.epochs} epochs); to train "
+                 f"further, resume it with a larger --epochs", self.rank)
+        else:
+            _log(f"the run in {resume} is complete (its {cfg.time_budget_min:g}-minute time budget is spent); "
+                 f"to train further, resume it with a larger --time_budget_min", self.rank)
+        return {"epochs_run": self.start_epoch, "steps": self.step, "complete": True,
+                "best_val_psnr": self.best_psnr if math.isfinite(self.best_psnr) else None,
+                "history": self.history, "save_path": cfg.save_path,
+                "last_checkpoint": last_checkpoint_path(cfg.save_path)}
+
+    def log_start(self) -> None:
+        """Wrap the model for DDP, pick the AMP dtype, print the run's one-line description."""
+        cfg = self.cfg
+        self.t_start = time.time()
+        self.net = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.amp_dtype = torch.bfloat16 if cfg.amp else None
+        if cfg.amp and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            self.amp_dtype = torch.float16  # pre-Ampere GPUs: fp16 autocast, with the gradient scaler below
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        _log(
+            f"gsplat2d train: {len(self.dataset.files)} training images, {len(self.val_files)} validation images, "
+            f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs, preset {cfg.preset} "
+            f"({self.model.num_parameters()} parameters), device {self.device}, world size {self.world}"
+            + (f", AMP {self.amp_dtype}" if self.amp_dtype else ""),
+            self.rank,
         )
-    amp_dtype = torch.bfloat16 if cfg.amp else None
-    if cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        amp_dtype = torch.float16  # pre-Ampere GPUs: fp16 autocast, with the gradient scaler below
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
-    _log(
-        f"gsplat2d train: {len(dataset.files)} training images, {len(val_files)} validation images, "
-        f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs, preset {cfg.preset} "
-        f"({model.num_parameters()} parameters), device {device}, world size {world}"
-        + (f", AMP {amp_dtype}" if amp_dtype else ""),
-        rank,
-    )
-    metrics_path = _metrics_path(cfg)
-    t_start = time.time()
-    epoch = start_epoch
-    stopped_early = False
-    for epoch in range(start_epoch, cfg.epochs):
-        if cfg.max_steps and step >= cfg.max_steps:
-            break
-        loader.batch_sampler.set_epoch(epoch)
-        net.train()
+    def budget_spent(self) -> bool:
+        cfg = self.cfg
+        return bool((cfg.max_steps and self.step >= cfg.max_steps) or (self.budget_s and self.clock["seconds"] >= self.budget_s))
+
+    def _tick(self, t_step: float) -> float:
+        """Advance the time budget's clock by one step (data loading included, validation not)."""
+        now = time.time()
+        self.clock["seconds"] += now - t_step
+        if self.budget_s and self.world > 1:  # one clock for every rank, so all stop at the same step
+            t = torch.tensor([self.clock["seconds"]], dtype=torch.float64, device=self.device)
+            dist.broadcast(t, 0)
+            self.clock["seconds"] = float(t)
+        if self.budget_s:
+            self.clock["t"] = self.clock["seconds"] / self.budget_s
+        return now
+
+    def train_epoch(self, epoch: int) -> Dict[str, Any]:
+        """One epoch of optimiser steps; returns its metrics record."""
+        cfg, device = self.cfg, self.device
+        self.loader.batch_sampler.set_epoch(epoch)
+        self.net.train()
         sums, count, t0, n_img = {}, 0, time.time(), 0
-        it = loader
         bar = None
-        if cfg.progress and rank == 0:
+        if cfg.progress and self.rank == 0:
             from tqdm import tqdm
 
-            bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
-            it = bar
-        for batch in it:
+            bar = tqdm(self.loader, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       dynamic_ncols=True)
+        t_step = time.time()
+        for batch in bar if bar is not None else self.loader:
             lr_img = batch["lr"].to(device, non_blocking=True)
             hr = batch["hr"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-                sr = net(lr_img, (hr.shape[-1], hr.shape[-2]), backend=cfg.backend)
-            loss, parts = loss_fn(sr.float(), hr)
+            with torch.autocast(device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
+                sr = self.net(lr_img, (hr.shape[-1], hr.shape[-2]), backend=cfg.backend)
+            loss, parts = self.loss_fn(sr.float(), hr)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}, step {step}: {float(loss)}")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+                raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}, step {self.step}: {float(loss)}")
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
             if cfg.grad_clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            step += 1
+                self.scaler.unscale_(self.opt)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            t_step = self._tick(t_step)
+            self.sched.step()
+            self.step += 1
             count += 1
             n_img += hr.shape[0]
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
@@ -456,106 +532,120 @@ def _train(cfg: TrainConfig, resume: Optional[str]) -> Dict[str, Any]:
                 sums[k] = sums.get(k, 0.0) + v
             if bar is not None:
                 bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", img_s=f"{n_img / (time.time() - t0):.1f}")
-            if cfg.max_steps and step >= cfg.max_steps:
+            if self.budget_spent():
                 break
         if bar is not None:
             bar.close()
         record: Dict[str, Any] = {
             "epoch": epoch + 1,
-            "step": step,
-            "lr": sched.get_last_lr()[0],
+            "step": self.step,
+            "lr": self.sched.get_last_lr()[0],
             "train_loss": sums.get("loss", float("nan")) / max(count, 1),
             "train_l1": sums.get("l1", float("nan")) / max(count, 1),
             "epoch_time_s": time.time() - t0,
-            "images_per_s": n_img * world / max(time.time() - t0, 1e-9),
+            "images_per_s": n_img * self.world / max(time.time() - t0, 1e-9),
+            "train_seconds": self.clock["seconds"],
         }
-        if world > 1:
+        if self.world > 1:
             t = torch.tensor([record["train_loss"]], device=device)
             dist.all_reduce(t)
-            record["train_loss"] = float(t) / world
-        improved = False
-        if rank == 0:
-            if validator is not None:
-                record.update(validator.run(model, loss_fn, device, cfg.backend, cfg.lpips))
-                record["bicubic_psnr"] = validator.bicubic_psnr
-                if validator.lpips_note and epoch == start_epoch:
-                    _log(validator.lpips_note, rank)
-                improved = record["val_psnr"] > best_psnr
-                if improved:
-                    best_psnr, stale = record["val_psnr"], 0
-                else:
-                    stale += 1
-                if history and "val_loss" in history[-1]:
-                    prev = history[-1]
-                    # 1% margin: epoch-to-epoch noise in val_loss is not a trend.
-                    if record["val_loss"] > 1.01 * prev["val_loss"] and record["train_loss"] < prev["train_loss"]:
-                        msg = (
-                            f"warning: val_loss rose ({prev['val_loss']:.4f} -> {record['val_loss']:.4f}) while "
-                            f"train_loss fell: possible overfitting"
-                        )
-                        record["overfit_warning"] = True
-                        _log(msg, rank)
-                _, s, lr_v, hr_v = validator.items[0]
-                save_sample_strip(model, lr_v, hr_v, Path(cfg.samples_dir) / f"epoch_{epoch + 1:03d}.png", device, cfg.backend)
-            else:
-                improved = True  # no validation: the latest model is the best we know
-            history.append(record)
-            _write_jsonl(metrics_path, history)  # whole file, atomically: a kill never tears a line
-            plot_curves(history, str(Path(metrics_path).with_suffix(".png")))
-            extra = {"train_config": json.dumps(asdict(cfg)), "epoch": epoch + 1, "step": step,
-                     "best_psnr": best_psnr, "stale": stale, "history": json.dumps(history)}
-            if improved:
-                save_checkpoint(cfg.save_path, model, metrics=json.dumps(record), **{k: extra[k] for k in ("train_config", "epoch", "step")})
-            save_checkpoint(
-                last_checkpoint_path(cfg.save_path), model, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                rng=_rng_state(), **extra,
-            )
-            line = f"epoch {epoch + 1}/{cfg.epochs}  train_loss {record['train_loss']:.4f}"
-            if "val_psnr" in record:
-                line += (
-                    f"  val_loss {record['val_loss']:.4f}  val_psnr {record['val_psnr']:.3f} dB "
-                    f"(bicubic {record['bicubic_psnr']:.3f})  val_ssim {record['val_ssim']:.4f}"
-                )
-                if "val_lpips" in record:
-                    line += f"  val_lpips {record['val_lpips']:.4f}"
-            line += f"  {record['images_per_s']:.1f} img/s" + ("  *best*" if improved and validator else "")
-            _log(line, rank)
-        if world > 1:
-            flag = torch.tensor([stale], device=device)
-            dist.broadcast(flag, 0)
-            stale = int(flag)
-        if cfg.early_stop and stale >= cfg.early_stop:
-            _log(f"early stopping: no val PSNR improvement for {stale} epochs", rank)
-            stopped_early = True
-            break
+            record["train_loss"] = float(t) / self.world
+        return record
 
-    summary = {
-        "epochs_run": (history[-1]["epoch"] if history else start_epoch),
-        "steps": step,
-        "best_val_psnr": best_psnr if math.isfinite(best_psnr) else None,
-        "bicubic_val_psnr": validator.bicubic_psnr if validator else None,
-        "final_train_loss": history[-1]["train_loss"] if history else None,
-        "time_s": time.time() - t_start,
-        "save_path": cfg.save_path,
-        "last_checkpoint": last_checkpoint_path(cfg.save_path),
-        "metrics": metrics_path,
-        "stopped_early": stopped_early,
-        "history": history,
-    }
-    if rank == 0:
-        print("--- Training Complete ---")
-        print(f"Epochs:          {summary['epochs_run']} ({step} steps, {summary['time_s'] / 60:.1f} min)")
-        if summary["final_train_loss"] is not None:
-            print(f"Final train loss: {summary['final_train_loss']:.4f}")
-        if summary["best_val_psnr"] is not None:
-            bic = summary["bicubic_val_psnr"]
-            print(f"Best val PSNR:   {summary['best_val_psnr']:.3f} dB"
-                  + (f" (bicubic {bic:.3f} dB)" if bic is not None else ""))
-        print(f"Model:           {cfg.save_path}")
-        print(f"Resume from:     {summary['last_checkpoint']}")
-        print(f"Metrics:         {metrics_path} (+ plot {Path(metrics_path).with_suffix('.png')})")
-        print("-------------------------")
-    return summary
+    def _validate(self, epoch: int, record: Dict[str, Any]) -> bool:
+        """Rank 0: validation metrics into ``record``, the overfitting warning, the sample strip;
+        True when val PSNR improved (or there is no validation)."""
+        v = self.validator
+        if v is None:
+            return True  # no validation: the latest model is the best we know
+        cfg = self.cfg
+        record.update(v.run(self.model, self.loss_fn, self.device, cfg.backend, cfg.lpips))
+        record["bicubic_psnr"] = v.bicubic_psnr
+        if v.lpips_note and epoch == self.start_epoch:
+            _log(v.lpips_note, self.rank)
+        improved = record["val_psnr"] > self.best_psnr
+        if improved:
+            self.best_psnr, self.stale = record["val_psnr"], 0
+        else:
+            self.stale += 1
+        if self.history and "val_loss" in self.history[-1]:
+            prev = self.history[-1]
+            # 1% margin: epoch-to-epoch noise in val_loss is not a trend.
+            if record["val_loss"] > 1.01 * prev["val_loss"] and record["train_loss"] < prev["train_loss"]:
+                record["overfit_warning"] = True
+                _log(f"warning: val_loss rose ({prev['val_loss']:.4f} -> {record['val_loss']:.4f}) while "
+                     f"train_loss fell: possible overfitting", self.rank)
+        _, _, lr_v, hr_v = v.items[0]
+        save_sample_strip(self.model, lr_v, hr_v, Path(cfg.samples_dir) / f"epoch_{epoch + 1:03d}.png", self.device,
+                          cfg.backend)
+        return improved
+
+    def end_epoch(self, epoch: int, record: Dict[str, Any]) -> None:
+        """Validation, metrics file and plot, best and resumable checkpoints, the epoch's line (rank
+        0); the early-stopping counter shared with every rank."""
+        cfg = self.cfg
+        if self.rank == 0:
+            improved = self._validate(epoch, record)
+            self.history.append(record)
+            _write_jsonl(self.metrics_path, self.history)  # whole file, atomically: a kill never tears a line
+            plot_curves(self.history, str(Path(self.metrics_path).with_suffix(".png")))
+            extra = {"train_config": json.dumps(asdict(cfg)), "epoch": epoch + 1, "step": self.step,
+                     "best_psnr": self.best_psnr, "stale": self.stale, "history": json.dumps(self.history),
+                     "train_seconds": self.clock["seconds"]}
+            if improved:
+                save_checkpoint(cfg.save_path, self.model, metrics=json.dumps(record),
+                                **{k: extra[k] for k in ("train_config", "epoch", "step")})
+            save_checkpoint(
+                last_checkpoint_path(cfg.save_path), self.model, optimizer=self.opt.state_dict(),
+                scheduler=self.sched.state_dict(), rng=_rng_state(), **extra,
+            )
+            _log(self._epoch_line(epoch, record, improved), self.rank)
+        if self.world > 1:
+            flag = torch.tensor([self.stale], device=self.device)
+            dist.broadcast(flag, 0)
+            self.stale = int(flag)
+
+    def _epoch_line(self, epoch: int, record: Dict[str, Any], improved: bool) -> str:
+        line = f"epoch {epoch + 1}/{self.cfg.epochs}  train_loss {record['train_loss']:.4f}"
+        if "val_psnr" in record:
+            line += (
+                f"  val_loss {record['val_loss']:.4f}  val_psnr {record['val_psnr']:.3f} dB "
+                f"(bicubic {record['bicubic_psnr']:.3f})  val_ssim {record['val_ssim']:.4f}"
+            )
+            if "val_lpips" in record:
+                line += f"  val_lpips {record['val_lpips']:.4f}"
+        return line + f"  {record['images_per_s']:.1f} img/s" + ("  *best*" if improved and self.validator else "")
+
+    def finish(self) -> Dict[str, Any]:
+        """The run's summary dict; rank 0 prints the ``--- Training Complete ---`` block."""
+        cfg, history = self.cfg, self.history
+        summary = {
+            "epochs_run": (history[-1]["epoch"] if history else self.start_epoch),
+            "steps": self.step,
+            "best_val_psnr": self.best_psnr if math.isfinite(self.best_psnr) else None,
+            "bicubic_val_psnr": self.validator.bicubic_psnr if self.validator else None,
+            "final_train_loss": history[-1]["train_loss"] if history else None,
+            "time_s": time.time() - self.t_start,
+            "save_path": cfg.save_path,
+            "last_checkpoint": last_checkpoint_path(cfg.save_path),
+            "metrics": self.metrics_path,
+            "stopped_early": self.stopped_early,
+            "history": history,
+        }
+        if self.rank == 0:
+            print("--- Training Complete ---")
+            print(f"Epochs:          {summary['epochs_run']} ({self.step} steps, {summary['time_s'] / 60:.1f} min)")
+            if summary["final_train_loss"] is not None:
+                print(f"Final train loss: {summary['final_train_loss']:.4f}")
+            if summary["best_val_psnr"] is not None:
+                bic = summary["bicubic_val_psnr"]
+                print(f"Best val PSNR:   {summary['best_val_psnr']:.3f} dB"
+                      + (f" (bicubic {bic:.3f} dB)" if bic is not None else ""))
+            print(f"Model:           {cfg.save_path}")
+            print(f"Resume from:     {summary['last_checkpoint']}")
+            print(f"Metrics:         {self.metrics_path} (+ plot {Path(self.metrics_path).with_suffix('.png')})")
+            print("-------------------------")
+        return summary
 
 
 def _write_jsonl(path: str, records: List[Dict[str, Any]]) -> None:
