@@ -44,7 +44,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -246,6 +246,14 @@ def _super_resolve(model, lrs: List[np.ndarray], hw: Tuple[int, int], device: to
     return [x.float().clamp(0.0, 1.0).cpu() for x in sr]
 
 
+def _check_shave(hr_hw: Tuple[int, int], scale: float) -> None:
+    """ValueError when shaving ``ceil(scale)`` px from every border leaves no pixel to score."""
+    shave = _shave(scale)
+    if min(hr_hw) <= 2 * shave:
+        raise ValueError(f"{hr_hw[1]}x{hr_hw[0]} px is too small to score at {_scale_label(scale)} "
+                         f"({shave} px are shaved from each border)")
+
+
 def _shave(scale: float) -> int:
     return int(math.ceil(scale - 1e-9))
 
@@ -314,82 +322,119 @@ def _make_dirs(*dirs: str) -> None:
             raise UserError(f"cannot create output folder {d}: {e}") from None
 
 
-def run_brief(args: argparse.Namespace) -> int:
-    scale = 4.0 if args.scale is None else args.scale
-    datasets = [find_dataset(a, args.max_images) for a in args.data_path]
-    device = _device(args.device)
-    model, shown_model = _load_model(args.model_path, device)
-    for flag, d in (("--output_dir", args.output_dir), ("--gt_dir", args.gt_dir), ("--ren_dir", args.ren_dir)):
-        check_folder_creatable(d, flag)  # made when the first image is written, not before
-    prefix = len(datasets) > 1
-    total = sum(len(d.files) for d in datasets)
-    n_files, skipped = total, [0]
-    print(f"Validating {shown_model} on {total} image(s), scale {_scale_label(scale)}, "
-          f"{'whole images' if args.crop == 0 else f'{args.crop}x{args.crop} centre crops'}, device {device}")
-    print(f"Metric: {METRIC}")
+@dataclass
+class _BriefItem:
+    """One brief-protocol crop ready for the model."""
 
-    used: set = set()
-    results: List[Tuple[float, float, float, float]] = []
-    pending: List[dict] = []
-    counter = [0]
+    name: str  # output file stem, unique across datasets
+    hr: np.ndarray
+    lr: np.ndarray
+    grey: bool
+    index: int  # 1-based position among all files, skipped ones included
 
-    def flush() -> None:
-        if not pending:
+
+class _BriefPlan:
+    """Iterates the brief-protocol crops of all datasets and counts the files skipped."""
+
+    def __init__(self, datasets: List[Dataset], crop: int, scale: float) -> None:
+        self.datasets = datasets
+        self.crop = crop
+        self.scale = scale
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[_BriefItem]:
+        # Lazy: a crop is a view of its full image, so reading everything up front would hold
+        # every full-size image in memory at once.
+        prefix = len(self.datasets) > 1
+        used: set = set()
+        index = 0
+        for ds in self.datasets:
+            for path in ds.files:
+                index += 1
+                got = read_image(path)
+                if got is None:
+                    self.skipped += 1
+                    continue
+                hr_full, grey = got
+                try:
+                    hr, lr = make_lr(_centre_crop(hr_full, self.crop), self.scale)
+                    _check_shave(hr.shape[:2], self.scale)
+                except ValueError as e:
+                    _warn(f"skipping {path}: {e}")
+                    self.skipped += 1
+                    continue
+                name = _unique_name(f"{ds.name}_{path.stem}" if prefix else path.stem, used)
+                yield _BriefItem(name, hr, lr, grey, index)
+
+
+def _score_and_write_brief_item(
+    it: _BriefItem, sr: torch.Tensor, scale: float, args: argparse.Namespace, n_files: int
+) -> Tuple[float, float, float, float]:
+    """Scores one super-resolved crop against bicubic, writes its GT, render and comparison PNGs and
+    prints its progress line; returns ``(bicubic PSNR, bicubic SSIM, SR PSNR, SR SSIM)``."""
+    hw = it.hr.shape[:2]
+    hr_t = _to_tensor(it.hr)
+    bic = bicubic_sr(it.lr, hw)
+    bp, bs = _pair_metrics(bic, hr_t, scale, it.grey)
+    sp, ss = _pair_metrics(sr, hr_t, scale, it.grey)
+    sr_u8, bic_u8 = _to_u8(sr), _to_u8(bic)
+    name = it.name + ".png"
+    try:
+        Image.fromarray(it.hr).save(Path(args.gt_dir) / name)
+        Image.fromarray(sr_u8).save(Path(args.ren_dir) / name)
+        comparison_image(
+            it.hr, bic_u8, sr_u8,
+            [["GT", f"{hw[1]}x{hw[0]}"], ["Bicubic", f"PSNR {bp:.2f} dB  SSIM {bs:.4f}"],
+             ["SR (model)", f"PSNR {sp:.2f} dB  SSIM {ss:.4f}"]],
+        ).save(Path(args.output_dir) / name)
+    except OSError as e:
+        raise UserError(f"cannot write output image {name}: {e}") from None
+    print(f"[{it.index}/{n_files}] {it.name}  {hw[1]}x{hw[0]}  bicubic {bp:.2f} dB / {bs:.4f}"
+          f"  SR {sp:.2f} dB / {ss:.4f}")
+    return bp, bs, sp, ss
+
+
+class _BriefBatcher:
+    """Collects crops of one size into model batches of ``--batch_size``; super-resolves each batch,
+    writes its files and keeps the scores."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, scale: float,
+                 args: argparse.Namespace, n_files: int) -> None:
+        self.model = model
+        self.device = device
+        self.scale = scale
+        self.args = args
+        self.n_files = n_files
+        self.pending: List[_BriefItem] = []
+        self.results: List[Tuple[float, float, float, float]] = []
+
+    def add(self, item: _BriefItem) -> None:
+        """Queues a crop, super-resolving the queue first if the crop's size differs from it."""
+        if self.pending and self.pending[0].hr.shape != item.hr.shape:
+            self.flush()
+        self.pending.append(item)
+        if len(self.pending) >= self.args.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Super-resolves the queued crops in one model call and writes their files."""
+        if not self.pending:
             return
-        hw = pending[0]["hr"].shape[:2]
-        srs = _super_resolve(model, [it["lr"] for it in pending], hw, device)
-        _make_dirs(args.output_dir, args.gt_dir, args.ren_dir)
-        for it, sr in zip(pending, srs):
-            counter[0] += 1
-            hr_t = _to_tensor(it["hr"])
-            bic = bicubic_sr(it["lr"], hw)
-            bp, bs = _pair_metrics(bic, hr_t, scale, it["grey"])
-            sp, ss = _pair_metrics(sr, hr_t, scale, it["grey"])
-            results.append((bp, bs, sp, ss))
-            sr_u8, bic_u8 = _to_u8(sr), _to_u8(bic)
-            name = it["name"] + ".png"
-            try:
-                Image.fromarray(it["hr"]).save(Path(args.gt_dir) / name)
-                Image.fromarray(sr_u8).save(Path(args.ren_dir) / name)
-                comparison_image(
-                    it["hr"], bic_u8, sr_u8,
-                    [["GT", f"{hw[1]}x{hw[0]}"], ["Bicubic", f"PSNR {bp:.2f} dB  SSIM {bs:.4f}"],
-                     ["SR (model)", f"PSNR {sp:.2f} dB  SSIM {ss:.4f}"]],
-                ).save(Path(args.output_dir) / name)
-            except OSError as e:
-                raise UserError(f"cannot write output image {name}: {e}") from None
-            print(f"[{it['index']}/{n_files}] {it['name']}  {hw[1]}x{hw[0]}  bicubic {bp:.2f} dB / {bs:.4f}"
-                  f"  SR {sp:.2f} dB / {ss:.4f}")
-        pending.clear()
+        hw = self.pending[0].hr.shape[:2]
+        srs = _super_resolve(self.model, [it.lr for it in self.pending], hw, self.device)
+        _make_dirs(self.args.output_dir, self.args.gt_dir, self.args.ren_dir)
+        for it, sr in zip(self.pending, srs):
+            self.results.append(_score_and_write_brief_item(it, sr, self.scale, self.args, self.n_files))
+        self.pending.clear()
 
-    index = 0
-    for ds in datasets:
-        for path in ds.files:
-            index += 1
-            got = read_image(path)
-            if got is None:
-                skipped[0] += 1
-                continue
-            hr_full, grey = got
-            try:
-                hr, lr = make_lr(_centre_crop(hr_full, args.crop), scale)
-            except ValueError as e:
-                _warn(f"skipping {path}: {e}")
-                skipped[0] += 1
-                continue
-            name = _unique_name(f"{ds.name}_{path.stem}" if prefix else path.stem, used)
-            item = {"name": name, "hr": hr, "lr": lr, "grey": grey, "index": index}
-            if pending and (pending[0]["hr"].shape != hr.shape or len(pending) >= args.batch_size):
-                flush()
-            pending.append(item)
-            if len(pending) >= args.batch_size:
-                flush()
-    flush()
-    if not results:
-        raise UserError("no image could be evaluated (all were unreadable or too small)")
 
+def _print_brief_report(
+    args: argparse.Namespace, shown_model: str, results: List[Tuple[float, float, float, float]],
+    n_files: int, skipped: int,
+) -> None:
+    """Prints the averages and the ``--- Validation Complete ---`` block."""
     avg = np.mean(np.asarray(results, dtype=np.float64), axis=0)
-    print(f"Evaluated {len(results)} of {n_files} images ({skipped[0]} skipped)")
+    print(f"Evaluated {len(results)} of {n_files} images ({skipped} skipped)")
     print(f"Bicubic baseline: PSNR {avg[0]:.4f} dB, SSIM {avg[1]:.4f}")
     print("--- Validation Complete ---")
     print(f"Dataset: {', '.join(args.data_path)}")
@@ -400,6 +445,29 @@ def run_brief(args: argparse.Namespace) -> int:
     print(f"Average PSNR: {avg[2]:.4f} dB")
     print(f"Average SSIM: {avg[3]:.4f}")
     print("---------------------------")
+
+
+def run_brief(args: argparse.Namespace) -> int:
+    """The brief protocol: centre crops, comparison/GT/render PNGs and the average PSNR/SSIM report."""
+    scale = 4.0 if args.scale is None else args.scale
+    datasets = [find_dataset(a, args.max_images) for a in args.data_path]
+    device = _device(args.device)
+    model, shown_model = _load_model(args.model_path, device)
+    for flag, d in (("--output_dir", args.output_dir), ("--gt_dir", args.gt_dir), ("--ren_dir", args.ren_dir)):
+        check_folder_creatable(d, flag)  # made when the first image is written, not before
+    n_files = sum(len(d.files) for d in datasets)
+    print(f"Validating {shown_model} on {n_files} image(s), scale {_scale_label(scale)}, "
+          f"{'whole images' if args.crop == 0 else f'{args.crop}x{args.crop} centre crops'}, device {device}")
+    print(f"Metric: {METRIC}")
+
+    plan = _BriefPlan(datasets, args.crop, scale)
+    batcher = _BriefBatcher(model, device, scale, args, n_files)
+    for item in plan:
+        batcher.add(item)
+    batcher.flush()
+    if not batcher.results:
+        raise UserError("no image could be evaluated (all were unreadable or too small)")
+    _print_brief_report(args, shown_model, batcher.results, n_files, plan.skipped)
     return 0
 
 
@@ -457,93 +525,126 @@ def _fmt(v: Optional[float], digits: int) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def run_benchmark(args: argparse.Namespace) -> int:
+def _benchmark_scales(args: argparse.Namespace) -> List[float]:
+    """``--scales``, else the single ``--scale``, else :data:`DEFAULT_SCALES`."""
     if args.scales is not None:
-        scales = args.scales
-    elif args.scale is not None:
-        scales = [args.scale]
-    else:
-        scales = _scale_list(DEFAULT_SCALES)
-    datasets = [find_dataset(a, args.max_images) for a in args.data_path]
-    device = _device(args.device)
-    model, shown_model = _load_model(args.model_path, device)
-    if args.json:
-        jp = Path(args.json)
-        if jp.parent and not jp.parent.exists():
-            raise UserError(f"--json: folder {jp.parent} does not exist")
-    lpips = _Lpips(device) if args.lpips else None
-    print(f"Benchmark of {shown_model}: {', '.join(d.name for d in datasets)} at "
-          f"{', '.join(_scale_label(s) for s in scales)}, device {device}")
-    print(f"Metric: {METRIC}")
+        return args.scales
+    if args.scale is not None:
+        return [args.scale]
+    return _scale_list(DEFAULT_SCALES)
 
-    rows: List[dict] = []
-    for ds in datasets:
-        per: Dict[float, List[dict]] = {s: [] for s in scales}
-        lr_src: Dict[float, Dict[str, int]] = {s: {"provided": 0, "made": 0} for s in scales}
-        n_read = 0
-        for i, path in enumerate(ds.files, 1):
-            got = read_image(path)
-            if got is None:
-                continue
-            n_read += 1
-            hr_full, grey = got
-            for s in scales:
-                try:
-                    (H, W), (h, w) = lr_size_for(hr_full.shape[:2], s)
-                except ValueError as e:
-                    _warn(f"{ds.name}/{path.name} skipped at {_scale_label(s)}: {e}")
-                    continue
-                hr = hr_full[:H, :W]
-                lr = None
-                lp = _find_lr(ds, path.stem, s)
-                if lp is not None:
-                    got_lr = read_image(lp)
-                    if got_lr is not None and got_lr[0].shape[:2] == (h, w):
-                        lr = got_lr[0]
-                        lr_src[s]["provided"] += 1
-                    elif got_lr is not None:
-                        _warn(f"{lp} is {got_lr[0].shape[1]}x{got_lr[0].shape[0]}, expected {w}x{h}; "
-                              f"making the LR image instead")
-                if lr is None:
-                    hr, lr = make_lr(hr_full, s)
-                    lr_src[s]["made"] += 1
-                hr_t = _to_tensor(hr)
-                bic = bicubic_sr(lr, (H, W))
-                sr = _super_resolve(model, [lr], (H, W), device)[0]
-                rec = {"image": path.name, "hr_size": [W, H], "lr_size": [w, h]}
-                for key, img in (("bicubic", bic), ("model", sr)):
-                    p_, s_ = _pair_metrics(img, hr_t, s, grey)
-                    m = {"psnr": p_, "ssim": s_}
-                    if args.ms_ssim:
-                        m["ms_ssim"] = ms_ssim_y(img, hr_t, _shave(s), round_hr_y=True, grey=grey)
-                    if lpips is not None and lpips.metric is not None:
-                        m["lpips"] = lpips(img, hr_t, _shave(s))
-                    rec[key] = m
-                per[s].append(rec)
-            print(f"[{i}/{len(ds.files)}] {ds.name}/{path.name}", file=sys.stderr)
-        if n_read == 0:
-            raise UserError(f"no readable image in {ds.hr_dir}")
+
+@dataclass
+class _Scoring:
+    """What scoring one benchmark image needs: the model and the optional metrics asked for."""
+
+    model: torch.nn.Module
+    device: torch.device
+    ms_ssim: bool
+    lpips: Optional[_Lpips]  # None when not asked for or its network could not be loaded
+
+    def extra_columns(self) -> List[Tuple[str, str, int]]:
+        """``(key, label, digits)`` of the optional metrics, in table order."""
+        extra = []
+        if self.ms_ssim:
+            extra.append(("ms_ssim", "MS-SSIM", 4))
+        if self.lpips is not None:
+            extra.append(("lpips", "LPIPS", 4))
+        return extra
+
+
+def _benchmark_pair(
+    ds: Dataset, path: Path, hr_full: np.ndarray, s: float, hr_hw: Tuple[int, int], lr_hw: Tuple[int, int]
+) -> Tuple[np.ndarray, np.ndarray, str]:
+    """The HR crop and LR image of one image at scale ``s``: the dataset's LR file when it has the
+    expected size, else one made from the HR image; with the LR source, ``provided`` or ``made``."""
+    (H, W), (h, w) = hr_hw, lr_hw
+    lp = _find_lr(ds, path.stem, s)
+    if lp is not None:
+        got_lr = read_image(lp)
+        if got_lr is not None and got_lr[0].shape[:2] == (h, w):
+            return hr_full[:H, :W], got_lr[0], "provided"
+        if got_lr is not None:
+            _warn(f"{lp} is {got_lr[0].shape[1]}x{got_lr[0].shape[0]}, expected {w}x{h}; "
+                  f"making the LR image instead")
+    hr, lr = make_lr(hr_full, s)
+    return hr, lr, "made"
+
+
+def _score_benchmark_image(
+    sc: _Scoring, image: str, hr: np.ndarray, lr: np.ndarray, s: float, grey: bool,
+    hr_hw: Tuple[int, int], lr_hw: Tuple[int, int],
+) -> dict:
+    """The per-image record: sizes and the bicubic and model scores at scale ``s``."""
+    (H, W), (h, w) = hr_hw, lr_hw
+    hr_t = _to_tensor(hr)
+    bic = bicubic_sr(lr, (H, W))
+    sr = _super_resolve(sc.model, [lr], (H, W), sc.device)[0]
+    rec = {"image": image, "hr_size": [W, H], "lr_size": [w, h]}
+    for key, img in (("bicubic", bic), ("model", sr)):
+        p_, s_ = _pair_metrics(img, hr_t, s, grey)
+        m = {"psnr": p_, "ssim": s_}
+        if sc.ms_ssim:
+            m["ms_ssim"] = ms_ssim_y(img, hr_t, _shave(s), round_hr_y=True, grey=grey)
+        if sc.lpips is not None:
+            m["lpips"] = sc.lpips(img, hr_t, _shave(s))
+        rec[key] = m
+    return rec
+
+
+def _measure_dataset(
+    ds: Dataset, scales: List[float], sc: _Scoring
+) -> Tuple[Dict[float, List[dict]], Dict[float, Dict[str, int]]]:
+    """Scores every readable image of ``ds`` at every scale it is large enough for; returns the
+    per-image records and the LR source counts, both by scale."""
+    per: Dict[float, List[dict]] = {s: [] for s in scales}
+    lr_src: Dict[float, Dict[str, int]] = {s: {"provided": 0, "made": 0} for s in scales}
+    n_read = 0
+    for i, path in enumerate(ds.files, 1):
+        got = read_image(path)
+        if got is None:
+            continue
+        n_read += 1
+        hr_full, grey = got
         for s in scales:
-            recs = per[s]
-            if not recs:
-                _warn(f"{ds.name} {_scale_label(s)}: no image large enough")
+            try:
+                hr_hw, lr_hw = lr_size_for(hr_full.shape[:2], s)
+                _check_shave(hr_hw, s)
+            except ValueError as e:
+                _warn(f"{ds.name}/{path.name} skipped at {_scale_label(s)}: {e}")
                 continue
-            row = {"dataset": ds.name, "path": ds.arg, "scale": s, "images": len(recs), "lr_source": lr_src[s],
-                   "shave": _shave(s)}
-            for key in ("bicubic", "model"):
-                row[key] = {m: _mean([r[key].get(m) for r in recs]) for m in recs[0][key]}
-            row["delta_psnr"] = _delta(row["model"]["psnr"], row["bicubic"]["psnr"])
-            row["delta_ssim"] = _delta(row["model"]["ssim"], row["bicubic"]["ssim"])
-            row["per_image"] = recs
-            rows.append(row)
-    if not rows:
-        raise UserError("no image could be evaluated at any scale")
+            hr, lr, source = _benchmark_pair(ds, path, hr_full, s, hr_hw, lr_hw)
+            lr_src[s][source] += 1
+            per[s].append(_score_benchmark_image(sc, path.name, hr, lr, s, grey, hr_hw, lr_hw))
+        print(f"[{i}/{len(ds.files)}] {ds.name}/{path.name}", file=sys.stderr)
+    if n_read == 0:
+        raise UserError(f"no readable image in {ds.hr_dir}")
+    return per, lr_src
 
-    extra = []
-    if args.ms_ssim:
-        extra.append(("ms_ssim", "MS-SSIM", 4))
-    if lpips is not None and lpips.metric is not None:
-        extra.append(("lpips", "LPIPS", 4))
+
+def _dataset_rows(
+    ds: Dataset, scales: List[float], per: Dict[float, List[dict]], lr_src: Dict[float, Dict[str, int]]
+) -> List[dict]:
+    """One results row per scale of ``ds`` with at least one image: mean scores and deltas."""
+    rows = []
+    for s in scales:
+        recs = per[s]
+        if not recs:
+            _warn(f"{ds.name} {_scale_label(s)}: no image large enough")
+            continue
+        row = {"dataset": ds.name, "path": ds.arg, "scale": s, "images": len(recs), "lr_source": lr_src[s],
+               "shave": _shave(s)}
+        for key in ("bicubic", "model"):
+            row[key] = {m: _mean([r[key].get(m) for r in recs]) for m in recs[0][key]}
+        row["delta_psnr"] = _delta(row["model"]["psnr"], row["bicubic"]["psnr"])
+        row["delta_ssim"] = _delta(row["model"]["ssim"], row["bicubic"]["ssim"])
+        row["per_image"] = recs
+        rows.append(row)
+    return rows
+
+
+def _print_benchmark_table(rows: List[dict], extra: List[Tuple[str, str, int]]) -> None:
+    """Prints the results table (blank line first), text columns left-aligned, numbers right."""
     head = ["dataset", "scale", "images", "LR prov/made", "bic PSNR", "bic SSIM"]
     head += [f"bic {lab}" for _, lab, _ in extra]
     head += ["model PSNR", "model SSIM"] + [f"model {lab}" for _, lab, _ in extra] + ["dPSNR", "dSSIM"]
@@ -561,18 +662,48 @@ def run_benchmark(args: argparse.Namespace) -> int:
     print("  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))))
     for t in table:
         print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(t, widths))))
+
+
+def _write_benchmark_json(path: str, payload: dict) -> None:
+    """Writes the ``--json`` file and says so."""
+    try:
+        Path(path).write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot write --json {path}: {e}") from None
+    print(f"JSON written to {path}")
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    """The benchmark protocol: full images at several scales, bicubic vs model table (and JSON)."""
+    scales = _benchmark_scales(args)
+    datasets = [find_dataset(a, args.max_images) for a in args.data_path]
+    device = _device(args.device)
+    model, shown_model = _load_model(args.model_path, device)
+    if args.json:
+        jp = Path(args.json)
+        if jp.parent and not jp.parent.exists():
+            raise UserError(f"--json: folder {jp.parent} does not exist")
+    lpips = _Lpips(device) if args.lpips else None
+    print(f"Benchmark of {shown_model}: {', '.join(d.name for d in datasets)} at "
+          f"{', '.join(_scale_label(s) for s in scales)}, device {device}")
+    print(f"Metric: {METRIC}")
+
+    sc = _Scoring(model, device, args.ms_ssim, lpips if lpips is not None and lpips.metric is not None else None)
+    rows: List[dict] = []
+    for ds in datasets:
+        per, lr_src = _measure_dataset(ds, scales, sc)
+        rows += _dataset_rows(ds, scales, per, lr_src)
+    if not rows:
+        raise UserError("no image could be evaluated at any scale")
+
+    _print_benchmark_table(rows, sc.extra_columns())
     if lpips is not None and lpips.note:
         print(f"note: {lpips.note}")
-
     if args.json:
         payload = {"protocol": "benchmark", "model": shown_model, "metric": METRIC, "device": str(device),
                    "scales": scales, "lpips_note": lpips.note if lpips is not None else None,
                    "results": _finite(rows)}
-        try:
-            Path(args.json).write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot write --json {args.json}: {e}") from None
-        print(f"JSON written to {args.json}")
+        _write_benchmark_json(args.json, payload)
     return 0
 
 

@@ -226,6 +226,30 @@ def test_errors_are_clear(tmp_path, capsys, hr_folder, model_path):
     assert "no image" in _err(capsys, ["--data_path", str(tiny), "--model_path", str(model_path)])
 
 
+@pytest.mark.parametrize("protocol", ["brief", "benchmark"])
+def test_an_image_too_small_for_the_border_shave_is_skipped(tmp_path, capsys, model_path, protocol):
+    """An image that gives an LR image but nothing left after the ``ceil(scale)`` border shave
+    (9x9 at x4: 8x8 HR, 4 px shaved each side) is skipped with a warning naming it; it used to
+    end the run with a ValueError traceback (exit 1) after earlier files were written."""
+    d = tmp_path / "mixed"
+    d.mkdir()
+    Image.fromarray(_smooth_rgb(5)).save(d / "a_ok.png")
+    Image.fromarray(_smooth_rgb(6, 9, 9)).save(d / "b_small.png")
+    Image.fromarray(_smooth_rgb(7)).save(d / "c_ok.png")
+    js = tmp_path / "b.json"
+    extra = ["--scale", "4"] if protocol == "brief" else ["--benchmark", "--scales", "4", "--json", str(js)]
+    rc = main(_brief_args(tmp_path, d, model_path, *extra))
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "b_small.png" in cap.err and "too small to score at x4" in cap.err
+    if protocol == "brief":
+        assert sorted(p.name for p in (tmp_path / "gt").iterdir()) == ["a_ok.png", "c_ok.png"]
+        assert "Evaluated 2 of 3 images (1 skipped)" in cap.out
+    else:
+        rows = json.loads(js.read_text())["results"]
+        assert [(r["scale"], r["images"]) for r in rows] == [(4.0, 2)]
+
+
 def test_unreadable_image_is_skipped_with_warning(tmp_path, capsys, model_path):
     d = tmp_path / "mixed"
     d.mkdir()
