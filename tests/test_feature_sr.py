@@ -286,3 +286,12 @@ def test_bad_configs_from_the_train_cli_are_one_line(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown preset 'gaussiansr'"):
         build_model("gaussiansr")
     assert not (tmp_path / "m.pth").exists()
+
+
+def test_demo_runs_a_feature_model(tmp_path, feature_model, capsys):
+    from gsplat2d.sr.demo import main as demo_main
+
+    out = tmp_path / "demo"
+    assert demo_main(["--quick", "--model_path", str(feature_model), "--output_dir", str(out)]) == 0
+    assert Image.open(out / "sr_x3.5.png").size == (56, 56) and Image.open(out / "sr_2x3_of_x2.png").size == (56, 84)
+    assert "bicubic PSNR/SSIM" in capsys.readouterr().out
