@@ -419,20 +419,9 @@ class _Reader:
         return out
 
 
-def decode(data: bytes, *, source: str = "<bytes>"):
-    """Parse a binary ``.g2d`` file's bytes.
-
-    Returns:
-        ``(tensors, meta, info)``: float32 CPU tensors ``{"means", "covariances", "colors",
-        "opacities"}`` (what :meth:`gsplat2d.Gaussians2D.from_g2d_bytes` builds a field from;
-        this module does not import :mod:`gsplat2d.gaussians`), the metadata dict, and a dict
-        describing the file (``codec``, ``bytes``, and for quantised files the bit depths).
-
-    Raises:
-        ValueError naming ``source`` for a foreign, truncated, corrupted (CRC mismatch) or
-        inconsistent file, or an unsupported version.
-    """
-    data = bytes(data)
+def _read_header(data: bytes, source: str) -> Tuple[_Reader, int, int, int, int, Tuple[int, ...], Dict[str, Any]]:
+    """Check magic, version, codec and CRC, then read the header: ``(reader positioned at the
+    payload, codec, flags, N, C, batch shape, metadata)``. The reader stops before the CRC."""
     if not is_binary_g2d(data):
         raise ValueError(f"{source} is not a binary gsplat2d .g2d file (wrong magic bytes)")
     r = _Reader(data, source)
@@ -454,6 +443,11 @@ def decode(data: bytes, *, source: str = "<bytes>"):
     if c < 1:
         raise ValueError(f"{source}: a field needs at least one colour channel, header says C=0")
     batch = struct.unpack(f"<{ndim}I", r.take(4 * ndim, "the batch shape"))
+    return r, codec, flags, n, c, batch, _read_meta(r, source)
+
+
+def _read_meta(r: _Reader, source: str) -> Dict[str, Any]:
+    """The length-prefixed JSON metadata, validated."""
     (meta_len,) = struct.unpack("<I", r.take(4, "the metadata length"))
     if meta_len > MAX_META:
         raise ValueError(f"{source}: metadata length {meta_len} exceeds {MAX_META} bytes")
@@ -461,68 +455,104 @@ def decode(data: bytes, *, source: str = "<bytes>"):
         meta = json.loads(r.take(meta_len, "the metadata").decode("utf-8")) if meta_len else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{source}: metadata is not valid JSON: {e}") from None
-    meta = validate_meta(meta, source)
+    return validate_meta(meta, source)
+
+
+def _decode_lossless(
+    r: _Reader, source: str, batch: Tuple[int, ...], n: int, c: int, count: int, const: bool,
+) -> Dict[str, Tensor]:
+    """The float32 payload after the header (``count`` Gaussians in all)."""
+    remaining = len(r.data) - r.pos
+    expect = 4 * count * (2 + 3 + c) + 4 * (1 if const else count)
+    if remaining != expect:
+        raise ValueError(
+            f"{source}: payload is {remaining} bytes, a lossless field of {count} Gaussians x "
+            f"{c} channels needs {expect}"
+        )
+
+    def arr(k: int, what: str) -> Tensor:
+        return torch.from_numpy(np.frombuffer(r.take(4 * k, what), dtype="<f4").astype(np.float32))
+
+    means = arr(count * 2, "means").reshape(*batch, n, 2)
+    cov = arr(count * 3, "covariances").reshape(*batch, n, 3)
+    colors = arr(count * c, "colors").reshape(*batch, n, c)
+    if const:
+        op = torch.full((*batch, n), float(arr(1, "opacity")[0]), dtype=torch.float32)
+    else:
+        op = arr(count, "opacities").reshape(*batch, n)
+    return {"means": means, "covariances": cov, "colors": colors, "opacities": op}
+
+
+def _read_quant_spec(r: _Reader, source: str) -> QuantSpec:
+    """The quantiser header, checked before :class:`QuantSpec` sees it (so errors name ``source``)."""
+    pb, cb, colb, ob, enc = _QHEAD.unpack(r.take(_QHEAD.size, "the quantiser header"))
+    for name, v in (("pos_bits", pb), ("cov_bits", cb), ("color_bits", colb), ("opacity_bits", ob)):
+        if not 1 <= v <= 24:
+            raise ValueError(f"{source}: {name}={v} is outside [1, 24]")
+    if enc >= len(_COV_ENCODINGS):
+        raise ValueError(f"{source}: unknown covariance encoding id {enc}")
+    return QuantSpec(pb, cb, colb, ob, _COV_ENCODINGS[enc])
+
+
+def _decode_quantized(
+    r: _Reader, source: str, batch: Tuple[int, ...], n: int, c: int, count: int, const: bool,
+) -> Tuple[Dict[str, Tensor], QuantSpec]:
+    """The quantised payload after the header, dequantised, and its bit depths."""
+    spec = _read_quant_spec(r, source)
+    fields = [("means", 2, spec.pos_bits), ("cov", 3, spec.cov_bits), ("colors", c, spec.color_bits)]
+    if not const:
+        fields.append(("opacities", 1, spec.opacity_bits))
+    n_comp = sum(k for _, k, _ in fields)
+    remaining = len(r.data) - r.pos
+    expect = 8 * n_comp + sum(_packed_len(count * k, bits) for _, k, bits in fields) + (4 if const else 0)
+    if remaining != expect:
+        raise ValueError(
+            f"{source}: payload is {remaining} bytes, a quantised field of {count} Gaussians x "
+            f"{c} channels at these bit depths needs {expect}"
+        )
+    rng = {}
+    for name, k, _ in fields:
+        lohi = np.frombuffer(r.take(8 * k, f"the {name} ranges"), dtype="<f4").astype(np.float64).reshape(k, 2)
+        if not np.isfinite(lohi).all():
+            raise ValueError(f"{source}: non-finite {name} range")
+        rng[name] = (torch.from_numpy(lohi[:, 0].copy()), torch.from_numpy(lohi[:, 1].copy()))
+    parts = {}
+    for name, k, bits in fields:
+        codes = _unpack(r.take(_packed_len(count * k, bits), f"the {name} codes"), count * k, bits)
+        shape = (*batch, n, k)
+        parts[name] = (torch.from_numpy(codes).reshape(shape), rng[name][0], rng[name][1], bits)
+    const_op = None
+    if const:
+        const_op = float(struct.unpack("<f", r.take(4, "the opacity"))[0])
+    return _dequantize_parts(parts, spec.cov_encoding, (*batch, n), const_op), spec
+
+
+def decode(data: bytes, *, source: str = "<bytes>"):
+    """Parse a binary ``.g2d`` file's bytes.
+
+    Returns:
+        ``(tensors, meta, info)``: float32 CPU tensors ``{"means", "covariances", "colors",
+        "opacities"}`` (what :meth:`gsplat2d.Gaussians2D.from_g2d_bytes` builds a field from;
+        this module does not import :mod:`gsplat2d.gaussians`), the metadata dict, and a dict
+        describing the file (``codec``, ``bytes``, and for quantised files the bit depths).
+
+    Raises:
+        ValueError naming ``source`` for a foreign, truncated, corrupted (CRC mismatch) or
+        inconsistent file, or an unsupported version.
+    """
+    data = bytes(data)
+    r, codec, flags, n, c, batch, meta = _read_header(data, source)
     count = n
     for b in batch:
         count *= b
     const = bool(flags & FLAG_CONST_OPACITY)
-    remaining = len(r.data) - r.pos
     if codec == CODEC_LOSSLESS:
-        expect = 4 * count * (2 + 3 + c) + 4 * (1 if const else count)
-        if remaining != expect:
-            raise ValueError(
-                f"{source}: payload is {remaining} bytes, a lossless field of {count} Gaussians x "
-                f"{c} channels needs {expect}"
-            )
-
-        def arr(k: int, what: str) -> Tensor:
-            return torch.from_numpy(np.frombuffer(r.take(4 * k, what), dtype="<f4").astype(np.float32))
-
-        means = arr(count * 2, "means").reshape(*batch, n, 2)
-        cov = arr(count * 3, "covariances").reshape(*batch, n, 3)
-        colors = arr(count * c, "colors").reshape(*batch, n, c)
-        if const:
-            op = torch.full((*batch, n), float(arr(1, "opacity")[0]), dtype=torch.float32)
-        else:
-            op = arr(count, "opacities").reshape(*batch, n)
+        tensors = _decode_lossless(r, source, batch, n, c, count, const)
         info = {"codec": "lossless", "bytes": len(data)}
     else:
-        pb, cb, colb, ob, enc = _QHEAD.unpack(r.take(_QHEAD.size, "the quantiser header"))
-        for name, v in (("pos_bits", pb), ("cov_bits", cb), ("color_bits", colb), ("opacity_bits", ob)):
-            if not 1 <= v <= 24:
-                raise ValueError(f"{source}: {name}={v} is outside [1, 24]")
-        if enc >= len(_COV_ENCODINGS):
-            raise ValueError(f"{source}: unknown covariance encoding id {enc}")
-        spec = QuantSpec(pb, cb, colb, ob, _COV_ENCODINGS[enc])
-        fields = [("means", 2, pb), ("cov", 3, cb), ("colors", c, colb)]
-        if not const:
-            fields.append(("opacities", 1, ob))
-        n_comp = sum(k for _, k, _ in fields)
-        remaining = len(r.data) - r.pos
-        expect = 8 * n_comp + sum(_packed_len(count * k, bits) for _, k, bits in fields) + (4 if const else 0)
-        if remaining != expect:
-            raise ValueError(
-                f"{source}: payload is {remaining} bytes, a quantised field of {count} Gaussians x "
-                f"{c} channels at these bit depths needs {expect}"
-            )
-        rng = {}
-        for name, k, _ in fields:
-            lohi = np.frombuffer(r.take(8 * k, f"the {name} ranges"), dtype="<f4").astype(np.float64).reshape(k, 2)
-            if not np.isfinite(lohi).all():
-                raise ValueError(f"{source}: non-finite {name} range")
-            rng[name] = (torch.from_numpy(lohi[:, 0].copy()), torch.from_numpy(lohi[:, 1].copy()))
-        parts = {}
-        for name, k, bits in fields:
-            codes = _unpack(r.take(_packed_len(count * k, bits), f"the {name} codes"), count * k, bits)
-            shape = (*batch, n, k)
-            parts[name] = (torch.from_numpy(codes).reshape(shape), rng[name][0], rng[name][1], bits)
-        const_op = None
-        if const:
-            const_op = float(struct.unpack("<f", r.take(4, "the opacity"))[0])
-        d = _dequantize_parts(parts, spec.cov_encoding, (*batch, n), const_op)
-        means, cov, colors, op = d["means"], d["covariances"], d["colors"], d["opacities"]
+        tensors, spec = _decode_quantized(r, source, batch, n, c, count, const)
         info = {"codec": "quantized", "bytes": len(data), **asdict(spec)}
-    return {"means": means, "covariances": cov, "colors": colors, "opacities": op}, meta, info
+    return tensors, meta, info
 
 
 def write_atomic(path: Union[str, "os.PathLike[str]"], data: bytes) -> None:

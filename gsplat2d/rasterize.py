@@ -52,6 +52,75 @@ def _pick_backend(backend: str, device: torch.device, tile_size: int) -> str:
     return backend
 
 
+def _select_backend(backend: str, device: torch.device, tile_size: int) -> str:
+    """:func:`_pick_backend`, then the tile sizes the Triton kernels are built for (checked after
+    ``"auto"`` has chosen: it falls back to torch for any other tile size)."""
+    backend = _pick_backend(backend, device, tile_size)
+    if backend == "triton" and tile_size not in TRITON_TILE_SIZES:
+        raise ValueError(f"tile_size must be 8, 16 or 32 for backend='triton', got {tile_size}")
+    return backend
+
+
+def _render_empty(
+    means: torch.Tensor,
+    conics: torch.Tensor,
+    colors: torch.Tensor,
+    opacities: torch.Tensor,
+    background: torch.Tensor | None,
+    width: int,
+    height: int,
+    C: int,
+    batch_shape: tuple[int, ...],
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Background-only image and zero alpha of a scene without Gaussians (or an empty batch)."""
+    out_dtype = torch.float64 if (backend == "torch" and torch.float64 in (
+        means.dtype, conics.dtype, colors.dtype, opacities.dtype)) else torch.float32
+    image = torch.zeros((*batch_shape, height, width, C), dtype=out_dtype, device=means.device)
+    if background is not None:
+        image = image + background.to(out_dtype)[..., None, None, :]
+    alpha = torch.zeros((*batch_shape, height, width, 1), dtype=out_dtype, device=means.device)
+    # Keep the graph connected so .backward() through an empty scene works.
+    zero = (means.sum() + conics.sum() + colors.sum() + opacities.sum()) * 0
+    return image + zero.to(out_dtype), alpha + zero.to(out_dtype)
+
+
+def _rasterize_flat(
+    backend: str,
+    means: torch.Tensor,
+    conics: torch.Tensor,
+    colors: torch.Tensor,
+    opacities: torch.Tensor,
+    background: torch.Tensor | None,
+    B: int,
+    C: int,
+    width: int,
+    height: int,
+    tile_size: int,
+    mode: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render with ``backend`` on the inputs flattened to ``B`` images: ``image [B, H, W, C]``,
+    ``alpha [B, H, W, 1]``."""
+    N = means.shape[-2]
+    m = means.reshape(B, N, 2)
+    q = conics.reshape(B, N, 3)
+    c = colors.reshape(B, N, C)
+    o = opacities.reshape(B, N)
+    bg = background.reshape(B, C) if background is not None else None
+
+    # Rasterization is float32 (float64 for float64 inputs) even under autocast: the torch
+    # backend's bmm would otherwise run in bf16/fp16 inside a mixed-precision training step.
+    with fp32_region(means.device):
+        if backend == "triton":
+            from gsplat2d.backends.triton_function import rasterize_triton
+
+            return rasterize_triton(m, q, c, o, bg, width, height, tile_size, mode)
+        from gsplat2d.backends.torch_function import rasterize_torch
+
+        m, q, c, o = (t.contiguous() for t in (m, q, c, o))
+        return rasterize_torch(m, q, c, o, bg, width, height, tile_size, mode)
+
+
 def rasterize(
     means: torch.Tensor,
     conics: torch.Tensor,
@@ -96,43 +165,16 @@ def rasterize(
     width, height, C, batch_shape = validate(
         means, conics, colors, opacities, width, height, mode, background, tile_size, backend
     )
-    backend = _pick_backend(backend, means.device, tile_size)
-    if backend == "triton" and tile_size not in TRITON_TILE_SIZES:
-        raise ValueError(f"tile_size must be 8, 16 or 32 for backend='triton', got {tile_size}")
-
-    N = means.shape[-2]
+    backend = _select_backend(backend, means.device, tile_size)
     B = 1
     for s in batch_shape:
         B *= s
-    out_dtype = torch.float64 if (backend == "torch" and torch.float64 in (
-        means.dtype, conics.dtype, colors.dtype, opacities.dtype)) else torch.float32
-    if N == 0 or B == 0:
-        image = torch.zeros((*batch_shape, height, width, C), dtype=out_dtype, device=means.device)
-        if background is not None:
-            image = image + background.to(out_dtype)[..., None, None, :]
-        alpha = torch.zeros((*batch_shape, height, width, 1), dtype=out_dtype, device=means.device)
-        # Keep the graph connected so .backward() through an empty scene works.
-        zero = (means.sum() + conics.sum() + colors.sum() + opacities.sum()) * 0
-        return image + zero.to(out_dtype), alpha + zero.to(out_dtype)
-
-    m = means.reshape(B, N, 2)
-    q = conics.reshape(B, N, 3)
-    c = colors.reshape(B, N, C)
-    o = opacities.reshape(B, N)
-    bg = background.reshape(B, C) if background is not None else None
-
-    # Rasterization is float32 (float64 for float64 inputs) even under autocast: the torch
-    # backend's bmm would otherwise run in bf16/fp16 inside a mixed-precision training step.
-    with fp32_region(means.device):
-        if backend == "triton":
-            from gsplat2d.backends.triton_function import rasterize_triton
-
-            image, alpha = rasterize_triton(m, q, c, o, bg, width, height, tile_size, mode)
-        else:
-            from gsplat2d.backends.torch_function import rasterize_torch
-
-            m, q, c, o = (t.contiguous() for t in (m, q, c, o))
-            image, alpha = rasterize_torch(m, q, c, o, bg, width, height, tile_size, mode)
+    if means.shape[-2] == 0 or B == 0:
+        return _render_empty(means, conics, colors, opacities, background, width, height, C, batch_shape,
+                             backend)
+    image, alpha = _rasterize_flat(
+        backend, means, conics, colors, opacities, background, B, C, width, height, tile_size, mode
+    )
     return (
         image.reshape(*batch_shape, height, width, C),
         alpha.reshape(*batch_shape, height, width, 1),

@@ -246,12 +246,9 @@ def _options(spec) -> dict:
     return opts
 
 
-def compile_spec(spec, cap: int, *, align_pointers: bool = True, module: str = "") -> dict[str, Any]:
-    """Compile one spec for compute capability ``cap`` and measure its resource usage."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-
-    rec: dict[str, Any] = {
+def _blank_record(spec, cap: int, module: str) -> dict[str, Any]:
+    """The record of one (spec, arch) before compiling: every measurement None."""
+    return {
         "kernel": spec.name,
         "function": getattr(spec.fn, "__name__", str(spec.fn)),
         "module": module,
@@ -273,6 +270,84 @@ def compile_spec(spec, cap: int, *, align_pointers: bool = True, module: str = "
         "specialised_ints": _specialised_ints(spec),
         "error": None,
     }
+
+
+def _cubin_usage(cubin_path: str, function: str) -> dict[str, int]:
+    """``{REG, STACK, SHARED, LOCAL}`` of ``function`` in the cubin (of its first function
+    when that name is not found)."""
+    from triton import knobs
+
+    res = subprocess.run(
+        [knobs.nvidia.cuobjdump.path, "--dump-resource-usage", cubin_path],
+        capture_output=True, text=True, check=True,
+    )
+    usage = parse_resource_usage(res.stdout)
+    if not usage:
+        raise RuntimeError(f"no function in cuobjdump output:\n{res.stdout}{res.stderr}")
+    return usage.get(function) or next(iter(usage.values()))
+
+
+def _ptxas_spills(ptx_path: str, md: Any, cap: int, out_path: str) -> dict[str, int]:
+    """:func:`parse_ptxas_log` of the PTX re-assembled with ``-v`` by the same assembler, with
+    the same flags, as Triton's ``make_cubin`` (a plain cubin does not record spills)."""
+    cmd = [_ptxas_for(cap).path]
+    cmd += ["-lineinfo"]
+    if not getattr(md, "enable_fp_fusion", True):
+        cmd += ["--fmad=false"]
+    cmd += ["-v", "--regAllocOptLevel=2"]
+    extra = getattr(md, "ptx_options", None)
+    if extra:
+        cmd += extra.split(" ")
+    cmd += [f"--gpu-name={_sm_name(cap)}", ptx_path, "-o", out_path]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"ptxas -v failed ({' '.join(cmd)}):\n{res.stderr}")
+    return parse_ptxas_log(res.stdout + res.stderr)
+
+
+def _measure(rec: dict[str, Any], spec, cap: int, compiled: Any) -> None:
+    """Fill ``rec`` with the resource usage (and, for costed specs, the main-loop cost) of the
+    compiled kernel; the tools read files, so its cubin and PTX go to a temporary folder."""
+    md = compiled.metadata
+    rec["shared_bytes"] = int(md.shared)
+    rec["function"] = md.name if getattr(md, "name", None) else rec["function"]
+    cubin: bytes = compiled.asm["cubin"]
+    ptx: str = compiled.asm["ptx"]
+
+    with tempfile.TemporaryDirectory(prefix="gsplat2d-report-") as tmp:
+        cubin_path = os.path.join(tmp, "k.cubin")
+        ptx_path = os.path.join(tmp, "k.ptx")
+        with open(cubin_path, "wb") as f:
+            f.write(cubin)
+        with open(ptx_path, "w") as f:
+            f.write(ptx)
+
+        fu = _cubin_usage(cubin_path, rec["function"])
+        rec["registers"] = fu["REG"]
+        rec["local_bytes"] = fu["LOCAL"]
+        rec["stack_bytes"] = fu["STACK"]
+
+        log = _ptxas_spills(ptx_path, md, cap, os.path.join(tmp, "v.cubin"))
+        rec["spill_stores"] = log["spill_stores"]
+        rec["spill_loads"] = log["spill_loads"]
+        rec["ptxas_registers"] = log["registers"]
+
+        if getattr(spec, "pairs_per_iter", None):
+            from triton import knobs
+
+            from gsplat2d.kernels.cost import disassemble, loop_cost
+
+            sass = disassemble(cubin_path, knobs.nvidia.nvdisasm.path)
+            rec["cost"] = loop_cost(sass, rec["function"], spec.pairs_per_iter,
+                                    tuple(spec.trips))
+
+
+def compile_spec(spec, cap: int, *, align_pointers: bool = True, module: str = "") -> dict[str, Any]:
+    """Compile one spec for compute capability ``cap`` and measure its resource usage."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    rec = _blank_record(spec, cap, module)
     if _is_interpreted(spec.fn):
         rec["error"] = "kernel was decorated under TRITON_INTERPRET=1; run the report without it"
         return rec
@@ -292,59 +367,7 @@ def compile_spec(spec, cap: int, *, align_pointers: bool = True, module: str = "
                 options=_options(spec),
             )
         rec["compile_s"] = round(time.perf_counter() - t0, 3)
-        md = compiled.metadata
-        rec["shared_bytes"] = int(md.shared)
-        rec["function"] = md.name if getattr(md, "name", None) else rec["function"]
-        cubin: bytes = compiled.asm["cubin"]
-        ptx: str = compiled.asm["ptx"]
-
-        with tempfile.TemporaryDirectory(prefix="gsplat2d-report-") as tmp:
-            cubin_path = os.path.join(tmp, "k.cubin")
-            ptx_path = os.path.join(tmp, "k.ptx")
-            with open(cubin_path, "wb") as f:
-                f.write(cubin)
-            with open(ptx_path, "w") as f:
-                f.write(ptx)
-
-            # registers / local / stack from the real cubin
-            from triton import knobs
-
-            res = subprocess.run(
-                [knobs.nvidia.cuobjdump.path, "--dump-resource-usage", cubin_path],
-                capture_output=True, text=True, check=True,
-            )
-            usage = parse_resource_usage(res.stdout)
-            if not usage:
-                raise RuntimeError(f"no function in cuobjdump output:\n{res.stdout}{res.stderr}")
-            fu = usage.get(rec["function"]) or next(iter(usage.values()))
-            rec["registers"] = fu["REG"]
-            rec["local_bytes"] = fu["LOCAL"]
-            rec["stack_bytes"] = fu["STACK"]
-
-            # spills from ptxas -v, same assembler and flags as Triton's make_cubin
-            cmd = [_ptxas_for(cap).path]
-            cmd += ["-lineinfo"]
-            if not getattr(md, "enable_fp_fusion", True):
-                cmd += ["--fmad=false"]
-            cmd += ["-v", "--regAllocOptLevel=2"]
-            extra = getattr(md, "ptx_options", None)
-            if extra:
-                cmd += extra.split(" ")
-            cmd += [f"--gpu-name={_sm_name(cap)}", ptx_path, "-o", os.path.join(tmp, "v.cubin")]
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode != 0:
-                raise RuntimeError(f"ptxas -v failed ({' '.join(cmd)}):\n{res.stderr}")
-            log = parse_ptxas_log(res.stdout + res.stderr)
-            rec["spill_stores"] = log["spill_stores"]
-            rec["spill_loads"] = log["spill_loads"]
-            rec["ptxas_registers"] = log["registers"]
-
-            if getattr(spec, "pairs_per_iter", None):
-                from gsplat2d.kernels.cost import disassemble, loop_cost
-
-                sass = disassemble(cubin_path, knobs.nvidia.nvdisasm.path)
-                rec["cost"] = loop_cost(sass, rec["function"], spec.pairs_per_iter,
-                                        tuple(spec.trips))
+        _measure(rec, spec, cap, compiled)
     except Exception as exc:  # report and keep going with the other specs
         rec["error"] = f"{type(exc).__name__}: {exc}".strip()[:4000]
     return rec

@@ -386,6 +386,78 @@ class _Step(NamedTuple):
     wt: Tensor  # [n, K, P] composited weights (w * t_ex, cut; sum mode: w)
 
 
+def _pixels_inside(active: Tensor, T: int, tiles_x: int, S: int, width: int, height: int) -> Tensor:
+    """``[n, P]``: whether each pixel of the given global tiles lies inside the image."""
+    pidx = torch.arange(S * S, device=active.device)
+    loc = active % T
+    return (((loc % tiles_x) * S).unsqueeze(1) + (pidx % S).unsqueeze(0) < width) & (
+        ((loc // tiles_x) * S).unsqueeze(1) + (pidx // S).unsqueeze(0) < height
+    )
+
+
+def _composite_block(
+    w: Tensor, st_in: Tensor, lv_in: Tensor, C: int, zero: Tensor,
+) -> Tuple[Tensor, Tensor, Optional[Tensor], Tensor, Tensor]:
+    """Alpha-mode front-to-back compositing of one rank block: ``(t_ex, f, contrib, wt, lv_out)``
+    (the fields of :class:`_Step` of the same names, and the pixels still live after it)."""
+    # transmittance entering the block; 0 for stopped pixels so they get nothing
+    t_in = torch.where(lv_in, st_in[:, C], zero)
+    f = 1.0 - w  # [n, K, P]; 1 where the Gaussian is skipped (w = 0)
+    # exclusive prefix product: T before Gaussian i = t_in * prod_{j<i} (1 - a_j)
+    t_ex = torch.cumprod(torch.cat([t_in.unsqueeze(1), f[:, :-1]], dim=1), dim=1)
+    wt = w * t_ex
+    with torch.no_grad():
+        t_last = t_ex[:, -1] * f[:, -1]  # running T incl. every factor of the block
+        lv_out = t_last > T_STOP
+        stops = bool((lv_in & ~lv_out).any())
+        # T' = T * (1 - a_i) <= 1e-4 stops the pixel: a suffix of the block is cut
+        contrib = (t_ex * f > T_STOP) if stops else None
+    if contrib is not None:
+        wt = torch.where(contrib, wt, zero)
+    return t_ex, f, contrib, wt, lv_out
+
+
+def _walk_chunk(
+    sc: _Scene,
+    ids: Tensor,
+    k: int,
+    K: int,
+    st_in: Optional[Tensor],
+    lv_in: Optional[Tensor],
+    T: int,
+    tiles_x: int,
+    tile_size: int,
+    w_max: float,
+    zero: Tensor,
+    visit: Optional[Callable[[_Step], None]],
+) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """Rank block ``[k, k + K)`` of one chunk of tiles: the state after it (None when not
+    tracked) and, in alpha mode (``lv_in`` given), the pixels still live after it."""
+    ev = _block_weights(
+        ids, k, K, sc.start, sc.length, sc.gauss_ids, sc.N, T, tiles_x, tile_size,
+        sc.means, sc.conics, sc.log_opac, sc.colors_x, w_max,
+    )
+    t_ex = f = contrib = lv_out = None
+    if lv_in is not None:
+        assert st_in is not None
+        t_ex, f, contrib, wt, lv_out = _composite_block(ev.w, st_in, lv_in, sc.C, zero)
+    else:
+        wt = ev.w
+    if visit is not None:
+        visit(_Step(ids, ev, st_in, lv_in, t_ex, f, contrib, wt))
+    if st_in is None:
+        return None, lv_out
+    # colour += sum_k colx[:, :, k] * wt[:, k, :]; extra channel -/+ sum_k wt
+    if sc.colors_finite:
+        return torch.baddbmm(st_in, ev.colx, wt), lv_out
+    return _accumulate_nonfinite(st_in, ev.colx, wt), lv_out
+
+
+def _cat(parts: List[Tensor]) -> Tensor:
+    """``torch.cat`` that hands back a lone part itself instead of a copy."""
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
 def _walk_tiles(
     sc: _Scene,
     binning: Binning,
@@ -403,33 +475,27 @@ def _walk_tiles(
     called with a :class:`_Step` for each chunk of each rank block, after its weights are known:
     the backward recomputes the forward's exact skip/stop decisions through this same code.
     """
-    C, N = sc.C, sc.N
-    means_f, dtype, dev = sc.means, sc.means.dtype, sc.means.device
+    C = sc.C
+    dtype, dev = sc.means.dtype, sc.means.device
     S = int(tile_size)
     P = S * S
     tiles_x = binning.tiles_x
     T = tiles_x * binning.tiles_y
-    n_tiles = sc.B * T
     length = sc.length
     w_max = ALPHA_MAX if alpha_mode else 1.0
     track_state = track_state or alpha_mode  # alpha mode needs the carried transmittance
 
     active = torch.nonzero(length > 0).flatten()
-    n_act = active.numel()
     # per-tile state [n, C+1, P]: colour, then T_out (alpha mode) or alpha sum (sum mode)
     state: Optional[Tensor] = None
     if track_state:
-        state = torch.zeros((n_act, C + 1, P), dtype=dtype, device=dev)
+        state = torch.zeros((active.numel(), C + 1, P), dtype=dtype, device=dev)
     live: Optional[Tensor] = None
     if alpha_mode:
         assert state is not None
         state[:, C] = 1.0
         # live[t, p]: pixel has not stopped (T_run > 1e-4) and lies inside the image (no grad)
-        pidx = torch.arange(P, device=dev)
-        loc = active % T
-        live = (((loc % tiles_x) * S).unsqueeze(1) + (pidx % S).unsqueeze(0) < width) & (
-            ((loc // tiles_x) * S).unsqueeze(1) + (pidx // S).unsqueeze(0) < height
-        )
+        live = _pixels_inside(active, T, tiles_x, S, width, height)
     zero = torch.zeros((), dtype=dtype, device=dev)
 
     done_ids: List[Tensor] = []
@@ -441,49 +507,22 @@ def _walk_tiles(
         new_state: List[Tensor] = []
         new_live: List[Tensor] = []
         for s0 in range(0, active.numel(), chunk):
-            ids = active[s0:s0 + chunk]
-            st_in = state[s0:s0 + chunk] if state is not None else None
-            ev = _block_weights(
-                ids, k, K, sc.start, length, sc.gauss_ids, N, T, tiles_x, S,
-                means_f, sc.conics, sc.log_opac, sc.colors_x, w_max,
+            st_out, lv_out = _walk_chunk(
+                sc, active[s0:s0 + chunk], k, K,
+                state[s0:s0 + chunk] if state is not None else None,
+                live[s0:s0 + chunk] if live is not None else None,
+                T, tiles_x, S, w_max, zero, visit,
             )
-            w = ev.w
-            lv_in = t_ex = f = contrib = None
-            if alpha_mode:
-                assert live is not None and st_in is not None
-                lv_in = live[s0:s0 + chunk]
-                # transmittance entering the block; 0 for stopped pixels so they get nothing
-                t_in = torch.where(lv_in, st_in[:, C], zero)
-                f = 1.0 - w  # [n, K, P]; 1 where the Gaussian is skipped (w = 0)
-                # exclusive prefix product: T before Gaussian i = t_in * prod_{j<i} (1 - a_j)
-                t_ex = torch.cumprod(torch.cat([t_in.unsqueeze(1), f[:, :-1]], dim=1), dim=1)
-                wt = w * t_ex
-                with torch.no_grad():
-                    t_last = t_ex[:, -1] * f[:, -1]  # running T incl. every factor of the block
-                    lv_out = t_last > T_STOP
-                    new_live.append(lv_out)
-                    stops = bool((lv_in & ~lv_out).any())
-                    # T' = T * (1 - a_i) <= 1e-4 stops the pixel: a suffix of the block is cut
-                    contrib = (t_ex * f > T_STOP) if stops else None
-                if contrib is not None:
-                    wt = torch.where(contrib, wt, zero)
-            else:
-                wt = w
-            if visit is not None:
-                visit(_Step(ids, ev, st_in, lv_in, t_ex, f, contrib, wt))
-            if st_in is None:
-                continue
-            # colour += sum_k colx[:, :, k] * wt[:, k, :]; extra channel -/+ sum_k wt
-            if sc.colors_finite:
-                new_state.append(torch.baddbmm(st_in, ev.colx, wt))
-            else:
-                new_state.append(_accumulate_nonfinite(st_in, ev.colx, wt))
+            if st_out is not None:
+                new_state.append(st_out)
+            if lv_out is not None:
+                new_live.append(lv_out)
         if new_state:
-            state = torch.cat(new_state) if len(new_state) > 1 else new_state[0]
+            state = _cat(new_state)
         k += K
         keep = length[active] > k
         if alpha_mode:
-            live = torch.cat(new_live) if len(new_live) > 1 else new_live[0]
+            live = _cat(new_live)
             keep = keep & live.any(dim=1)
         if bool(keep.all()):
             continue
@@ -497,7 +536,15 @@ def _walk_tiles(
             live = live[keep]
     if not track_state:
         return None
-    # per-tile results [B*T, C+1, P]; tiles never touched keep colour 0, T_out 1 / sum 0
+    return _tile_results(sc.B * T, C, P, dtype, dev, alpha_mode, done_ids, done_state)
+
+
+def _tile_results(
+    n_tiles: int, C: int, P: int, dtype: torch.dtype, dev: torch.device, alpha_mode: bool,
+    done_ids: List[Tensor], done_state: List[Tensor],
+) -> Tensor:
+    """Per-tile results ``[B*T, C+1, P]`` from the finished tiles' states; tiles never touched
+    keep colour 0 and ``T_out`` 1 (alpha) / weight sum 0 (sum)."""
     init = torch.zeros((n_tiles, C + 1, P), dtype=dtype, device=dev)
     if alpha_mode:
         init[:, C] = 1.0
@@ -614,6 +661,70 @@ def _scatter_block_grads(G: Tensor, ev: _BlockEval, basis: Tensor, acc: Tensor) 
     acc.index_add_(0, ev.gid.reshape(-1), out.reshape(n * K, 6))
 
 
+def _tile_cotangents(
+    image: Tensor, t_final: Optional[Tensor], grad_image: Tensor, grad_alpha: Tensor,
+    binning: Binning, B: int, C: int, width: int, height: int, tile_size: int,
+    dtype: torch.dtype, alpha_mode: bool,
+) -> Tuple[Tensor, Optional[Tensor], Tensor, Optional[Tensor]]:
+    """``(g_img, tf, g_tiles, px_tiles)``: the image cotangent ``[B, H, W, C]``, ``T_final
+    [B, H, W, 1]`` (alpha mode, else None), the extended cotangent per tile ``[B*T, C+1, P]``
+    and (alpha mode, else None) the per-pixel ``g . image`` and ``g_alpha T_final`` per tile
+    ``[B*T, 2, P]``."""
+    g_img = grad_image.to(dtype).reshape(B, height, width, C)
+    g_alpha = grad_alpha.to(dtype).reshape(B, height, width, 1)
+    tf: Optional[Tensor] = None
+    px_tiles: Optional[Tensor] = None
+    if alpha_mode:
+        assert t_final is not None
+        tf = t_final.to(dtype).reshape(B, height, width, 1)
+        # cotangent channels [g, 0]; per pixel: g . image and g_alpha * T_final
+        g_ext = torch.cat([g_img, torch.zeros_like(g_alpha)], -1)
+        px_terms = torch.cat([(g_img * image.to(dtype)).sum(-1, keepdim=True), g_alpha * tf], -1)
+        px_tiles = _image_to_tiles(px_terms, binning, tile_size)  # [B*T, 2, P]
+    else:
+        # [g, g_alpha]: with the extended colour (c, 1) one bmm gives dL/dw = g . c + g_alpha
+        g_ext = torch.cat([g_img, g_alpha], -1)
+    g_tiles = _image_to_tiles(g_ext, binning, tile_size)  # [B*T, C+1, P]
+    return g_img, tf, g_tiles, px_tiles
+
+
+def _alpha_log_weight_grad(step: _Step, gc: Tensor, gi: Tensor, pt: Tensor, C: int) -> Tensor:
+    """Alpha mode ``dL/dlog w`` ``[n, K, P]`` of one block from ``gc = g . c_k`` ``[n, K, P]``,
+    the tiles' cotangents ``gi [n, C+1, P]`` and per-pixel terms ``pt [n, 2, P]``."""
+    assert step.st_in is not None and step.t_ex is not None and step.f is not None
+    # dL/dlog w = w dL/da = wt (g . c) + w / (1 - a) (g_alpha T_final - g . S_i)
+    # with g . S_i = g . image - (g . colour before the block) - inclusive prefix.
+    # A weight skipped, cut by the stop rule or on a stopped pixel has wt = 0
+    # exactly, and passes nothing: the second term is masked by sign(wt).
+    wg = step.wt * gc
+    G = torch.cumsum(wg, dim=1)
+    G.add_((pt[:, 1] - pt[:, 0] + (gi[:, :C] * step.st_in[:, :C]).sum(1)).unsqueeze(1))
+    G.mul_(step.ev.w).div_(step.f).mul_(torch.sign(step.wt)).add_(wg)
+    return G
+
+
+def _accumulate_block_grads(
+    step: _Step, g_tiles: Tensor, px_tiles: Optional[Tensor], C: int, w_max: float,
+    basis: Tensor, acc: Tensor, acc_col: Tensor,
+) -> None:
+    """Add one visited block's gradients: geometry and log-opacity into ``acc [B*N, 6]``,
+    colours into ``acc_col [B*N, C+1]``. ``px_tiles`` is given in alpha mode only."""
+    ev = step.ev
+    gi = g_tiles[step.ids]  # [n, C+1, P]
+    # alpha: g . c_k; sum: g . c_k + g_alpha (= dL/dw)
+    gc = torch.bmm(ev.colx.transpose(1, 2), gi)  # [n, K, P]
+    if px_tiles is not None:
+        G = _alpha_log_weight_grad(step, gc, gi, px_tiles[step.ids], C)
+    else:
+        G = gc.mul_(ev.w)  # 0 where the weight is skipped
+    if bool(ev.raw.amax() > w_max):
+        # a clamped weight passes no gradient to the opacity or sigma
+        G.mul_(ev.raw <= w_max)
+    _scatter_block_grads(G, ev, basis, acc)
+    dcol = torch.bmm(step.wt, gi.transpose(1, 2))  # [n, K, C+1]: sum_p wt g
+    acc_col.index_add_(0, ev.gid.reshape(-1), dcol.reshape(-1, C + 1))
+
+
 def rasterize_bwd(
     means: Tensor,
     conics: Tensor,
@@ -662,49 +773,17 @@ def rasterize_bwd(
     w_max = ALPHA_MAX if alpha_mode else 1.0
     with torch.no_grad():
         sc = _prepare_scene(means, conics, colors, opacities, binning, dtype, alpha_mode)
-        g_img = grad_image.to(dtype).reshape(B, height, width, C)
-        g_alpha = grad_alpha.to(dtype).reshape(B, height, width, 1)
-        if alpha_mode:
-            assert t_final is not None
-            tf = t_final.to(dtype).reshape(B, height, width, 1)
-            # cotangent channels [g, 0]; per pixel: g . image and g_alpha * T_final
-            g_ext = torch.cat([g_img, torch.zeros_like(g_alpha)], -1)
-            px_terms = torch.cat([(g_img * image.to(dtype)).sum(-1, keepdim=True), g_alpha * tf], -1)
-            px_tiles = _image_to_tiles(px_terms, binning, tile_size)  # [B*T, 2, P]
-        else:
-            # [g, g_alpha]: with the extended colour (c, 1) one bmm gives dL/dw = g . c + g_alpha
-            g_ext = torch.cat([g_img, g_alpha], -1)
-        g_tiles = _image_to_tiles(g_ext, binning, tile_size)  # [B*T, C+1, P]
+        g_img, tf, g_tiles, px_tiles = _tile_cotangents(
+            image, t_final, grad_image, grad_alpha, binning, B, C, width, height, tile_size,
+            dtype, alpha_mode,
+        )
         acc = torch.zeros((B * N, 6), dtype=dtype, device=dev)
         acc_col = torch.zeros((B * N, C + 1), dtype=dtype, device=dev)
         zero = torch.zeros((), dtype=dtype, device=dev)
         basis = _moment_basis(tile_size, dtype, dev)
 
         def visit(step: _Step) -> None:
-            ev = step.ev
-            w = ev.w
-            gi = g_tiles[step.ids]  # [n, C+1, P]
-            # alpha: g . c_k; sum: g . c_k + g_alpha (= dL/dw)
-            gc = torch.bmm(ev.colx.transpose(1, 2), gi)  # [n, K, P]
-            if alpha_mode:
-                assert step.st_in is not None and step.t_ex is not None and step.f is not None
-                pt = px_tiles[step.ids]  # [n, 2, P]
-                # dL/dlog w = w dL/da = wt (g . c) + w / (1 - a) (g_alpha T_final - g . S_i)
-                # with g . S_i = g . image - (g . colour before the block) - inclusive prefix.
-                # A weight skipped, cut by the stop rule or on a stopped pixel has wt = 0
-                # exactly, and passes nothing: the second term is masked by sign(wt).
-                wg = step.wt * gc
-                G = torch.cumsum(wg, dim=1)
-                G.add_((pt[:, 1] - pt[:, 0] + (gi[:, :C] * step.st_in[:, :C]).sum(1)).unsqueeze(1))
-                G.mul_(w).div_(step.f).mul_(torch.sign(step.wt)).add_(wg)
-            else:
-                G = gc.mul_(w)  # 0 where the weight is skipped
-            if bool(ev.raw.amax() > w_max):
-                # a clamped weight passes no gradient to the opacity or sigma
-                G.mul_(ev.raw <= w_max)
-            _scatter_block_grads(G, ev, basis, acc)
-            dcol = torch.bmm(step.wt, gi.transpose(1, 2))  # [n, K, C+1]: sum_p wt g
-            acc_col.index_add_(0, ev.gid.reshape(-1), dcol.reshape(-1, C + 1))
+            _accumulate_block_grads(step, g_tiles, px_tiles, C, w_max, basis, acc, acc_col)
 
         _walk_tiles(sc, binning, width, height, tile_size, alpha_mode, visit=visit,
                     track_state=alpha_mode)
@@ -719,6 +798,7 @@ def rasterize_bwd(
         g_bg: Optional[Tensor] = None
         if has_background:
             if alpha_mode:
+                assert tf is not None
                 g_bg = (g_img * tf).sum(dim=(1, 2))  # d image / d bg = T_final
             else:
                 g_bg = torch.zeros((B, C), dtype=dtype, device=dev)

@@ -348,6 +348,146 @@ def _restore_if_better(params: torch.nn.Module, current: float, best: float, sta
         params.load_state_dict(state)
 
 
+#: Quantised geometry of the QAT phase: pixel means, pixel conics and the quantised field.
+_QuantGeometry = Tuple[Tensor, Tensor, Gaussians2D]
+
+
+def _check_target_size(W: int, H: int, num_gaussians: int) -> None:
+    """Reject images too small for MS-SSIM and more Gaussians than pixels."""
+    if min(H, W) < MIN_SIDE:
+        raise ValueError(f"the image is {W}x{H}; fitting needs at least {MIN_SIDE}x{MIN_SIDE} pixels")
+    if num_gaussians > H * W:
+        raise ValueError(f"{num_gaussians} Gaussians for a {W}x{H} image ({H * W} pixels): use at most "
+                         f"one Gaussian per pixel")
+
+
+def _initial_params(target: Tensor, cfg: FitConfig) -> _Params:
+    """Trainable Gaussians initialised from ``target [C, H, W]`` as ``cfg`` says."""
+    _, H, W = target.shape
+    means, std, colors = init_gaussians(
+        target, cfg.num_gaussians, init=cfg.init, mode=cfg.mode, uniform_share=cfg.uniform_share,
+        size_factor=cfg.size_factor, seed=cfg.seed,
+    )
+    opacity = None
+    if cfg.opacity_learned:
+        opacity = torch.full((cfg.num_gaussians,), math.log(0.9 / 0.1) if cfg.mode == "alpha" else 6.0,
+                             device=target.device)
+    spacing = math.sqrt(H * W / cfg.num_gaussians)
+    return _Params(means, std, colors, opacity, cfg.param, W, H, spacing, cfg.mode).to(target.device)
+
+
+def _normalise_sum_colors(params: _Params, cfg: FitConfig) -> None:
+    """Divide the colours so that the summed weights reproduce the image under each Gaussian's
+    centre (the raw init colours, summed over overlapping Gaussians, would overshoot)."""
+    W, H = params.width, params.height
+    with torch.no_grad():
+        ones = torch.ones_like(params.color)
+        _, wsum = rasterize(params.means_px(), params.conics_px(), ones, params.opacities(), W, H,
+                            mode="sum", tile_size=cfg.tile_size, backend=cfg.backend)
+        px = params.means_px()[:, 0].long().clamp(0, W - 1)
+        py = params.means_px()[:, 1].long().clamp(0, H - 1)
+        params.color.div_(wsum[py, px, 0].clamp_min(0.5)[:, None])
+
+
+def _render(p: _Params, qgeom: Optional[_QuantGeometry], cfg: FitConfig) -> Tensor:
+    """``[H, W, C]`` render of ``p``; with ``qgeom`` (QAT phase) its frozen quantised geometry."""
+    if qgeom is None:
+        m, q = p.means_px(), p.conics_px()
+    else:
+        m, q = qgeom[0], qgeom[1]
+    img, _ = rasterize(m, q, p.color, p.opacities(), p.width, p.height, mode=cfg.mode,
+                       tile_size=cfg.tile_size, backend=cfg.backend)
+    return img
+
+
+def _training_psnr(mse: float) -> float:
+    """PSNR of the training loss (the render unclamped, unlike :func:`psnr`)."""
+    return float("inf") if mse <= 0 else -10.0 * math.log10(mse)
+
+
+def _float_phase_optimizer(params: _Params, cfg: FitConfig) -> torch.optim.Adam:
+    """Adam over every parameter; ``base`` is each group's learning rate before the schedule."""
+    groups = [
+        {"params": [params.xy], "lr": cfg.lr_means, "base": cfg.lr_means},
+        {"params": [params.cov], "lr": cfg.lr, "base": cfg.lr},
+        {"params": [params.color], "lr": cfg.lr, "base": cfg.lr},
+    ]
+    if params.opacity_logit is not None:
+        groups.append({"params": [params.opacity_logit], "lr": cfg.lr, "base": cfg.lr})
+    return torch.optim.Adam(groups, eps=1e-15)
+
+
+def _start_qat(params: _Params, spec: QuantSpec, cfg: FitConfig) -> Tuple[_QuantGeometry, torch.optim.Adam]:
+    """Quantisation-aware finetune: geometry frozen at its quantised values, colours (and
+    opacities) refitted to compensate, with a fresh optimiser."""
+    with torch.no_grad():
+        fq = _codec.quantize_dequantize(params.field().detach().to(torch.float32), spec)
+        qm, qc = fq.to_pixels(params.width, params.height)
+    appearance = [params.color] + ([params.opacity_logit] if params.opacity_logit is not None else [])
+    base = cfg.lr * cfg.qat_lr_factor
+    return (qm, qc, fq), torch.optim.Adam([{"params": appearance, "lr": base, "base": base}], eps=1e-15)
+
+
+def _optimise(
+    params: _Params, target_hwc: Tensor, spec: QuantSpec, init_psnr: float, cfg: FitConfig,
+) -> Tuple[List[Tuple[int, float]], Optional[_QuantGeometry]]:
+    """The float phase, then the QAT phase; returns the PSNR history and the QAT geometry
+    (None without QAT)."""
+    qgeom: Optional[_QuantGeometry] = None
+    opt = _float_phase_optimizer(params, cfg)
+    history: List[Tuple[int, float]] = []
+    total = cfg.steps + cfg.qat_steps
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="fit", unit="step", dynamic_ncols=True, leave=False)
+    cur = init_psnr
+    # never return a field worse than one seen: the best parameters of the float phase (by the
+    # training PSNR, which is measured before each update) are restored before QAT / at the end
+    best_psnr, best_state = init_psnr, _snapshot(params)
+    try:
+        for step in range(total):
+            qat = step >= cfg.steps
+            if step == cfg.steps:
+                _restore_if_better(params, cur, best_psnr, best_state)
+                qgeom, opt = _start_qat(params, spec, cfg)
+            fac = _lr_factor(step, cfg.steps, cfg.schedule, cfg.final_lr_factor) if not qat else 1.0
+            for g in opt.param_groups:
+                g["lr"] = g["base"] * fac
+            loss = F.mse_loss(_render(params, qgeom, cfg), target_hwc)
+            cur = _training_psnr(float(loss.detach()))
+            if not qat and cur > best_psnr:
+                best_psnr, best_state = cur, _snapshot(params)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+                history.append((step + 1, cur))
+            if bar is not None:
+                bar.update(1)
+                if step % 10 == 0 or step + 1 == total:
+                    bar.set_postfix_str(f"PSNR {cur:.2f} dB" + (" (QAT)" if qat else ""))
+        if cfg.qat_steps == 0:
+            with torch.no_grad():  # same measure as the training PSNR (unclamped)
+                mse = float(F.mse_loss(_render(params, qgeom, cfg), target_hwc))
+            _restore_if_better(params, _training_psnr(mse), best_psnr, best_state)
+    finally:
+        if bar is not None:
+            bar.close()
+    return history, qgeom
+
+
+def _final_field(params: _Params, qgeom: Optional[_QuantGeometry]) -> Gaussians2D:
+    """The detached float32 field; after QAT with exactly the quantised geometry the colours
+    were refitted to (not the float geometry it was quantised from)."""
+    field = params.field().detach()
+    if qgeom is not None:
+        field = field._like(qgeom[2].means, qgeom[2].covariances, field.colors, field.opacities)
+    return field._like(*(t.float().contiguous() for t in (field.means, field.covariances, field.colors,
+                                                         field.opacities)))
+
+
 def fit_image(
     image: Union[Tensor, str, "os.PathLike[str]"],
     config: Optional[FitConfig] = None,
@@ -373,114 +513,19 @@ def fit_image(
     if device is not None:
         target = target.to(device)
     C, H, W = target.shape
-    if min(H, W) < MIN_SIDE:
-        raise ValueError(f"the image is {W}x{H}; fitting needs at least {MIN_SIDE}x{MIN_SIDE} pixels")
-    if cfg.num_gaussians > H * W:
-        raise ValueError(f"{cfg.num_gaussians} Gaussians for a {W}x{H} image ({H * W} pixels): use at most "
-                         f"one Gaussian per pixel")
+    _check_target_size(W, H, cfg.num_gaussians)
     spec = cfg.quant or QuantSpec.for_size(W, H)
     t0 = time.perf_counter()
-    means, std, colors = init_gaussians(
-        target, cfg.num_gaussians, init=cfg.init, mode=cfg.mode, uniform_share=cfg.uniform_share,
-        size_factor=cfg.size_factor, seed=cfg.seed,
-    )
-    opacity = None
-    if cfg.opacity_learned:
-        opacity = torch.full((cfg.num_gaussians,), math.log(0.9 / 0.1) if cfg.mode == "alpha" else 6.0,
-                             device=target.device)
-    spacing = math.sqrt(H * W / cfg.num_gaussians)
-    params = _Params(means, std, colors, opacity, cfg.param, W, H, spacing, cfg.mode).to(target.device)
+    params = _initial_params(target, cfg)
     target_hwc = target.permute(1, 2, 0).contiguous()
-
-    qgeom: Optional[Tuple[Tensor, Tensor, Gaussians2D]] = None  # quantised geometry (QAT phase)
-
-    def render(p: _Params) -> Tensor:
-        if qgeom is None:
-            m, q = p.means_px(), p.conics_px()
-        else:
-            m, q = qgeom[0], qgeom[1]
-        img, _ = rasterize(m, q, p.color, p.opacities(), W, H, mode=cfg.mode, tile_size=cfg.tile_size,
-                           backend=cfg.backend)
-        return img
-
     if cfg.mode == "sum" and cfg.init != "random":
-        # colours so that the summed weights reproduce the image under each Gaussian's centre
-        with torch.no_grad():
-            ones = torch.ones_like(params.color)
-            _, wsum = rasterize(params.means_px(), params.conics_px(), ones, params.opacities(), W, H,
-                                mode="sum", tile_size=cfg.tile_size, backend=cfg.backend)
-            px = params.means_px()[:, 0].long().clamp(0, W - 1)
-            py = params.means_px()[:, 1].long().clamp(0, H - 1)
-            params.color.div_(wsum[py, px, 0].clamp_min(0.5)[:, None])
-
+        _normalise_sum_colors(params, cfg)
     with torch.no_grad():
-        init_psnr = psnr(render(params), target_hwc)
-
-    groups = [
-        {"params": [params.xy], "lr": cfg.lr_means, "base": cfg.lr_means},
-        {"params": [params.cov], "lr": cfg.lr, "base": cfg.lr},
-        {"params": [params.color], "lr": cfg.lr, "base": cfg.lr},
-    ]
-    if params.opacity_logit is not None:
-        groups.append({"params": [params.opacity_logit], "lr": cfg.lr, "base": cfg.lr})
-    opt = torch.optim.Adam(groups, eps=1e-15)
-    history: List[Tuple[int, float]] = []
-    total = cfg.steps + cfg.qat_steps
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc="fit", unit="step", dynamic_ncols=True, leave=False)
-    cur = init_psnr
-    # never return a field worse than one seen: the best parameters of the float phase (by the
-    # training PSNR, which is measured before each update) are restored before QAT / at the end
-    best_psnr, best_state = init_psnr, _snapshot(params)
-    try:
-        for step in range(total):
-            qat = step >= cfg.steps
-            if step == cfg.steps:
-                _restore_if_better(params, cur, best_psnr, best_state)
-                # quantisation-aware finetune: geometry frozen at its quantised values, colours (and
-                # opacities) refitted to compensate, with a fresh optimiser
-                with torch.no_grad():
-                    fq = _codec.quantize_dequantize(params.field().detach().to(torch.float32), spec)
-                    qm, qc = fq.to_pixels(W, H)
-                qgeom = (qm, qc, fq)
-                appearance = [params.color] + ([params.opacity_logit] if params.opacity_logit is not None else [])
-                base = cfg.lr * cfg.qat_lr_factor
-                opt = torch.optim.Adam([{"params": appearance, "lr": base, "base": base}], eps=1e-15)
-            fac = _lr_factor(step, cfg.steps, cfg.schedule, cfg.final_lr_factor) if not qat else 1.0
-            for g in opt.param_groups:
-                g["lr"] = g["base"] * fac
-            img = render(params)
-            loss = F.mse_loss(img, target_hwc)
-            mse = float(loss.detach())
-            cur = float("inf") if mse <= 0 else -10.0 * math.log10(mse)
-            if not qat and cur > best_psnr:
-                best_psnr, best_state = cur, _snapshot(params)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if (step + 1) % cfg.log_every == 0 or step + 1 == total:
-                history.append((step + 1, cur))
-            if bar is not None:
-                bar.update(1)
-                if step % 10 == 0 or step + 1 == total:
-                    bar.set_postfix_str(f"PSNR {cur:.2f} dB" + (" (QAT)" if qat else ""))
-        if cfg.qat_steps == 0:
-            with torch.no_grad():  # same measure as the training PSNR (unclamped)
-                mse = float(F.mse_loss(render(params), target_hwc))
-            _restore_if_better(params, float("inf") if mse <= 0 else -10.0 * math.log10(mse), best_psnr, best_state)
-    finally:
-        if bar is not None:
-            bar.close()
+        init_psnr = psnr(_render(params, None, cfg), target_hwc)
+    history, qgeom = _optimise(params, target_hwc, spec, init_psnr, cfg)
     with torch.no_grad():
-        final = render(params)
-        field = params.field().detach()
-        if qgeom is not None:
-            field = field._like(qgeom[2].means, qgeom[2].covariances, field.colors, field.opacities)
-        field = field._like(*(t.float().contiguous() for t in (field.means, field.covariances, field.colors,
-                                                                 field.opacities)))
+        final = _render(params, qgeom, cfg)
+        field = _final_field(params, qgeom)
     if target.device.type == "cuda":
         torch.cuda.synchronize()
     fit_time = time.perf_counter() - t0
