@@ -133,7 +133,7 @@ def test_shipped_model_renders_a_flat_image_flat(border):
         # which interior pixels show too (2.5 levels at x4); corners are no longer the worst.
         assert worst <= 5.0, worst
     else:
-        assert worst > 20, worst  # observed 110 levels (the 1x1 image at x2)
+        assert worst > 20, worst  # observed 143 levels (the 1x1 image at x100; 107 at x2, 46 at corners of 5x7 x4)
 
 
 def test_gradients_reach_every_parameter():
