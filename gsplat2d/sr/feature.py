@@ -97,8 +97,9 @@ class FeatureSRConfig(ConfigChecks):
 
 
 def _bank_init(m: int, init_scale: float) -> Tensor:
-    """``m`` kernels ``(log sx, log sy, theta)``: isotropic ones at a few sizes around
-    ``init_scale`` plus elongated ones at evenly spread angles (as a fixed, spread start)."""
+    """``m`` kernels ``(log sx, log sy, theta)``: every 4th isotropic, at 0.625, 1 or 1.75 times
+    ``init_scale`` in turn; the others elongated (axis ratio e^0.8) at angles from a fixed-seed
+    generator, so every model starts from the same spread of shapes."""
     g = torch.Generator().manual_seed(0)
     rows = []
     for i in range(m):
