@@ -60,6 +60,9 @@ __all__ = ["FeatureSRConfig", "GaussianFeatureSR"]
 
 #: The splatted weight is divided by at least this (a pixel no Gaussian reaches decodes from zeros).
 MIN_WEIGHT = 1e-4
+#: Outside autograd the decoder runs on row blocks of about this many pixels: its hidden
+#: activations (2 x 48 channels) would otherwise be ~400 MB for a 1024 x 1024 window.
+DECODE_PIXELS = 2**17
 
 
 @dataclass
@@ -220,7 +223,13 @@ class GaussianFeatureSR(SuperResolver):
         if cfg.cell:
             b, _, hh, ww = x.shape
             parts.append(torch.tensor(cell, dtype=x.dtype, device=x.device).view(1, 2, 1, 1).expand(b, 2, hh, ww))
-        out = rgb + self.decoder(torch.cat(parts, dim=1))
+        inputs = torch.cat(parts, dim=1)  # [B, C + 3 (+ 2), H, W]
+        if torch.is_grad_enabled() or inputs.shape[-2] * inputs.shape[-1] <= DECODE_PIXELS:
+            residual = self.decoder(inputs)
+        else:  # per-pixel layers: row blocks give the same pixels with bounded activations
+            rows = max(1, DECODE_PIXELS // inputs.shape[-1])
+            residual = torch.cat([self.decoder(inputs[:, :, y : y + rows]) for y in range(0, inputs.shape[-2], rows)], 2)
+        out = rgb + residual
         return out.permute(0, 2, 3, 1).reshape(*lead, cfg.colors)
 
     def pixel_decoder(self, field: Gaussians2D, width: int, height: int) -> Callable[[Tensor], Tensor]:
