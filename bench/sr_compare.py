@@ -146,6 +146,8 @@ def _markdown(report: dict) -> str:
             r = report["benchmarks"][label]["results"][i]
             cells.append(f"{r['model']['psnr']:.3f} / {r['model']['ssim']:.4f}")
         lines.append("| " + " | ".join(cells) + " |")
+    if not report["render_cost"]:
+        return "\n".join(lines) + "\n"
     lines += ["", f"CPU render cost ({report['cost_image']}, torch backend, windowed renderer; medians of "
               f"{report['repeats']}):", "",
               "| model | scale | output | encode ms | render ms | render peak RSS growth MiB |", "|---|---|---|---|---|---|"]
@@ -163,13 +165,15 @@ def main(argv=None) -> int:
     p.add_argument("--scales", default="2,3,4,6,3.5")
     p.add_argument("--cost_image", default=str(HERE.parent.parent / "shared/data/Set5/LR_bicubic/X4/babyx4.png"))
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no_cost", action="store_true", help="skip the render cost measurement")
     p.add_argument("--out", required=True, help="output path without extension (.json and .md are written)")
     args = p.parse_args(argv)
     models = dict(m.split("=", 1) for m in args.model)
     report = {"machine": _machine(), "scales": args.scales, "cost_image": args.cost_image, "repeats": args.repeats,
               "models": {k: _model_facts(v) for k, v in models.items()},
               "benchmarks": {k: _benchmark(v, args.data_path, args.scales) for k, v in models.items()},
-              "render_cost": {k: _render_cost(v, args.cost_image, args.repeats) for k, v in models.items()}}
+              "render_cost": {} if args.no_cost else {k: _render_cost(v, args.cost_image, args.repeats)
+                                                      for k, v in models.items()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(report, indent=1) + "\n")
     Path(args.out + ".md").write_text(_markdown(report))

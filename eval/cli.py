@@ -127,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--model_path", default=None,
-                   help="model checkpoint (.pth from 'gsplat2d train'); default: the shipped model "
-                        "gsplat2d/weights/gaussian_sr_tiny.pth")
+                   help="model checkpoint (.pth from 'gsplat2d train'), or a shipped model: 'feature' (the "
+                        "default, gsplat2d/weights/gaussian_sr_feature.pth) or 'tiny' (the colour model)")
     p.add_argument("--data_path", nargs="+", required=True, metavar="DIR",
                    help="one or more image folders: HR images directly (e.g. DIV2K_valid_HR) or the "
                         "Set5/Set14 layout with HR/ and LR_bicubic/X{s}/ subfolders")
@@ -220,9 +220,9 @@ _device = pick_device
 
 
 def _load_model(path: Optional[str], device: torch.device):
-    from gsplat2d.sr.model import default_model_path, load_model
+    from gsplat2d.sr.model import load_model, resolve_model_path
 
-    shown = path if path is not None else default_model_path()
+    shown = resolve_model_path(path)
     try:
         model = load_model(path, map_location="cpu")
     except (FileNotFoundError, ValueError, OSError) as e:

@@ -239,6 +239,16 @@ def test_render_cli_saves_and_rerenders_a_feature_field(tmp_path, feature_model,
     assert "sum mode only" in capsys.readouterr().err
 
 
+def test_a_field_of_the_shipped_model_rerenders_without_model_path(tmp_path, lr_png, capsys):
+    """The default (shipped feature) model's fields find their decoder by its hash."""
+    direct, field, again = tmp_path / "direct.png", tmp_path / "f.g2d", tmp_path / "again.png"
+    common = ["--device", "cpu", "--backend", "torch", "--quiet"]
+    assert render_main(["--input_path", str(lr_png), "--output_path", str(direct), "--scale", "3",
+                        "--save_gaussians", str(field), *common]) == 0
+    assert render_main(["--gaussians", str(field), "--scale", "3", "--output_path", str(again), *common]) == 0
+    assert np.array_equal(np.asarray(Image.open(direct)), np.asarray(Image.open(again)))
+
+
 def test_test_cli_accepts_a_feature_checkpoint(tmp_path, feature_model, capsys):
     from gsplat2d.eval.cli import main as test_main
 

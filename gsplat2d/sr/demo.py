@@ -127,7 +127,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Super-resolve a bundled image at x2, x3.5, x4 and a non-uniform 2x3 size with the "
         "default (or a given) model; compare with bicubic; write the outputs and a comparison picture.",
     )
-    p.add_argument("--model_path", help="model checkpoint (.pth); default: the shipped model")
+    p.add_argument("--model_path",
+                   help="model checkpoint (.pth), or a shipped model: 'feature' (the default) or 'tiny' (the colour model)")
     p.add_argument("--output_dir", default="demo_output", help="output folder (default ./demo_output)")
     p.add_argument("--image", help=f"use this HR image instead of the bundled one (centre crop, at most "
                    f"{_MAX_SIDE}x{_MAX_SIDE})")
@@ -156,9 +157,9 @@ def _load_hr(image: Optional[str], quick: bool) -> Tuple[Path, np.ndarray, bool]
 
 def _load_demo_model(model_path: Optional[str], device: torch.device) -> Tuple[torch.nn.Module, str]:
     """The model (``--model_path`` or the shipped one) on ``device``, with the path it came from."""
-    from gsplat2d.sr.model import default_model_path, load_model
+    from gsplat2d.sr.model import load_model, resolve_model_path
 
-    mpath = model_path if model_path is not None else default_model_path()
+    mpath = resolve_model_path(model_path)
     try:
         model = load_model(mpath, map_location="cpu").to(device)
     except FileNotFoundError as e:

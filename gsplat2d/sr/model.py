@@ -65,6 +65,9 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "default_model_path",
+    "shipped_model_path",
+    "resolve_model_path",
+    "SHIPPED_MODELS",
     "CHECKPOINT_FORMAT",
 ]
 
@@ -247,18 +250,43 @@ def load_checkpoint(path: Union[str, "os.PathLike[str]"], map_location: Any = "c
     return payload
 
 
+#: Models shipped in ``gsplat2d/weights/``, by the name ``--model_path`` also accepts.
+SHIPPED_MODELS = {"feature": "gaussian_sr_feature.pth", "tiny": "gaussian_sr_tiny.pth"}
+#: The default of every command: the feature-splatting model, which beat the colour model at an
+#: equal training budget and size on this package's CPU runs (README model card).
+DEFAULT_MODEL = "feature"
+
+
+def shipped_model_path(name: str = DEFAULT_MODEL) -> str:
+    """Path of a shipped model (``"feature"``: the default; ``"tiny"``: the colour model)."""
+    if name not in SHIPPED_MODELS:
+        raise ValueError(f"no shipped model {name!r}; shipped: {', '.join(SHIPPED_MODELS)}")
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", SHIPPED_MODELS[name])
+
+
 def default_model_path() -> str:
-    """Path of the shipped default model (``gsplat2d/weights/gaussian_sr_tiny.pth``)."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "gaussian_sr_tiny.pth")
+    """Path of the shipped default model (``gsplat2d/weights/gaussian_sr_feature.pth``)."""
+    return shipped_model_path(DEFAULT_MODEL)
+
+
+def resolve_model_path(path: Union[str, "os.PathLike[str]", None]) -> str:
+    """``None`` -> the default model; a shipped model's name (``"tiny"``, ``"feature"``) that is
+    not an existing file -> that model; anything else is a file path."""
+    if path is None:
+        return default_model_path()
+    path = os.fspath(path)
+    if path in SHIPPED_MODELS and not os.path.exists(path):
+        return shipped_model_path(path)
+    return path
 
 
 def load_model(
     path: Union[str, "os.PathLike[str]", None] = None, map_location: Any = "cpu"
 ) -> nn.Module:
     """Build the model a checkpoint holds (:class:`Pixel2GaussianSR` or
-    :class:`gsplat2d.sr.feature.GaussianFeatureSR`; ``None``: the shipped default model), in eval
-    mode, float32."""
-    path = default_model_path() if path is None else os.fspath(path)
+    :class:`gsplat2d.sr.feature.GaussianFeatureSR`; ``None``: the shipped default model; ``"tiny"``
+    / ``"feature"``: a shipped model, see :func:`resolve_model_path`), in eval mode, float32."""
+    path = resolve_model_path(path)
     payload = load_checkpoint(path, map_location=map_location)
     try:
         config = config_from_checkpoint(payload)

@@ -25,8 +25,8 @@ A ``.g2d`` file stores Gaussians in normalised image coordinates plus metadata: 
 A feature model (``--preset feature``) renders the same way: its per-pixel decoder runs on each
 window after rasterization. Its ``--save_gaussians`` file holds the feature field (colour base,
 features, weight channel) plus the decoder's kind and weight hash, not the decoder itself:
-``--gaussians`` re-renders it only with ``--model_path`` naming the model that encoded it (checked
-against the hash), and says so when it is missing.
+``--gaussians`` re-renders it with the model that encoded it: a shipped model's field by itself,
+any other with ``--model_path`` (checked against the hash); without it, it says what is missing.
 
 Also ``python -m gsplat2d.sr.render``. Exit status: 0 on success, 2 for bad arguments or inputs,
 1 when rendering fails; errors are one line on stderr, and no partial output file is left.
@@ -249,8 +249,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--input_path", help="LR image file, or a folder of images")
     p.add_argument("--output_path", help="output image (.png), or a folder when --input_path is a folder")
-    p.add_argument("--model_path", help="model checkpoint (.pth); default: the shipped model. With --gaussians: "
-                   "the feature model whose decoder a feature field needs")
+    p.add_argument("--model_path", help="model checkpoint (.pth), or a shipped model: 'feature' (the default) or "
+                   "'tiny' (the colour model). With --gaussians: the feature model whose decoder a feature field needs")
     p.add_argument("--scale", help="upscaling factor: a number > 0 (4, 3.7, 12) or SXxSY (2.5x3)")
     p.add_argument("--size", help="exact output size WIDTHxHEIGHT in pixels, e.g. 3840x2160")
     p.add_argument("--save_gaussians", metavar="PATH",
@@ -396,9 +396,9 @@ def _plan_jobs(args, inp: Path, folder_mode: bool, scale, size) -> Tuple[List[_J
 
 
 def _load_model_for(args, device: torch.device):
-    from gsplat2d.sr.model import default_model_path, load_model
+    from gsplat2d.sr.model import load_model, resolve_model_path
 
-    mpath = args.model_path if args.model_path is not None else default_model_path()
+    mpath = resolve_model_path(args.model_path)
     try:
         model = load_model(mpath, map_location="cpu").to(device)
     except FileNotFoundError as e:
@@ -542,23 +542,36 @@ def _field_decoder(args, gpath: Path, field: Gaussians2D, meta: dict, device: to
     want = meta.get("decoder_sha256")
     if meta["decoder"] != DECODER_KIND or not isinstance(want, str):
         _fail(f"{gpath} needs a decoder this gsplat2d does not know ({meta['decoder']!r})")
-    if args.model_path is None:
+    from gsplat2d.sr.model import SHIPPED_MODELS, load_model
+
+    model_path = args.model_path
+    if model_path is None:  # a field of a shipped model decodes with it, by its hash
+        model_path = next((name for name, h in _shipped_decoder_hashes(SHIPPED_MODELS) if h == want), None)
+    if model_path is None:
         _fail(f"{gpath} holds a feature field ({field.channels} channels) that needs the decoder of the model "
               f"that encoded it: add --model_path MODEL.pth (decoder sha256 {want[:12]}...)")
-    from gsplat2d.sr.model import load_model
-
     try:
-        model = load_model(args.model_path, map_location="cpu").to(device)
+        model = load_model(model_path, map_location="cpu").to(device)
     except FileNotFoundError as e:
         _fail(str(e))
     except ValueError as e:
         _fail(_short(e))
     if getattr(model, "arch", "pixel") != "feature" or model.decoder_sha256() != want:
-        _fail(f"--model_path {args.model_path} is not the model that encoded {gpath} (its decoder differs: "
+        _fail(f"--model_path {model_path} is not the model that encoded {gpath} (its decoder differs: "
               f"the file needs sha256 {want[:12]}...)")
     if field.channels != model.field_channels:
-        _fail(f"{gpath} has {field.channels} channels; {args.model_path} decodes {model.field_channels}")
+        _fail(f"{gpath} has {field.channels} channels; {model_path} decodes {model.field_channels}")
     return model
+
+
+def _shipped_decoder_hashes(shipped):
+    """``(name, decoder sha256)`` of each shipped feature model."""
+    from gsplat2d.sr.model import load_model
+
+    for name in shipped:
+        model = load_model(name)
+        if getattr(model, "arch", "pixel") == "feature":
+            yield name, model.decoder_sha256()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
