@@ -103,14 +103,16 @@ def test_quick_start_installs_the_test_tools_and_triton_is_optional():
     assert "pytest>=7" in meta["optional-dependencies"]["test"]
 
 
-# 5 -------------------------------------------------------------------------------------------
+# 14 ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model", ["feature", "tiny"])
 @pytest.mark.parametrize("size,scale", [((1, 1), "2"), ((1, 1), "100"), ((9, 6), "2"), ((9, 6), "3.7")],
                          ids=["1x1-x2", "1x1-x100", "9x6-x2", "9x6-x3.7"])
-def test_render_of_a_flat_image_is_flat_to_its_corners(tmp_path, size, scale):
-    """Row 14: a 1x1 image rendered at half brightness and flat images ~10% dark at the corners."""
+def test_render_of_a_flat_image_is_flat_to_its_corners(tmp_path, size, scale, model):
+    """Row 14: a 1x1 image rendered at half brightness and flat images ~10% dark at the corners
+    (the colour model, before its border ring); both shipped models."""
     src, out = tmp_path / "flat.png", tmp_path / "out.png"
     Image.new("RGB", size, (200, 30, 40)).save(src)
-    assert render_main(["--input_path", str(src), "--output_path", str(out), "--scale", scale,
+    assert render_main(["--input_path", str(src), "--output_path", str(out), "--scale", scale, "--model_path", model,
                         "--device", "cpu", "--backend", "torch", "--quiet"]) == 0
     got = np.asarray(Image.open(out)).astype(int)
     corners = got[[0, 0, -1, -1], [0, -1, 0, -1]]
@@ -118,6 +120,7 @@ def test_render_of_a_flat_image_is_flat_to_its_corners(tmp_path, size, scale):
     assert np.abs(got - (200, 30, 40)).max() <= 5
 
 
+# 5 -------------------------------------------------------------------------------------------
 def test_resuming_a_finished_run_says_so(tmp_path, images, capsys):
     save = tmp_path / "m.pth"
     common = ["--dataset_path", str(images), "--save_path", str(save), "--epochs", "1", "--batch_size", "2",

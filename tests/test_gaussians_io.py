@@ -194,12 +194,26 @@ def test_fitted_and_sr_fields_render_through_the_api_like_the_cli(tmp_path):
     wrong = _as_png_values(field.render(28, 20, mode="alpha")[0])
     assert np.abs(wrong - cli).max() > 10  # the mode matters for this field
 
-    # super-resolution: render --save_gaussians writes the field beside the image it renders
+    # super-resolution (the colour model): render --save_gaussians writes the field beside the
+    # image it renders
     sr_field, sr_png = tmp_path / "sr.g2d", tmp_path / "sr.png"
-    assert render_main(["--input_path", str(src), "--output_path", str(sr_png), "--scale", "3",
-                        "--save_gaussians", str(sr_field), "--device", "cpu", "--quiet"]) == 0
+    assert render_main(["--input_path", str(src), "--output_path", str(sr_png), "--scale", "3", "--model_path",
+                        "tiny", "--save_gaussians", str(sr_field), "--device", "cpu", "--quiet"]) == 0
     field = Gaussians2D.load(sr_field)
     assert field.mode == "sum" and field.source_size == (28, 20)
     api = _as_png_values(field.render(84, 60)[0])
+    cli = np.asarray(Image.open(sr_png).convert("RGB")).astype(int)
+    assert np.abs(api - cli).max() <= 1
+
+    # the default (feature) model's field holds features: its model's decoder turns the API's
+    # splat into the CLI's image
+    from gsplat2d.sr.model import load_model
+
+    assert render_main(["--input_path", str(src), "--output_path", str(sr_png), "--scale", "3",
+                        "--save_gaussians", str(sr_field), "--device", "cpu", "--quiet"]) == 0
+    field = Gaussians2D.load(sr_field)
+    assert field.mode == "sum" and field.source_size == (28, 20) and field.channels == 16
+    with torch.no_grad():
+        api = _as_png_values(load_model().pixel_decoder(field, 84, 60)(field.render(84, 60)[0]))
     cli = np.asarray(Image.open(sr_png).convert("RGB")).astype(int)
     assert np.abs(api - cli).max() <= 1
