@@ -16,12 +16,13 @@ LR_SIZE = (480, 270) if IS_CUDA else (96, 96)
 SCALES = (2.0, 4.0, 8.0) if IS_CUDA else (2.0, 4.0)
 
 
-@pytest.fixture(scope="module")
-def model_and_lr():
+@pytest.fixture(scope="module", params=["feature", "tiny"])
+def model_and_lr(request):
+    """Each shipped model: the default feature model and the colour model."""
     from gsplat2d.sr.model import load_model
 
     torch.manual_seed(0)
-    model = load_model(None, map_location=DEVICE)
+    model = load_model(request.param, map_location=DEVICE)
     lr = torch.rand(1, 3, LR_SIZE[1], LR_SIZE[0], device=DEVICE)
     return model, lr
 
@@ -47,7 +48,9 @@ def _rounds(fn) -> int:
 def test_sr_encode(benchmark, model_and_lr):
     model, lr = model_and_lr
     benchmark.group = "sr encode"
-    _info(benchmark, stage="encode", gaussians=model.config.k * LR_SIZE[0] * LR_SIZE[1])
+    with torch.no_grad():
+        n = model.encode(lr).num_gaussians  # the border ring included
+    _info(benchmark, stage="encode", model=type(model).__name__, gaussians=n)
 
     def run():
         with torch.no_grad():
@@ -67,7 +70,7 @@ def test_sr_render(benchmark, model_and_lr, scale):
         field = model.encode(lr)
     w, h = round(LR_SIZE[0] * scale), round(LR_SIZE[1] * scale)
     benchmark.group = "sr render"
-    _info(benchmark, stage="render", scale=scale, out_w=w, out_h=h)
+    _info(benchmark, stage="render", model=type(model).__name__, scale=scale, out_w=w, out_h=h)
 
     def run():
         with torch.no_grad():
