@@ -67,6 +67,16 @@ class SuperResolver(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def _head_output(self, lr: Tensor) -> Tensor:
+        """Backbone + head on (padded) LR images ``[B, colors, H, W]`` in ``[0, 1]``: the raw
+        ``[B, K * P, H, W]`` (``conv_in``, ``body``, ``conv_body`` and ``head`` are the subclass's)."""
+        c = self.config.colors
+        if lr.dim() != 4 or lr.shape[1] != c:
+            raise ValueError(f"lr must be [B, {c}, H, W] floats in [0, 1], got {tuple(lr.shape)}")
+        x = self.conv_in(lr - 0.5)
+        x = x + self.conv_body(self.body(x))
+        return self.head(x)
+
 
 class ResBlock(nn.Module):
     def __init__(self, n: int, res_scale: float) -> None:
@@ -129,8 +139,15 @@ def partition_opacity(init_scale: float, k: int) -> float:
     return min(max(o0, 0.05), 0.95)
 
 
-def per_gaussian(raw: Tensor, k: int) -> Tuple[Tensor, int, int]:
+def pixel_colors(padded: Tensor, k: int) -> Tensor:
+    """The (padded) LR image's pixel colours once per Gaussian: ``[B, k * hp * wp, C]`` float32,
+    in :func:`per_gaussian`'s order (k, row, column)."""
+    b, c, hp, wp = padded.shape
+    return padded.float().permute(0, 2, 3, 1).reshape(b, 1, hp * wp, c).expand(b, k, hp * wp, c).reshape(b, -1, c)
+
+
+def per_gaussian(raw: Tensor, k: int) -> Tensor:
     """Head output ``[B, k * P, hp, wp]`` -> ``[B, k * hp * wp, P]`` (order k, row, column)."""
     b, ch, hp, wp = raw.shape
     p = ch // k
-    return raw.view(b, k, p, hp, wp).permute(0, 1, 3, 4, 2).reshape(b, k * hp * wp, p), hp, wp
+    return raw.view(b, k, p, hp, wp).permute(0, 1, 3, 4, 2).reshape(b, k * hp * wp, p)

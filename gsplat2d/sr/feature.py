@@ -54,6 +54,7 @@ from gsplat2d.sr._layers import (
     pad_border,
     partition_opacity,
     per_gaussian,
+    pixel_colors,
 )
 
 __all__ = ["FeatureSRConfig", "GaussianFeatureSR"]
@@ -185,19 +186,13 @@ class GaussianFeatureSR(SuperResolver):
         ``N = K (h + 2 border) (w + 2 border)`` Gaussians with ``3 + C + 1`` channels
         ``[rgb, feature, 1]``, sum mode, ``source_size = (w, h)``."""
         cfg = self.config
-        if lr.dim() != 4 or lr.shape[1] != cfg.colors:
-            raise ValueError(f"lr must be [B, {cfg.colors}, H, W] floats in [0, 1], got {tuple(lr.shape)}")
         h, w = lr.shape[-2:]
         padded = pad_border(lr, cfg.border)
-        x = self.conv_in(padded - 0.5)
-        x = x + self.conv_body(self.body(x))
-        raw, hp, wp = per_gaussian(self.head(x).float(), cfg.k)  # [B, N, P]; fp32 geometry under AMP
-        b, n = raw.shape[:2]
+        raw = per_gaussian(self._head_output(padded).float(), cfg.k)  # [B, N, P]; fp32 geometry under AMP
         means = grid_means(cfg.max_offset * torch.tanh(raw[..., 0:2]), h, w, cfg.k, cfg.border)
         cov_lr, rest = self._shape_covariances(raw[..., 2:])
         cov = normalise_covariances(cov_lr, h, w)
-        base = padded.float().permute(0, 2, 3, 1).reshape(b, 1, hp * wp, cfg.colors).expand(b, cfg.k, hp * wp, cfg.colors)
-        rgb = base.reshape(b, n, cfg.colors) + rest[..., : cfg.colors]
+        rgb = pixel_colors(padded, cfg.k) + rest[..., : cfg.colors]
         feats = rest[..., cfg.colors : cfg.colors + cfg.feature_dim]
         opacities = torch.sigmoid(rest[..., -1] + self._logit_o0)
         colors = torch.cat([rgb, feats, torch.ones_like(opacities)[..., None]], dim=-1)

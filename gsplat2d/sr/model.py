@@ -50,6 +50,7 @@ from gsplat2d.sr._layers import (
     pad_border,
     partition_opacity,
     per_gaussian,
+    pixel_colors,
 )
 
 __all__ = [
@@ -173,13 +174,7 @@ class Pixel2GaussianSR(SuperResolver):
     # ------------------------------------------------------------------ network
     def raw_params(self, lr: Tensor) -> Tensor:
         """Raw head output ``[B, K, 6 + C, H, W]`` for (padded) LR images ``[B, C, H, W]`` in ``[0, 1]``."""
-        if lr.dim() != 4 or lr.shape[1] != self.config.colors:
-            raise ValueError(
-                f"lr must be [B, {self.config.colors}, H, W] floats in [0, 1], got {tuple(lr.shape)}"
-            )
-        x = self.conv_in(lr - 0.5)
-        x = x + self.conv_body(self.body(x))
-        raw = self.head(x)
+        raw = self._head_output(lr)
         b, _, h, w = raw.shape
         return raw.view(b, self.config.k, 6 + self.config.colors, h, w)
 
@@ -190,13 +185,11 @@ class Pixel2GaussianSR(SuperResolver):
         cfg = self.config
         h, w = lr.shape[-2:]
         padded = pad_border(lr, cfg.border)
-        raw = self.raw_params(padded).float()  # [B, K, 6 + C, hp, wp]; fp32 geometry even under AMP
-        b, k = raw.shape[:2]
-        raw, hp, wp = per_gaussian(raw.flatten(1, 2), k)  # [B, N, 6 + C]
-        means = grid_means(cfg.max_offset * torch.tanh(raw[..., 0:2]), h, w, k, cfg.border)
+        # [B, N, 6 + C]; fp32 geometry even under AMP
+        raw = per_gaussian(self._head_output(padded).float(), cfg.k)
+        means = grid_means(cfg.max_offset * torch.tanh(raw[..., 0:2]), h, w, cfg.k, cfg.border)
         cov = normalise_covariances(lr_covariances(raw[..., 2:5], cfg.head, cfg.init_scale, cfg.scale_span), h, w)
-        base = padded.float().permute(0, 2, 3, 1).reshape(b, 1, hp * wp, cfg.colors).expand(b, k, hp * wp, cfg.colors)
-        colors = base.reshape(b, k * hp * wp, cfg.colors) + raw[..., 5 : 5 + cfg.colors]
+        colors = pixel_colors(padded, cfg.k) + raw[..., 5 : 5 + cfg.colors]
         opacities = torch.sigmoid(raw[..., 5 + cfg.colors] + self._logit_o0)
         return Gaussians2D(means, cov, colors, opacities, mode=cfg.mode, source_size=(w, h))
 

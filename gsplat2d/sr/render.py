@@ -405,7 +405,7 @@ def _load_model_for(args, device: torch.device):
         _fail(f"{e}" + ("" if args.model_path else " (the shipped default model is missing)"))
     except ValueError as e:
         _fail(_short(e))
-    if getattr(model, "arch", "pixel") == "feature" and args.mode == "alpha":
+    if model.arch == "feature" and args.mode == "alpha":
         _fail(f"{mpath} is a feature-splatting model; it renders in sum mode only (drop --mode alpha)")
     mode = args.mode or model.config.mode
     if args.mode and args.mode != model.config.mode:
@@ -526,7 +526,7 @@ DECODER_KIND = "gsplat2d.GaussianFeatureSR"
 def decoder_meta(model) -> dict:
     """Metadata a saved field needs beyond mode and size: for a feature model, the decoder it
     needs (its kind and weight hash, checked when ``--gaussians`` re-renders the field)."""
-    if getattr(model, "arch", "pixel") != "feature":
+    if model.arch != "feature":
         return {}
     return {"decoder": DECODER_KIND, "decoder_sha256": model.decoder_sha256(),
             "feature_dim": model.config.feature_dim}
@@ -556,7 +556,7 @@ def _field_decoder(args, gpath: Path, field: Gaussians2D, meta: dict, device: to
         _fail(str(e))
     except ValueError as e:
         _fail(_short(e))
-    if getattr(model, "arch", "pixel") != "feature" or model.decoder_sha256() != want:
+    if model.arch != "feature" or model.decoder_sha256() != want:
         _fail(f"--model_path {model_path} is not the model that encoded {gpath} (its decoder differs: "
               f"the file needs sha256 {want[:12]}...)")
     if field.channels != model.field_channels:
@@ -570,7 +570,7 @@ def _shipped_decoder_hashes(shipped):
 
     for name in shipped:
         model = load_model(name)
-        if getattr(model, "arch", "pixel") == "feature":
+        if model.arch == "feature":
             yield name, model.decoder_sha256()
 
 
