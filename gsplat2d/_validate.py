@@ -9,7 +9,7 @@ MAX_SIDE = 65536
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MODES = ("alpha", "sum")
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "numba", "triton", "torch")
 
 
 def device_memory_bytes(device: torch.device) -> int | None:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "Binning", "ALPHA_MAX", "MIN_WEIGHT", "T_STOP", "MAX_PAIRS", "EXTENT_REL_PAD",
+    "Binning", "ALPHA_MAX", "MIN_WEIGHT", "T_STOP", "LOG2E", "MAX_PAIRS", "EXTENT_REL_PAD",
     "EXTENT_ABS_PAD", "tile_grid", "gaussian_extents", "check_pair_budget",
 ]
 
@@ -31,6 +31,8 @@ ALPHA_MAX = 0.99
 MIN_WEIGHT = 1.0 / 255.0
 #: alpha mode: a pixel stops when its transmittance would fall to this or below.
 T_STOP = 1e-4
+#: log2(e): the rasterizer record stores ``qa = -a/2 log2 e`` etc., so a weight is one exp2.
+LOG2E = 1.4426950408889634
 #: Hard limit on the number of (tile, Gaussian) pairs of one binning (int32 pair offsets).
 MAX_PAIRS: int = 2**31 - 1
 #: Rough bytes of temporary memory needed per (tile, Gaussian) pair while binning

@@ -9,7 +9,7 @@ import torch
 from gsplat2d._validate import validate
 from gsplat2d.backends import fp32_region
 
-__all__ = ["rasterize", "triton_available"]
+__all__ = ["rasterize", "triton_available", "numba_available"]
 
 
 def triton_available() -> bool:
@@ -29,12 +29,27 @@ TRITON_TILE_SIZES = (8, 16, 32)
 
 
 
+def numba_available() -> bool:
+    """Whether the numba CPU backend can be imported here."""
+    from gsplat2d.backends.numba_backend import available
+
+    return available()
+
+
 def _pick_backend(backend: str, device: torch.device, tile_size: int) -> str:
     if backend == "auto":
+        if device.type == "cpu":
+            return "numba" if numba_available() else "torch"
         use_triton = (
             device.type == "cuda" and tile_size in TRITON_TILE_SIZES and triton_available()
         )
         return "triton" if use_triton else "torch"
+    if backend == "numba":
+        if device.type != "cpu":
+            raise RuntimeError(f"backend='numba' renders CPU tensors, not {device}; use 'auto'")
+        if not numba_available():
+            raise RuntimeError("backend='numba' needs the numba package (pip install numba); "
+                               "use backend='torch' or 'auto'")
     if backend == "triton":
         if not triton_available():
             raise RuntimeError(
@@ -74,7 +89,7 @@ def _render_empty(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Background-only image and zero alpha of a scene without Gaussians (or an empty batch)."""
-    out_dtype = torch.float64 if (backend == "torch" and torch.float64 in (
+    out_dtype = torch.float64 if (backend in ("torch", "numba") and torch.float64 in (
         means.dtype, conics.dtype, colors.dtype, opacities.dtype)) else torch.float32
     image = torch.zeros((*batch_shape, height, width, C), dtype=out_dtype, device=means.device)
     if background is not None:
@@ -115,6 +130,10 @@ def _rasterize_flat(
             from gsplat2d.backends.triton_function import rasterize_triton
 
             return rasterize_triton(m, q, c, o, bg, width, height, tile_size, mode)
+        if backend == "numba":
+            from gsplat2d.backends.numba_function import rasterize_numba
+
+            return rasterize_numba(m, q, c, o, bg, width, height, tile_size, mode)
         from gsplat2d.backends.torch_function import rasterize_torch
 
         m, q, c, o = (t.contiguous() for t in (m, q, c, o))

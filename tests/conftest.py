@@ -19,8 +19,12 @@ import gsplat2d.kernels  # noqa: E402  (does not import triton)
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 requires_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not importable")
 
-# Backend parameter usable in @pytest.mark.parametrize: triton cases skip without triton.
-BACKENDS = ["torch", pytest.param("triton", marks=requires_triton, id="triton")]
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+requires_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not importable")
+
+# Backend parameter usable in @pytest.mark.parametrize: triton / numba cases skip without them.
+BACKENDS = ["torch", pytest.param("numba", marks=requires_numba, id="numba"),
+            pytest.param("triton", marks=requires_triton, id="triton")]
 
 
 @pytest.fixture(autouse=True)

@@ -221,7 +221,7 @@ def test_output_dtypes(backend):
     for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         t = {k: v.to(dt) for k, v in s.items()}
         img, alp = _call(t, backend=backend, background=t["background"])
-        expect = torch.float64 if (dt == torch.float64 and backend == "torch") else torch.float32
+        expect = torch.float64 if (dt == torch.float64 and backend in ("torch", "numba")) else torch.float32
         assert img.dtype == expect and alp.dtype == expect, dt
         ref = dense_rasterize(t["means"], t["conics"], t["colors"], t["opacities"], 16, 12,
                               "alpha", t["background"])

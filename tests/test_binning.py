@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import DEGENERATE_KINDS, make_degenerate, make_scene, requires_triton
+from conftest import DEGENERATE_KINDS, make_degenerate, make_scene, requires_numba, requires_triton
 from gsplat2d.reference import _pixel_terms
 
 from gsplat2d.backends import torch_backend
@@ -113,6 +113,56 @@ def _design_rects(m, q, o, w, h, tile):
     ty0 = cast(torch.floor((m[..., 1] - ext_y - 0.5) / tile), tiles_y)
     ty1 = cast(torch.floor((m[..., 1] + ext_y - 0.5) / tile) + 1, tiles_y)
     return torch.stack([tx0, ty0, tx1, ty1], -1)
+
+
+@requires_numba
+@pytest.mark.parametrize("scene", SCENES, ids=_sid)
+def test_numba_binning_identical_to_torch(scene):
+    """The numba backend's counting sort gives exactly the sorted-key binning of the torch
+    backend (ranges, ids, counts, record), and its pixel windows hold every pixel where a
+    Gaussian's weight reaches 1/255, inside the Gaussian's tile rectangle."""
+    from gsplat2d.backends import numba_backend
+
+    batch, n, w, h, tile, seed, deg = scene
+    m, q, o = _flat_scene(batch, n, w, h, seed, deg)
+    ref = torch_backend.bin_gaussians(m, q, o, w, h, tile)
+    nb = numba_backend.bin_gaussians(m, q, o, w, h, tile)
+    got = nb.binning
+    assert (got.tiles_x, got.tiles_y) == (ref.tiles_x, ref.tiles_y)
+    for name in ("ranges", "gauss_ids", "counts", "params"):
+        a, b = getattr(got, name), getattr(ref, name)
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    assert got.gauss_ids.numel() > 0
+    assert torch.equal(nb.rec, ref.params.reshape(-1, 8))
+    # float64 geometry: the same record in float64 (rounded to float32 it is the contract's)
+    nb64 = numba_backend.bin_gaussians(m.double(), q.double(), o.double(), w, h, tile, torch.float64)
+    assert nb64.rec.dtype == torch.float64 and torch.equal(nb64.binning.ranges, ref.ranges)
+    torch.testing.assert_close(nb64.rec.float(), ref.params.reshape(-1, 8), rtol=1.2e-7, atol=0)
+
+    valid, sigma, raw = _pixel_terms(m, q, o, w, h)
+    hit = (valid[..., None, None] & (sigma >= 0) & (raw >= 1 / 255)).reshape(-1, h, w)  # [BN, H, W]
+    win = nb.win.long()
+    ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+    inside = ((xs >= win[:, 0, None, None]) & (xs < win[:, 2, None, None])
+              & (ys >= win[:, 1, None, None]) & (ys < win[:, 3, None, None]))
+    assert hit.any() and not (hit & ~inside).any()
+    # a window lies inside its tile rectangle and is the pixel rule of docs/design.md (a looser
+    # window would cost pairs, not correctness; a tighter one would drop weights)
+    rects = torch_backend.compute_tile_bounds(m, q, o, w, h, tile)[0].reshape(-1, 4).long()
+    used = ref.counts.reshape(-1) > 0
+    assert (win[used, 0] >= rects[used, 0] * tile).all() and (win[used, 2] <= rects[used, 2] * tile).all()
+    assert (win[used, 1] >= rects[used, 1] * tile).all() and (win[used, 3] <= rects[used, 3] * tile).all()
+    assert (win[~used] == 0).all()
+    md, qd, od = m.double().reshape(-1, 2), q.double().reshape(-1, 3), o.double().reshape(-1)
+    det = qd[:, 0] * qd[:, 2] - qd[:, 1] ** 2
+    r2 = 2 * torch.log(255 * od)
+    ext_x = torch.sqrt(r2 * qd[:, 2] / det) * (1 + 1e-3) + 1e-2
+    ext_y = torch.sqrt(r2 * qd[:, 0] / det) * (1 + 1e-3) + 1e-2
+    expect = torch.stack([
+        torch.ceil(md[:, 0] - ext_x - 0.5).clamp(0, w), torch.ceil(md[:, 1] - ext_y - 0.5).clamp(0, h),
+        (torch.floor(md[:, 0] + ext_x - 0.5) + 1).clamp(0, w), (torch.floor(md[:, 1] + ext_y - 0.5) + 1).clamp(0, h),
+    ], -1).long()
+    assert torch.equal(win[used], expect[used])
 
 
 @pytest.mark.parametrize("scene", SCENES, ids=_sid)

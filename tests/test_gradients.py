@@ -1,18 +1,18 @@
-"""Gradients: torch backend by float64 gradcheck; both backends vs autograd through the dense
-float64 reference (the triton backend runs its backward kernel under the interpreter)."""
+"""Gradients: the torch and numba backends by float64 gradcheck; every backend vs autograd through
+the dense float64 reference (the triton backend runs its backward kernel under the interpreter)."""
 
 import pytest
 import torch
 
 import gsplat2d
-from conftest import BACKENDS, assert_grad_close, make_scene
+from conftest import BACKENDS, assert_grad_close, make_scene, requires_numba
 from gsplat2d.reference import ambiguous_pixels, dense_rasterize, dense_tile_counts
 
 NAMES = ("means", "conics", "colors", "opacities", "background")
 
 
 # --------------------------------------------------------------------------------------------
-# gradcheck (torch backend, float64)
+# gradcheck (torch and numba backends, float64)
 # --------------------------------------------------------------------------------------------
 
 # (id, batch, N, W, H, C, seed, opacity range, radius range)
@@ -26,7 +26,8 @@ GRADCHECK_CASES = [
 
 @pytest.mark.parametrize("mode", ["alpha", "sum"])
 @pytest.mark.parametrize("case", GRADCHECK_CASES, ids=[c[0] for c in GRADCHECK_CASES])
-def test_gradcheck_torch_backend(case, mode):
+@pytest.mark.parametrize("backend", ["torch", pytest.param("numba", marks=requires_numba)])
+def test_gradcheck(backend, case, mode):
     _, batch, n, w, h, C, seed, op, (r0, r1) = case
     s = make_scene(batch, n, w, h, C, seed=seed, dtype=torch.float64, margin=0.0, opacity=op,
                    min_radius=r0, max_radius=r1)
@@ -55,7 +56,7 @@ def test_gradcheck_torch_backend(case, mode):
     def f(*args):
         bg = args[4] if use_bg else None
         return gsplat2d.rasterize(args[0], args[1], args[2], args[3], w, h, mode=mode,
-                                  background=bg, tile_size=4, backend="torch")
+                                  background=bg, tile_size=4, backend=backend)
 
     out = f(*inputs)
     assert out[0].dtype == torch.float64
@@ -186,7 +187,7 @@ def test_input_dtype_gradients(backend, dtype):
     ref_leaves = {k: s[k].double().requires_grad_(True) for k in NAMES}
     img, alp = gsplat2d.rasterize(*(leaves[k] for k in NAMES[:4]), w, h,
                                   background=leaves["background"], backend=backend)
-    expect = torch.float64 if (backend == "torch" and dtype == torch.float64) else torch.float32
+    expect = torch.float64 if (backend in ("torch", "numba") and dtype == torch.float64) else torch.float32
     assert img.dtype == expect and alp.dtype == expect
     ref = dense_rasterize(*(ref_leaves[k] for k in NAMES[:4]), w, h, "alpha",
                           ref_leaves["background"])

@@ -317,16 +317,22 @@ def test_stage_rasterize_fwd_final_transmittance(backend, mode):
     """The stage-4 launcher alone: T_final == 1 - alpha (alpha mode) and image/alpha match."""
     w, h = 33, 17
     s = make_scene((2,), 60, w, h, 3, seed=101, max_radius=8)
-    if backend == "torch":
-        from gsplat2d.backends import torch_backend as impl
-        from gsplat2d.backends.torch_backend import bin_gaussians
-    else:
-        from gsplat2d.kernels import rasterize_fwd as impl
-        from gsplat2d.kernels.binning import bin_gaussians
     bg = s["background"] if mode == "alpha" else None
-    binning = bin_gaussians(s["means"], s["conics"], s["opacities"], w, h, 16)
-    img, alp, T = impl.rasterize_fwd(s["means"], s["conics"], s["colors"], s["opacities"], bg,
-                                     binning, w, h, 16, mode)
+    if backend == "numba":  # its forward reads the record and windows of its own binning
+        from gsplat2d.backends import numba_backend
+
+        nb = numba_backend.bin_gaussians(s["means"], s["conics"], s["opacities"], w, h, 16)
+        img, alp, T = numba_backend.rasterize_fwd(s["colors"], bg, nb, w, h, 16, mode)
+    else:
+        if backend == "torch":
+            from gsplat2d.backends import torch_backend as impl
+            from gsplat2d.backends.torch_backend import bin_gaussians
+        else:
+            from gsplat2d.kernels import rasterize_fwd as impl
+            from gsplat2d.kernels.binning import bin_gaussians
+        binning = bin_gaussians(s["means"], s["conics"], s["opacities"], w, h, 16)
+        img, alp, T = impl.rasterize_fwd(s["means"], s["conics"], s["colors"], s["opacities"], bg,
+                                         binning, w, h, 16, mode)
     ref = dense_rasterize(s["means"], s["conics"], s["colors"], s["opacities"], w, h, mode, bg,
                           return_final_T=(mode == "alpha"))
     amb = ambiguous_pixels(s["means"], s["conics"], s["opacities"], w, h, mode)[..., None]

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from gsplat2d.binning import (
     ALPHA_MAX,
+    LOG2E,
     MAX_PAIRS,
     MIN_WEIGHT,
     T_STOP,
@@ -32,6 +33,8 @@ from gsplat2d.binning import (
 __all__ = [
     "Binning",
     "compute_tile_bounds",
+    "tile_rects",
+    "gaussian_records",
     "emit_intersections",
     "tile_ranges",
     "bin_gaussians",
@@ -71,13 +74,24 @@ def compute_tile_bounds(
     Computed in float64 without gradients. Never fails on NaN/Inf/huge values (such Gaussians
     are non-contributing; a Gaussian whose float bound is NaN through overflow is too).
     """
-    tiles_x, tiles_y = tile_grid(width, height, tile_size)
     valid, mx_s, my_s, ext_x, ext_y = gaussian_extents(means, conics, opacities)
+    rects, counts = tile_rects(valid, mx_s, my_s, ext_x, ext_y, width, height, tile_size)
+    params = gaussian_records(mx_s, my_s, conics[..., 0], conics[..., 1], conics[..., 2], opacities,
+                              counts > 0)
+    return rects, counts, params
+
+
+def tile_rects(valid: Tensor, mx: Tensor, my: Tensor, ext_x: Tensor, ext_y: Tensor, width: int,
+               height: int, tile_size: int) -> Tuple[Tensor, Tensor]:
+    """Stage 1's tile rectangles ``int32 [..., 4]`` and counts ``int32 [...]`` from the float64
+    bounds of :func:`gsplat2d.binning.gaussian_extents` (the rule of ``docs/design.md``; the
+    torch and numba backends share it, the Triton kernel evaluates the same expressions)."""
+    tiles_x, tiles_y = tile_grid(width, height, tile_size)
     ts = float(tile_size)
-    fx0 = torch.floor((mx_s - ext_x - 0.5) / ts)
-    fx1 = torch.floor((mx_s + ext_x - 0.5) / ts) + 1.0
-    fy0 = torch.floor((my_s - ext_y - 0.5) / ts)
-    fy1 = torch.floor((my_s + ext_y - 0.5) / ts) + 1.0
+    fx0 = torch.floor((mx - ext_x - 0.5) / ts)
+    fx1 = torch.floor((mx + ext_x - 0.5) / ts) + 1.0
+    fy0 = torch.floor((my - ext_y - 0.5) / ts)
+    fy1 = torch.floor((my + ext_y - 0.5) / ts) + 1.0
 
     def _cast(f: Tensor, n: int) -> Tensor:
         f = torch.nan_to_num(f, nan=0.0).clamp(-1.0, float(n + 1))
@@ -89,17 +103,14 @@ def compute_tile_bounds(
     counts = torch.where(valid, counts, torch.zeros_like(counts))
     rects = torch.stack([tx0, ty0, tx1, ty1], dim=-1)
     rects = torch.where((counts > 0).unsqueeze(-1), rects, torch.zeros_like(rects))
-    params = gaussian_records(mx_s, my_s, conics[..., 0], conics[..., 1], conics[..., 2], opacities,
-                              counts > 0)
-    return rects.to(torch.int32).contiguous(), counts.to(torch.int32).contiguous(), params
+    return rects.to(torch.int32).contiguous(), counts.to(torch.int32).contiguous()
 
-
-_LOG2E = 1.4426950408889634
 
 
 def gaussian_records(mx: Tensor, my: Tensor, a: Tensor, b: Tensor, c: Tensor, o: Tensor,
-                     valid: Tensor) -> Tensor:
-    """The rasterizer's per-Gaussian record, float32 ``[..., 8]``, computed in float64:
+                     valid: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The rasterizer's per-Gaussian record, ``dtype`` (float32: the Triton kernels'; the numba
+    backend's float64 path keeps float64) ``[..., 8]``, computed in float64:
     ``(mx, my, qa, qb, qc, lo, inv_o, 0)`` with ``qa = -a/2 log2 e``, ``qb = -b log2 e``,
     ``qc = -c/2 log2 e``, ``lo = log2 o``, ``inv_o = 1 / o``, so that
     ``o exp(-sigma) = exp2(lo + qa dx^2 + qb dx dy + qc dy^2)``. Zeros where not ``valid``."""
@@ -110,11 +121,11 @@ def gaussian_records(mx: Tensor, my: Tensor, a: Tensor, b: Tensor, c: Tensor, o:
     a, b, c = (torch.where(valid, t, zero) for t in (a, b, c))  # NaN/Inf of invalid ones never used
     o_s = torch.where(valid, o, one)
     rec = torch.stack([
-        mx.to(f64), my.to(f64), a * (-0.5 * _LOG2E), b * (-_LOG2E), c * (-0.5 * _LOG2E),
+        mx.to(f64), my.to(f64), a * (-0.5 * LOG2E), b * (-LOG2E), c * (-0.5 * LOG2E),
         torch.log2(o_s), 1.0 / o_s, torch.zeros_like(a),
     ], dim=-1)
     rec = torch.where(valid.unsqueeze(-1), rec, torch.zeros_like(rec))
-    return rec.to(torch.float32).contiguous()
+    return rec.to(dtype).contiguous()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,65 @@
+"""``torch.autograd.Function`` for the numba CPU backend (the mirror of ``triton_function.py``).
+
+Forward bins and rasterizes with the compiled CPU kernels (:mod:`.numba_backend`); backward runs
+the backward kernel on the saved binning (never recomputed).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gsplat2d.backends import fp32_backward, numba_backend
+
+__all__ = ["RasterizeNumba", "rasterize_numba"]
+
+
+class RasterizeNumba(torch.autograd.Function):
+    """Forward: bin + rasterize (numba). Backward: the numba backward kernel.
+
+    Computes in float64 when any input is float64, else float32; gradients are returned in each
+    input's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, means, conics, colors, opacities, background, width, height, tile_size, mode):
+        inputs = (means, conics, colors, opacities, background)
+        ctx.dtypes = [None if t is None else t.dtype for t in inputs]
+        dt = numba_backend.compute_dtype(*inputs)
+        m, q, c, o, bg = (None if t is None else t.detach() for t in inputs)
+        nb = numba_backend.bin_gaussians(m, q, o, width, height, tile_size, dt)
+        image, alpha, t_final = numba_backend.rasterize_fwd(c, bg, nb, width, height, tile_size, mode)
+        ctx.nb = nb  # intermediates (no input or output of the Function)
+        ctx.args = (bg is not None, width, height, tile_size, mode)
+        ctx.save_for_backward(q, c, image, t_final)
+        return image, alpha
+
+    backward = fp32_backward(lambda ctx, gi, ga: _backward(ctx, gi, ga))
+
+
+def _backward(ctx, grad_image, grad_alpha):
+    """The Function's backward (see its class docstring), run with autocast off."""
+    q, c, image, t_final = ctx.saved_tensors
+    has_bg, width, height, tile_size, mode = ctx.args
+    if grad_image is None:
+        grad_image = torch.zeros_like(image)
+    if grad_alpha is None:
+        grad_alpha = image.new_zeros((*image.shape[:-1], 1))
+    grads = numba_backend.rasterize_bwd(
+        q, c, has_bg, ctx.nb, image, t_final, grad_image, grad_alpha, width, height, tile_size, mode,
+    )
+    need = ctx.needs_input_grad
+    return (
+        *(g.to(dt) if need[i] and g is not None else None
+          for i, (g, dt) in enumerate(zip(grads, ctx.dtypes))),
+        None, None, None, None,
+    )
+
+
+def rasterize_numba(means, conics, colors, opacities, background, width, height, tile_size, mode):
+    """Differentiable numba-backend rasterization of flattened CPU inputs ``[B, N, *]``.
+
+    Returns ``image [B, H, W, C]`` and ``alpha [B, H, W, 1]``, float64 for float64 inputs, else
+    float32.
+    """
+    return RasterizeNumba.apply(means, conics, colors, opacities, background, width, height,
+                                tile_size, mode)
