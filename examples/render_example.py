@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="256x256,1024x768", help="comma-separated WxH list")
     p.add_argument("--n", type=int, default=2400, help="Gaussians in the spiral (plus a 24x24 grid)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+    p.add_argument("--backend", default="auto", choices=["auto", "numba", "torch", "triton"])
     p.add_argument("--repeats", type=int, default=3, help="timed renders per image (best is printed)")
     args = p.parse_args(argv)
 

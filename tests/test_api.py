@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import gsplat2d
-from conftest import BACKENDS, HAVE_TRITON, make_scene, max_err, requires_triton
+from conftest import BACKENDS, HAVE_TRITON, make_scene, max_err, requires_numba, requires_triton
 from gsplat2d.reference import dense_rasterize
 
 
@@ -187,14 +187,25 @@ def test_no_gaussians(backend, batch):
     assert torch.equal(img, torch.zeros(*batch, 5, 7, C)) and torch.equal(alp, torch.zeros_like(alp))
 
 
-def test_auto_backend_on_cpu_is_torch():
+@pytest.mark.parametrize("numba_here", [pytest.param(True, marks=requires_numba), False],
+                         ids=["with-numba", "without-numba"])
+def test_auto_backend_on_cpu(monkeypatch, numba_here):
+    """auto on CPU tensors is the numba backend, and the torch backend where numba cannot be
+    imported (simulated), bit for bit."""
+    import importlib
+
+    rz = importlib.import_module("gsplat2d.rasterize")  # the module (the package exports the function)
+    if not numba_here:
+        monkeypatch.setattr(rz, "numba_available", lambda: False)
+    expect = "numba" if numba_here else "torch"
+    assert rz._pick_backend("auto", torch.device("cpu"), 16) == expect
     s = make_scene((2,), 80, 33, 17, 3, seed=5)
     for mode in ("alpha", "sum"):
         bg = s["background"] if mode == "alpha" else None
         a = gsplat2d.rasterize(s["means"], s["conics"], s["colors"], s["opacities"], 33, 17,
                                mode=mode, background=bg)
         t = gsplat2d.rasterize(s["means"], s["conics"], s["colors"], s["opacities"], 33, 17,
-                               mode=mode, background=bg, backend="torch")
+                               mode=mode, background=bg, backend=expect)
         assert torch.equal(a[0], t[0]) and torch.equal(a[1], t[1])
 
 

@@ -82,6 +82,56 @@ def test_decoding_in_row_blocks_equals_one_pass(monkeypatch):
     torch.testing.assert_close(blocks, whole, rtol=0, atol=1e-6)  # worst observed 0 (bit-identical)
 
 
+def _decode_by_convolutions(m: GaussianFeatureSR, splat: torch.Tensor, cell) -> torch.Tensor:
+    """The decoder as the model defines it: ``[feature / W, rgb / W, cell]`` as an NCHW image
+    through its 1x1 convolutions, plus ``rgb / W`` (the independent form of ``decode``)."""
+    x = splat.permute(0, 3, 1, 2)
+    w = x[:, -1:].clamp(min=1e-4)
+    mean = x[:, :-1] / w
+    b, _, h, wd = x.shape
+    cells = torch.tensor(cell, dtype=x.dtype).view(1, 2, 1, 1).expand(b, 2, h, wd)
+    inp = torch.cat([mean[:, 3:], mean[:, :3], cells], 1)
+    return (mean[:, :3] + m.decoder(inp)).permute(0, 2, 3, 1)
+
+
+def test_fused_decode_equals_the_convolutions(monkeypatch):
+    """decode (one addmm per layer on the channels-last splat, cell folded into the first bias,
+    pixel blocks outside autograd) equals the decoder's convolutions on the concatenated input,
+    with and without autograd; a mutant that keeps the decoder's [feature, rgb] column order
+    is far off. Gradients to the splat and the decoder weights agree too."""
+    import gsplat2d.sr.feature as feature
+
+    m = _trained_like(FeatureSRConfig(**TINY))
+    with torch.no_grad():
+        for lyr in m.decoder:
+            if isinstance(lyr, torch.nn.Conv2d):
+                lyr.weight.normal_(0, 0.3)
+        splat, _ = m.encode(_lr(2, 7, 9)).render(31, 23, backend="torch")
+        ref = _decode_by_convolutions(m, splat, (0.3, 0.25))
+        monkeypatch.setattr(feature, "DECODE_PIXELS", 100)  # blocks, a ragged last one
+        got = m.decode(splat, (0.3, 0.25))
+    assert ref.abs().max() > 0.1
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)  # worst observed 1.2e-7
+    leaf = splat.clone().requires_grad_(True)
+    g = torch.rand(ref.shape, generator=torch.Generator().manual_seed(3))
+    (m.decode(leaf, (0.3, 0.25)) * g).sum().backward()
+    got_grads = [leaf.grad] + [p.grad.clone() for p in m.decoder.parameters()]
+    leaf.grad = None
+    m.zero_grad()
+    (_decode_by_convolutions(m, leaf, (0.3, 0.25)) * g).sum().backward()
+    ref_grads = [leaf.grad] + [p.grad for p in m.decoder.parameters()]
+    for a, b in zip(got_grads, ref_grads):
+        # float32 sums in another order: worst observed 3.4e-7 of the largest entry
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6 * float(b.abs().max()))
+    # mutant: the decoder's own column order applied to the splat's channels
+    w0 = m.decoder[0].weight
+    monkeypatch.setattr(m, "_decoder_matrices", lambda cell, dt, dev: [
+        (w0.reshape(w0.shape[0], -1)[:, : m.field_channels - 1], m.decoder[0].bias)]
+        + GaussianFeatureSR._decoder_matrices(m, cell, dt, dev)[1:])
+    with torch.no_grad():
+        assert (m.decode(splat, (0.3, 0.25)) - ref).abs().max() > 0.05
+
+
 def test_flat_image_renders_flat_to_the_corners():
     """Normalising by the splatted weight (and the border ring) keeps a flat image flat at any
     scale, a 1x1 image included (untrained model: decoder output 0)."""

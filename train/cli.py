@@ -16,6 +16,7 @@ import sys
 from dataclasses import fields
 from typing import List, Optional
 
+from gsplat2d._validate import BACKENDS
 from gsplat2d.cli.common import UserError, run_command
 from gsplat2d.sr.model import PRESETS
 
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save_path", default="models/my_model.pth", help="best model (by val PSNR); *.last.pth beside it resumes")
     g.add_argument("--resume", default=None, help="continue a run from its *.last.pth checkpoint")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"), help="rasterizer backend")
+    g.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="rasterizer backend (auto: triton on CUDA, numba on CPU)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast for the CNN (GPUs); rasterization stays fp32")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--samples_dir", default="train_samples", help="per-epoch LR | bicubic | SR | HR strips")

@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
-from gsplat2d._validate import MAX_SIDE
+from gsplat2d._validate import BACKENDS, MAX_SIDE
 
 __all__ = [
     "UserError", "EXIT_USER_ERROR", "MAX_SIDE", "MAX_PIXELS", "run_command", "add_alias",
@@ -128,8 +128,9 @@ def add_runtime_args(parser, *, backend: bool = True) -> None:
     """``--device``, ``--backend`` (optional), ``--num_threads`` and ``--quiet``."""
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
     if backend:
-        parser.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"),
-                            help="rasterizer backend (auto: triton on CUDA, torch otherwise)")
+        parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                            help="rasterizer backend (auto: triton on CUDA, numba on CPU; torch: the "
+                            "plain-PyTorch cross-check)")
     parser.add_argument("--num_threads", type=int, default=0,
                         help="CPU threads for torch (0: torch's default)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")

@@ -202,7 +202,13 @@ class GaussianFeatureSR(SuperResolver):
     def decode(self, splat: Tensor, cell: Tuple[float, float]) -> Tensor:
         """Splatted ``[..., H, W, 3 + C + 1]`` -> RGB ``[..., H, W, 3]`` (unclamped).
 
-        ``cell = (w / W_out, h / H_out)``: one output pixel's size in LR pixels."""
+        ``cell = (w / W_out, h / H_out)``: one output pixel's size in LR pixels.
+
+        The decoder's 1x1 convolutions are per-pixel linear layers, so they run as matrix
+        products on the splat's own channels-last layout (no permutes, no concatenated input):
+        the first layer's columns are reordered once to the splat's ``[rgb, feature]`` order, the
+        cell's constant contribution folds into its bias, and each layer is one ``addmm``.
+        Outside autograd the pixels go in blocks of :data:`DECODE_PIXELS` (bounded memory)."""
         cfg = self.config
         if splat.shape[-1] != self.field_channels:
             raise ValueError(
@@ -210,22 +216,40 @@ class GaussianFeatureSR(SuperResolver):
                 f"(3 colour + {cfg.feature_dim} feature + 1 weight), got {splat.shape[-1]}"
             )
         lead = splat.shape[:-1]
-        x = splat.reshape(-1, *splat.shape[-3:]).permute(0, 3, 1, 2)  # [B, 3 + C + 1, H, W]
-        weight = x[:, -1:].clamp(min=MIN_WEIGHT)
-        mean = x[:, :-1] / weight  # weighted means of colour and feature
-        rgb = mean[:, : cfg.colors]
-        parts = [mean[:, cfg.colors :], rgb]
+        x = splat.reshape(-1, splat.shape[-1])  # [P, 3 + C + 1], a view of the splat
+        layers = self._decoder_matrices(cell, x.dtype, x.device)
+        if torch.is_grad_enabled() or x.shape[0] <= DECODE_PIXELS:
+            return self._decode_pixels(x, layers).reshape(*lead, cfg.colors)
+        out = x.new_empty((x.shape[0], cfg.colors))
+        for p in range(0, x.shape[0], DECODE_PIXELS):  # per-pixel: blocks give the same pixels
+            out[p : p + DECODE_PIXELS] = self._decode_pixels(x[p : p + DECODE_PIXELS], layers)
+        return out.reshape(*lead, cfg.colors)
+
+    def _decoder_matrices(self, cell: Tuple[float, float], dtype: torch.dtype, device: torch.device):
+        """``[(weight [out, in], bias [out]), ...]`` of the decoder's layers as linear maps on the
+        splat's channels; the first takes ``[rgb, feature] / W`` with the cell folded in."""
+        cfg = self.config
+        convs = [m for m in self.decoder if isinstance(m, nn.Conv2d)]
+        mats = [(c.weight.reshape(c.out_channels, c.in_channels).to(dtype), c.bias.to(dtype)) for c in convs]
+        w1, b1 = mats[0]
+        nf = cfg.feature_dim
+        # the decoder's input order is [feature, rgb, cell]; the splat's is [rgb, feature]
+        w_in = torch.cat([w1[:, nf : nf + cfg.colors], w1[:, :nf]], dim=1)
         if cfg.cell:
-            b, _, hh, ww = x.shape
-            parts.append(torch.tensor(cell, dtype=x.dtype, device=x.device).view(1, 2, 1, 1).expand(b, 2, hh, ww))
-        inputs = torch.cat(parts, dim=1)  # [B, C + 3 (+ 2), H, W]
-        if torch.is_grad_enabled() or inputs.shape[-2] * inputs.shape[-1] <= DECODE_PIXELS:
-            residual = self.decoder(inputs)
-        else:  # per-pixel layers: row blocks give the same pixels with bounded activations
-            rows = max(1, DECODE_PIXELS // inputs.shape[-1])
-            residual = torch.cat([self.decoder(inputs[:, :, y : y + rows]) for y in range(0, inputs.shape[-2], rows)], 2)
-        out = rgb + residual
-        return out.permute(0, 2, 3, 1).reshape(*lead, cfg.colors)
+            b1 = b1 + w1[:, nf + cfg.colors :] @ torch.tensor(cell, dtype=dtype, device=device)
+        mats[0] = (w_in, b1)
+        return mats
+
+    def _decode_pixels(self, x: Tensor, layers) -> Tensor:
+        """``[P, 3 + C + 1]`` splatted pixels -> ``[P, 3]`` RGB with the layers of
+        :meth:`_decoder_matrices`."""
+        mean = x[:, :-1] / x[:, -1:].clamp(min=MIN_WEIGHT)  # weighted means of colour and feature
+        h = mean
+        for i, (w, b) in enumerate(layers):
+            h = torch.addmm(b, h, w.t())
+            if i + 1 < len(layers):
+                h = torch.relu_(h)  # addmm does not keep its output for backward
+        return mean[:, : self.config.colors] + h
 
     def pixel_decoder(self, field: Gaussians2D, width: int, height: int) -> Callable[[Tensor], Tensor]:
         """The per-pixel decoder for a ``width x height`` render of ``field``: a function from any
