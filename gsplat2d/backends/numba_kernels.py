@@ -270,11 +270,16 @@ def _span(win, k, x0, y0, x1, y1, S):  # pragma: no cover - jitted
 # Every per-pixel loop below runs over a flat pixel range and indexes with unsigned integers:
 # numba wraps negative indices around, and a possibly negative index makes LLVM gather and
 # scatter instead of loading contiguous vectors (measured: 2-6x slower loops).
-@njit(inline="always", **_OPTS)
+#
+# The two phase functions decide everything (weights, skips, the stop rule). They are compiled
+# once, strictly (no fastmath), and *called* (not inlined at numba level) by both the forward
+# and the backward, so the backward may allow reassociation in its own sums while every
+# decision stays bit-identical to the forward's (LLVM flags are per instruction).
+@njit(**_OPTS)
 def _alpha_phase(pa, pb, pxl, pyl, lxs, lx0, lx1, mx, my, qa, qb, qc, lo, T, amax, wmin, tstop,
                  zero, wb, ab, tb, rb):  # pragma: no cover - jitted
     """alpha mode, one Gaussian on the pixels ``[pa, pb)`` of a tile, front to back; branch-free,
-    so it vectorises. The backward calls this very code: every decision is the forward's.
+    so it vectorises. The backward calls this very function: every decision is the forward's.
 
     ``log2 w = lo + qc dy^2 + dx (qa dx + qb dy)``; skip ``a < 1/255``, ``sigma < 0``
     (``pw > lo``), pixels outside the window and stopped pixels (``T <= 1e-4``); a pixel whose
@@ -302,7 +307,7 @@ def _alpha_phase(pa, pb, pxl, pyl, lxs, lx0, lx1, mx, my, qa, qb, qc, lo, T, ama
     return stopped
 
 
-@njit(inline="always", **_OPTS)
+@njit(**_OPTS)
 def _sum_phase(pa, pb, pxl, pyl, lxs, lx0, lx1, mx, my, qa, qb, qc, lo, one, wmin, zero, wb,
                rb):  # pragma: no cover - jitted
     """sum mode, one Gaussian on the pixels ``[pa, pb)``: ``wb = min(1, o exp(-sigma))`` (0 below
@@ -424,18 +429,8 @@ def rasterize_fwd_kernel(rec, win, colors, bg, ranges, ids, xs, consts, N, W, H,
 # ----------------------------------------------------------------------------------------------
 # Backward
 # ----------------------------------------------------------------------------------------------
-# Reductions over a pixel range may be reassociated (so they vectorise); the result is still the
-# same for any thread count, and nothing here feeds a forward decision.
-@njit(fastmath={"reassoc"}, **_OPTS)
-def _wdot(a, b, pa, pb, zero):  # pragma: no cover - jitted
-    """``sum_{p in [pa, pb)} a[p] b[p]``."""
-    s = zero
-    for pp in range(pa, pb):
-        p = U(pp)
-        s += a[p] * b[p]
-    return s
-
-
+# Sums over a pixel range may be reassociated (so they vectorise); the result is still the same
+# for any thread count, and nothing here feeds a forward decision (the phases are strict).
 @njit(fastmath={"reassoc"}, **_OPTS)
 def _moments(sg, pxl, pyl, mx, my, pa, pb, zero):  # pragma: no cover - jitted
     """``(sum s, sum s dx, sum s dy, sum s dx^2, sum s dx dy, sum s dy^2)`` over ``[pa, pb)``."""
@@ -456,7 +451,7 @@ def _moments(sg, pxl, pyl, mx, my, pa, pb, zero):  # pragma: no cover - jitted
     return s0, sx, sy, sxx, sxy, syy
 
 
-@njit(**_OPTS)
+@njit(fastmath={"reassoc"}, **_OPTS)  # sums only: the phase functions it calls are strict
 def _bwd_tile(gt, rec, win, conics, colors, ranges, ids, xs, consts, N, W, H, tiles_x, n_tiles,
               S, alpha_mode, image, tfinal, gimage, galpha, gpair):  # pragma: no cover - jitted
     """One tile of :func:`rasterize_bwd_kernel`."""
@@ -503,17 +498,37 @@ def _bwd_tile(gt, rec, win, conics, colors, ranges, ids, xs, consts, N, W, H, ti
         else:
             _sum_phase(pa, pb, pxl, pyl, lxs, lx0, lx1, mx, my, qa, qb, qc, lo, one, wmin, zero,
                        wb, rb)
-        # g . c per pixel
+        # g . c per pixel and sum_p w g_c per channel, four channels per pass over the pixels
         for pp in range(pa, pb):
             gc[U(pp)] = zero
-        for c in range(C):
-            cc = colors[k, c]
+        out = gpair[s]
+        c = 0
+        while c + 4 <= C:
+            c0, c1, c2, c3 = colors[k, c], colors[k, c + 1], colors[k, c + 2], colors[k, c + 3]
+            g0, g1, g2, g3 = g[c], g[c + 1], g[c + 2], g[c + 3]
+            d0 = d1 = d2 = d3 = zero
             for pp in range(pa, pb):
                 p = U(pp)
-                gc[p] += g[U(c), p] * cc
-        out = gpair[s]
-        for c in range(C):
-            out[6 + c] = _wdot(wb, g[c], pa, pb, zero)  # sum_p w g_c
+                w = wb[p]
+                v0, v1, v2, v3 = g0[p], g1[p], g2[p], g3[p]
+                gc[p] += (v0 * c0 + v1 * c1) + (v2 * c2 + v3 * c3)
+                d0 += w * v0
+                d1 += w * v1
+                d2 += w * v2
+                d3 += w * v3
+            out[6 + c], out[7 + c], out[8 + c], out[9 + c] = d0, d1, d2, d3
+            c += 4
+        while c < C:
+            cc = colors[k, c]
+            gr = g[c]
+            dsum = zero
+            for pp in range(pa, pb):
+                p = U(pp)
+                gv = gr[p]
+                gc[p] += gv * cc
+                dsum += wb[p] * gv
+            out[6 + c] = dsum
+            c += 1
         # s = dL/draw * raw where the weight is composited and below its clamp, else 0 (selects,
         # not products: a NaN colour must not reach pixels its weight does not)
         if alpha_mode:

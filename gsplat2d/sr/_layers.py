@@ -73,6 +73,8 @@ class SuperResolver(nn.Module):
         c = self.config.colors
         if lr.dim() != 4 or lr.shape[1] != c:
             raise ValueError(f"lr must be [B, {c}, H, W] floats in [0, 1], got {tuple(lr.shape)}")
+        if lr.device.type == "cpu":  # oneDNN's convolutions run faster channels-last (~1.2x here)
+            lr = lr.contiguous(memory_format=torch.channels_last)
         x = self.conv_in(lr - 0.5)
         x = x + self.conv_body(self.body(x))
         return self.head(x)
