@@ -148,7 +148,7 @@ def rasterize_fwd(
         nb.rec.numpy(), nb.win.numpy(), _np(colors.reshape(B * N, C), dt), bg,
         nb.binning.ranges.numpy(), nb.binning.gauss_ids.numpy(), _pixel_centres(width, height, dt),
         k.kernel_constants(_NP[dt]), N, width, height, nb.binning.tiles_x, tile_size, alpha_mode,
-        not bool(torch.isfinite(colors).all()), image.view(-1, C).numpy(), alpha.view(-1).numpy(), t_final.reshape(-1).numpy(),
+        image.view(-1, C).numpy(), alpha.view(-1).numpy(), t_final.reshape(-1).numpy(),
     )
     return image, alpha, (t_final if alpha_mode else None)
 

@@ -337,7 +337,7 @@ def _all_finite(colors, k):  # pragma: no cover - jitted
 # ----------------------------------------------------------------------------------------------
 @njit(**_OPTS)
 def _fwd_tile(gt, rec, win, colors, bg, ranges, ids, xs, consts, N, W, H, tiles_x, n_tiles, S,
-              alpha_mode, guard, image, alpha, tfinal):  # pragma: no cover - jitted
+              alpha_mode, image, alpha, tfinal):  # pragma: no cover - jitted
     """One tile of :func:`rasterize_fwd_kernel` (a plain function: its loops get LLVM's full
     loop optimisation, which a ``prange`` body does not)."""
     amax, wmin, tstop, one = consts[0], consts[1], consts[2], consts[3]
@@ -376,7 +376,7 @@ def _fwd_tile(gt, rec, win, colors, bg, ranges, ids, xs, consts, N, W, H, tiles_
             for pp in range(pa, pb):
                 p = U(pp)
                 wsum[p] += wb[p]
-        if guard and not _all_finite(colors, k):
+        if not _all_finite(colors, k):
             # a NaN/Inf colour reaches only the pixels its weight does (0 * NaN is NaN)
             for pp in range(pa, pb):
                 if wb[pp] != zero:
@@ -409,21 +409,21 @@ def _fwd_tile(gt, rec, win, colors, bg, ranges, ids, xs, consts, N, W, H, tiles_
 
 @njit(parallel=True, **_OPTS)
 def rasterize_fwd_kernel(rec, win, colors, bg, ranges, ids, xs, consts, N, W, H, tiles_x, S,
-                         alpha_mode, guard, image, alpha, tfinal):  # pragma: no cover - jitted
+                         alpha_mode, image, alpha, tfinal):  # pragma: no cover - jitted
     """Forward: ``image [B*H*W, C]``, ``alpha [B*H*W]`` and (alpha mode) ``tfinal [B*H*W]``.
 
     ``rec [B*N, 8]`` per-Gaussian record ``(mx, my, qa, qb, qc, lo, 1/o, 0)`` in the compute
     dtype; ``win`` int32 ``[B*N, 4]`` pixel rectangles ``(x0, y0, x1, y1)``, half-open;
     ``colors [B*N, C]``; ``bg [B, C]`` (``B x 0`` without a background); ``ranges``/``ids``
     from :func:`bin_tiles`; ``xs [max(W, H)]`` pixel centres ``i + 0.5``; ``consts`` from
-    :func:`kernel_constants`. ``guard``: some colour is NaN/Inf, so such a colour is added only
-    where its weight is non-zero (else ``0 * NaN`` would spread it over the window).
+    :func:`kernel_constants`. A NaN/Inf colour is added only where its weight is non-zero (else
+    ``0 * NaN`` would spread it over the window): it reaches the pixels the Gaussian covers.
     """
     B = image.shape[0] // (W * H)
     n_tiles = ranges.shape[0] // B
     for gt in prange(ranges.shape[0]):
         _fwd_tile(gt, rec, win, colors, bg, ranges, ids, xs, consts, N, W, H, tiles_x, n_tiles, S,
-                  alpha_mode, guard, image, alpha, tfinal)
+                  alpha_mode, image, alpha, tfinal)
 
 
 # ----------------------------------------------------------------------------------------------
