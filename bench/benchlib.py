@@ -5,6 +5,7 @@ adapters and the timing runner. ``conftest.py`` turns them into parametrisation 
 every available backend:
 
 * ``torch``: always (CPU, or CUDA tensors on a GPU machine);
+* ``numba``: on CPU where numba imports (the CPU default backend);
 * ``triton``: only on CUDA, and never under ``TRITON_INTERPRET`` (interpreted kernels measure the
   interpreter, not the kernels);
 * ``gsplat``: the gsplat library's CUDA rasterizer, alpha mode only, if ``import gsplat`` works
@@ -92,8 +93,19 @@ def gsplat_available() -> bool:
 ALLOW_INTERPRET = os.environ.get("GSPLAT2D_BENCH_ALLOW_INTERPRET", "0") not in ("", "0")
 
 
+@functools.lru_cache(maxsize=None)
+def numba_version() -> str | None:
+    if importlib.util.find_spec("numba") is None:
+        return None
+    import numba
+
+    return numba.__version__
+
+
 def available_backends() -> list[str]:
     out = ["torch"]
+    if DEVICE.type == "cpu" and numba_version() is not None:
+        out.append("numba")
     if triton_version() is not None and (
         (IS_CUDA and not interpreting()) or (ALLOW_INTERPRET and interpreting() and not IS_CUDA)
     ):
@@ -213,6 +225,11 @@ def binner(backend: str, case: Case):
         from gsplat2d.kernels import binning
 
         return lambda m, q, c, o: binning.bin_gaussians(m[None], q[None], o[None], case.width, case.height, case.tile_size)
+    if backend == "numba":
+        from gsplat2d.backends import numba_backend
+
+        return lambda m, q, c, o: numba_backend.bin_gaussians(m[None], q[None], o[None], case.width, case.height,
+                                                              case.tile_size)
     if backend == "gsplat":
         return lambda m, q, c, o: _gsplat_bin(case, m, q, o)
     raise ValueError(backend)
@@ -220,7 +237,7 @@ def binner(backend: str, case: Case):
 
 def renderer(backend: str, case: Case, mode: str):
     """``render(means, conics, colors, opacities) -> (image, alpha)`` for ``backend``."""
-    if backend in ("torch", "triton"):
+    if backend in ("torch", "triton", "numba"):
         import gsplat2d
 
         def render(m, q, c, o):
@@ -346,7 +363,7 @@ class Runner:
             stage=stage, backend=backend, mode=mode, case=case.name, N=case.n, W=case.width,
             H=case.height, C=case.channels, tile_size=case.tile_size, radius_px=case.radius,
             device=str(DEVICE), device_name=device_name(), torch=torch.__version__,
-            triton=triton_version(), torch_threads=torch.get_num_threads(),
+            triton=triton_version(), numba=numba_version(), torch_threads=torch.get_num_threads(),
         )
         info["pairs"] = pair_count(case)
 
