@@ -14,7 +14,7 @@ Examples::
     gsplat2d render --gaussians feat.g2d --model_path feature.pth --scale 4 --output_path big.png
 
 The network runs once per input (``encode``); the field is then rasterized window by window
-(``--window`` pixels square, default 1024) into an 8-bit image, so the memory of a very large
+(``--window`` pixels square, default 512) into an 8-bit image, so the memory of a very large
 render is the uint8 output plus one window, and the result equals an untiled render.
 
 A ``.g2d`` file stores Gaussians in normalised image coordinates plus metadata: fields written by
@@ -80,7 +80,7 @@ __all__ = [
 ]
 
 #: Side of the square windows a render is split into (bounded memory for any output size).
-DEFAULT_WINDOW = 1024
+DEFAULT_WINDOW = 512  # 2048 x 2048 feature render on 2 cores: 399 ms at 512, 440 ms at 1024
 #: File name endings treated as images when the input is a folder.
 #: Output formats by file ending.
 
