@@ -170,12 +170,14 @@ def rasterize(
         background: ``[..., C]`` colour behind the Gaussians (alpha mode only; default 0).
         tile_size: tile side in pixels (triton: 8, 16 or 32).
         backend: ``"triton"`` (kernels; CUDA tensors, or CPU tensors under
-            ``TRITON_INTERPRET=1``), ``"torch"`` (tiled PyTorch, any device) or ``"auto"``
-            (triton on CUDA with a tile_size of 8, 16 or 32, torch otherwise).
+            ``TRITON_INTERPRET=1``), ``"numba"`` (compiled CPU kernels; CPU tensors),
+            ``"torch"`` (tiled PyTorch, any device) or ``"auto"`` (triton on CUDA with a
+            tile_size of 8, 16 or 32; numba on CPU where it imports; torch otherwise).
 
     Returns:
         ``image [..., H, W, C]`` and ``alpha [..., H, W, 1]`` (``1 - T`` in alpha mode, the sum
-        of weights in sum mode), float32 (float64 on the torch backend for float64 inputs).
+        of weights in sum mode), float32 (float64 on the numba and torch backends for float64
+        inputs).
 
     Gaussians with a non-positive-definite conic, opacity below 1/255 or a non-finite mean,
     conic or opacity contribute nothing. Leading dims ``...`` are independent images rendered

@@ -1,8 +1,10 @@
-"""The two rasterizer backends behind :func:`gsplat2d.rasterize`.
+"""The rasterizer backends behind :func:`gsplat2d.rasterize`.
 
 * :mod:`.torch_backend`: a tiled PyTorch implementation of every stage (binning, forward,
-  backward), any device; also the CPU backend.
+  backward), any device; the cross-check of the other two.
 * :mod:`.torch_function`: its ``torch.autograd.Function`` (forward + explicit backward).
+* :mod:`.numba_kernels`, :mod:`.numba_backend`, :mod:`.numba_function`: the compiled CPU backend
+  (kernels, launchers, ``torch.autograd.Function``), the default on CPU tensors.
 * :mod:`.triton_function`: the ``torch.autograd.Function`` over the Triton kernels
   (:mod:`gsplat2d.kernels`).
 """
@@ -25,7 +27,7 @@ def fp32_region(device: torch.device):
 def fp32_backward(body):
     """A ``torch.autograd.Function.backward`` that runs ``body(ctx, grad_image, grad_alpha)``
     with autocast off (backward may be called inside an autocast region; the gradients stay full
-    precision). Shared by both backends' Functions."""
+    precision). Shared by every backend's Function."""
 
     def backward(ctx, grad_image, grad_alpha):
         with fp32_region(grad_image.device if grad_image is not None else grad_alpha.device):

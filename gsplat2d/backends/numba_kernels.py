@@ -479,11 +479,12 @@ def _bwd_tile(gt, rec, win, conics, colors, ranges, ids, xs, consts, N, W, H, ti
             p = U((y - y0) * S + (x - x0))
             q = U((b * H + y) * W + x)
             ga[p] = galpha[q]
-            gi = zero
             for c in range(C):
                 g[U(c), p] = gimage[q, U(c)]
-                gi += gimage[q, U(c)] * image[q, U(c)]
             if alpha_mode:
+                gi = zero
+                for c in range(C):
+                    gi += gimage[q, U(c)] * image[q, U(c)]
                 kk[p] = ga[p] * tfinal[q] - gi
     live = (x1 - x0) * (y1 - y0)
     for s in range(ranges[gt, 0], ranges[gt, 1]):
