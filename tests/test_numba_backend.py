@@ -157,3 +157,40 @@ def test_compiled_kernels_load_from_the_cache_in_a_new_process():
         assert out.returncode == 0, out.stderr
     hits, misses = map(int, out.stdout.split())
     assert hits == 5 and misses == 0, out.stdout
+
+
+_PURE_PYTHON = """
+import sys, torch, gsplat2d
+sys.path.insert(0, {tests!r})
+from conftest import make_scene
+from gsplat2d.reference import dense_rasterize
+for dt in (torch.float32, torch.float64):
+    for mode in ("alpha", "sum"):
+        for tile, (w, h) in ((4, (9, 7)), (16, (21, 5))):
+            s = make_scene((2,), 6, w, h, 2, seed=1, dtype=dt, max_radius=4.0)
+            leaves = {{k: v.clone().requires_grad_(True) for k, v in s.items() if v is not None}}
+            bg = leaves["background"] if mode == "alpha" else None
+            img, al = gsplat2d.rasterize(leaves["means"], leaves["conics"], leaves["colors"],
+                                         leaves["opacities"], w, h, mode=mode, background=bg,
+                                         tile_size=tile, backend="numba")
+            (img.sum() + al.square().sum()).backward()
+            ref = dense_rasterize(s["means"], s["conics"], s["colors"], s["opacities"], w, h, mode,
+                                  s["background"] if mode == "alpha" else None)
+            assert (img - ref[0]).abs().max() < 1e-6, (dt, mode, tile)
+            assert all(torch.isfinite(v.grad).all() for v in leaves.values() if v.grad is not None)
+print("ok")
+"""
+
+
+def test_kernels_as_plain_python_stay_in_bounds():
+    """numba does not check indices: the kernels run as plain Python (``NUMBA_DISABLE_JIT=1``,
+    where every index is checked) on images with partial tiles, both dtypes and modes. A read
+    past the pixel-centre array (the lanes of a partial tile) once made the backward's sums NaN
+    at random, depending on the memory behind it; this run raises IndexError on it instead."""
+    import os
+    from pathlib import Path
+
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    code = _PURE_PYTHON.format(tests=str(Path(__file__).parent))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -119,8 +119,11 @@ def bin_gaussians(
 _NP = {torch.float32: np.float32, torch.float64: np.float64}
 
 
-def _pixel_centres(width: int, height: int, dtype: torch.dtype) -> np.ndarray:
-    return (torch.arange(max(width, height), dtype=torch.float64) + 0.5).to(dtype).numpy()
+def _pixel_centres(width: int, height: int, tile_size: int, dtype: torch.dtype) -> np.ndarray:
+    """``i + 0.5`` for every pixel column and row of the tile grid, the partial tiles' lanes
+    beyond the image included (the kernels compute their coordinates, then mask them)."""
+    n = max(tile_grid(width, height, tile_size)) * tile_size
+    return (torch.arange(n, dtype=torch.float64) + 0.5).to(dtype).numpy()
 
 
 def _np(t: Tensor, dtype: torch.dtype) -> np.ndarray:
@@ -146,7 +149,7 @@ def rasterize_fwd(
     _set_threads()
     k.rasterize_fwd_kernel(
         nb.rec.numpy(), nb.win.numpy(), _np(colors.reshape(B * N, C), dt), bg,
-        nb.binning.ranges.numpy(), nb.binning.gauss_ids.numpy(), _pixel_centres(width, height, dt),
+        nb.binning.ranges.numpy(), nb.binning.gauss_ids.numpy(), _pixel_centres(width, height, tile_size, dt),
         k.kernel_constants(_NP[dt]), N, width, height, nb.binning.tiles_x, tile_size, alpha_mode,
         image.view(-1, C).numpy(), alpha.view(-1).numpy(), t_final.reshape(-1).numpy(),
     )
@@ -177,7 +180,7 @@ def rasterize_bwd(
     k.rasterize_bwd_kernel(
         nb.rec.numpy(), nb.win.numpy(), _np(conics.reshape(B * N, 3), dt),
         _np(colors.reshape(B * N, C), dt), nb.binning.ranges.numpy(), nb.binning.gauss_ids.numpy(),
-        _pixel_centres(width, height, dt), k.kernel_constants(_NP[dt]), N, width, height,
+        _pixel_centres(width, height, tile_size, dt), k.kernel_constants(_NP[dt]), N, width, height,
         nb.binning.tiles_x, tile_size, alpha_mode, _np(image.reshape(-1, C), dt), tf.reshape(-1).numpy(),
         g_img.view(-1, C).numpy(), _np(grad_alpha.reshape(-1), dt), gpair.numpy(),
     )

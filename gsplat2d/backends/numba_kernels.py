@@ -415,7 +415,8 @@ def rasterize_fwd_kernel(rec, win, colors, bg, ranges, ids, xs, consts, N, W, H,
     ``rec [B*N, 8]`` per-Gaussian record ``(mx, my, qa, qb, qc, lo, 1/o, 0)`` in the compute
     dtype; ``win`` int32 ``[B*N, 4]`` pixel rectangles ``(x0, y0, x1, y1)``, half-open;
     ``colors [B*N, C]``; ``bg [B, C]`` (``B x 0`` without a background); ``ranges``/``ids``
-    from :func:`bin_tiles`; ``xs [max(W, H)]`` pixel centres ``i + 0.5``; ``consts`` from
+    from :func:`bin_tiles`; ``xs`` pixel centres ``i + 0.5`` over the whole tile grid (partial
+    tiles' lanes beyond the image included: they are computed, then masked); ``consts`` from
     :func:`kernel_constants`. A NaN/Inf colour is added only where its weight is non-zero (else
     ``0 * NaN`` would spread it over the window): it reaches the pixels the Gaussian covers.
     """
