@@ -17,14 +17,15 @@ from pathlib import Path
 
 
 def _bench_rows(raw: dict) -> list[str]:
-    rows = ["| benchmark | numba ms | other ms (interleaved) | other / numba | tile pairs /s | window pairs /s |",
+    rows = ["| benchmark | numba ms | other ms (interleaved) | speed-up (torch / numba) or cost (numba / bicubic) | tile pairs /s | window pairs /s |",
             "|---|---|---|---|---|---|"]
     for b in raw["benchmarks"]:
         e = b["extra_info"]
         other = "torch" if "torch_median_s" in e else "bicubic"
         o = e.get(f"{other}_median_s", 0.0)
         mean = b["stats"]["mean"]
-        rows.append(f"| `{b['name']}` | {mean * 1e3:,.1f} | {other} {o * 1e3:,.1f} | {o / mean:.3g} | "
+        ratio = f"{o / mean:.3g}x faster" if other == "torch" else f"{mean / o:.3g}x bicubic"
+        rows.append(f"| `{b['name']}` | {mean * 1e3:,.1f} | {other} {o * 1e3:,.1f} | {ratio} | "
                     f"{e.get('pairs_tile_per_s', 0):.3g} | {e.get('pairs_window_per_s', 0):.3g} |")
     return rows
 
