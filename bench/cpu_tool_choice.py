@@ -18,16 +18,7 @@ import time
 
 import torch
 
-from cpu_before_after import _photo, _tensor  # the same input photo
-
-
-def _best(fn, n: int = 3) -> float:
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return min(ts)
+from cpu_before_after import _best, _photo, _tensor  # the same input photo and timer
 
 
 def main() -> None:
@@ -52,7 +43,7 @@ def main() -> None:
     out = {"gaussians": field.num_gaussians, "channels": field.channels, "size": W,
            "torch": torch.__version__, "threads": torch.get_num_threads()}
     ref = eager()
-    out["torch_eager_s"] = _best(eager)
+    out["torch_eager_s"] = _best(eager, 3)
 
     compiled = torch.compile(torch_backend.rasterize_fwd, dynamic=True)
 
@@ -64,7 +55,7 @@ def main() -> None:
         t0 = time.perf_counter()
         r = comp()
         out["torch_compile_first_call_s"] = time.perf_counter() - t0
-        out["torch_compile_s"] = _best(comp)
+        out["torch_compile_s"] = _best(comp, 3)
         out["torch_compile_max_abs_diff"] = float((r[0] - ref[0]).abs().max())
         expl = torch._dynamo.explain(torch_backend.rasterize_fwd)(mq[0], mq[1], mq[2], mq[3], None, binning,
                                                                    W, W, 16, "sum")
@@ -78,7 +69,7 @@ def main() -> None:
         return numba_backend.rasterize_fwd(mq[2], None, nb, W, W, 16, "sum")
 
     r = nfwd()
-    out["numba_s"] = _best(nfwd)
+    out["numba_s"] = _best(nfwd, 3)
     out["numba_max_abs_diff"] = float((r[0] - ref[0]).abs().max())
     out["numba_warm_up_s"] = numba_backend.warm_up()  # everything from the on-disk cache here
     with open(args.out, "w") as f:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,24 +23,13 @@ import torch
 from PIL import Image
 
 from benchlib import DEVICE, cpu_model_name, numba_version
+from cpu_before_after import _photo, _tensor  # one input photo for every CPU benchmark
 
 pytestmark = pytest.mark.skipif(DEVICE.type != "cpu" or numba_version() is None,
                                 reason="CPU benchmarks of the numba backend")
 
-TRAIN_PHOTO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "train" / "BSD200" / "2092.jpg"
-BUNDLED = Path(__file__).resolve().parents[1] / "gsplat2d" / "assets" / "kodim23_crop.png"
 #: Target seconds of timed numba work per benchmark (the interleaved torch rounds come on top).
 BUDGET_S = 3.0
-
-
-def _photo() -> Image.Image:
-    if TRAIN_PHOTO.is_file():
-        return Image.open(TRAIN_PHOTO).convert("RGB")
-    return Image.open(BUNDLED).convert("RGB").resize((481, 321), Image.BICUBIC)
-
-
-def _tensor(img: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255.0
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import contextlib
 
 import torch
 
-__all__ = ["fp32_region", "fp32_backward"]
+__all__ = ["fp32_region", "fp32_backward", "input_grads"]
 
 
 def fp32_region(device: torch.device):
@@ -34,3 +34,14 @@ def fp32_backward(body):
             return body(ctx, grad_image, grad_alpha)
 
     return staticmethod(backward)
+
+
+def input_grads(ctx, grads):
+    """A Function's return value from backward: each input gradient in its input's dtype
+    (``ctx.dtypes``) where ``ctx.needs_input_grad`` asks for it, else None; None for the four
+    non-tensor arguments (width, height, tile_size, mode)."""
+    need = ctx.needs_input_grad
+    return (
+        *(g.to(dt) if need[i] and g is not None else None for i, (g, dt) in enumerate(zip(grads, ctx.dtypes))),
+        None, None, None, None,
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from gsplat2d.backends import fp32_backward, numba_backend
+from gsplat2d.backends import fp32_backward, input_grads, numba_backend
 
 __all__ = ["RasterizeNumba", "rasterize_numba"]
 
@@ -47,12 +47,7 @@ def _backward(ctx, grad_image, grad_alpha):
     grads = numba_backend.rasterize_bwd(
         q, c, has_bg, ctx.nb, image, t_final, grad_image, grad_alpha, width, height, tile_size, mode,
     )
-    need = ctx.needs_input_grad
-    return (
-        *(g.to(dt) if need[i] and g is not None else None
-          for i, (g, dt) in enumerate(zip(grads, ctx.dtypes))),
-        None, None, None, None,
-    )
+    return input_grads(ctx, grads)
 
 
 def rasterize_numba(means, conics, colors, opacities, background, width, height, tile_size, mode):

@@ -325,6 +325,38 @@ def _sum_phase(pa, pb, pxl, pyl, lxs, lx0, lx1, mx, my, qa, qb, qc, lo, one, wmi
 
 
 @njit(inline="always", **_OPTS)
+def _weigh(rec, win, k, x0, y0, x1, y1, S, pxl, pyl, lxs, T, amax, wmin, tstop, one, zero,
+           alpha_mode, wb, ab, tb, rb):  # pragma: no cover - jitted
+    """Gaussian ``k`` in the tile: its flat pixel range ``[pa, pb)`` and, where it is not empty,
+    its weights there by the phase function of the mode (both kernels walk through this).
+    Returns ``(pa, pb, pixels that stopped, mx, my)``."""
+    pa, pb, lx0, lx1 = _span(win, k, x0, y0, x1, y1, S)
+    mx, my, qa, qb, qc, lo = rec[k, 0], rec[k, 1], rec[k, 2], rec[k, 3], rec[k, 4], rec[k, 5]
+    stopped = 0
+    if pa < pb:
+        if alpha_mode:
+            stopped = _alpha_phase(pa, pb, pxl, pyl, lxs, lx0, lx1, mx, my, qa, qb, qc, lo, T,
+                                   amax, wmin, tstop, zero, wb, ab, tb, rb)
+        else:
+            _sum_phase(pa, pb, pxl, pyl, lxs, lx0, lx1, mx, my, qa, qb, qc, lo, one, wmin, zero,
+                       wb, rb)
+    return pa, pb, stopped, mx, my
+
+
+@njit(inline="always", **_OPTS)
+def _tile_buffers(xs, x0, y0, S, dtype):  # pragma: no cover - jitted
+    """The tile's pixel coordinates (:func:`_tile_pixels`) and the per-Gaussian scratch rows
+    ``wb, ab, tb, rb`` of the phase functions, ``S * S`` each."""
+    P = S * S
+    pxl = np.empty(P, dtype=dtype)
+    pyl = np.empty(P, dtype=dtype)
+    lxs = np.empty(P, dtype=np.int32)
+    _tile_pixels(xs, x0, y0, S, pxl, pyl, lxs)
+    return (pxl, pyl, lxs, np.zeros(P, dtype=dtype), np.zeros(P, dtype=dtype),
+            np.zeros(P, dtype=dtype), np.zeros(P, dtype=dtype))
+
+
+@njit(inline="always", **_OPTS)
 def _all_finite(colors, k):  # pragma: no cover - jitted
     for c in range(colors.shape[1]):
         if not np.isfinite(colors[k, c]):
@@ -345,34 +377,24 @@ def _fwd_tile(gt, rec, win, colors, bg, ranges, ids, xs, consts, N, W, H, tiles_
     C = colors.shape[1]
     P = S * S
     b, x0, y0, x1, y1 = _tile_origin(gt, n_tiles, tiles_x, S, W, H)
-    pxl = np.empty(P, dtype=colors.dtype)
-    pyl = np.empty(P, dtype=colors.dtype)
-    lxs = np.empty(P, dtype=np.int32)
-    _tile_pixels(xs, x0, y0, S, pxl, pyl, lxs)
+    pxl, pyl, lxs, wb, ab, tb, rb = _tile_buffers(xs, x0, y0, S, colors.dtype)
     acc = np.zeros((C, P), dtype=colors.dtype)  # channel-major: a channel's pixels are contiguous
     T = np.full(P, one)  # running transmittance, incl. a stopping factor
     tout = np.full(P, one)  # after the last composited Gaussian
     wsum = np.zeros(P, dtype=colors.dtype)
-    wb = np.zeros(P, dtype=colors.dtype)
-    ab = np.zeros(P, dtype=colors.dtype)
-    tb = np.zeros(P, dtype=colors.dtype)
-    rb = np.zeros(P, dtype=colors.dtype)
     live = (x1 - x0) * (y1 - y0)  # alpha: pixels not yet stopped
     for s in range(ranges[gt, 0], ranges[gt, 1]):
         k = b * N + ids[s]
-        pa, pb, lx0, lx1 = _span(win, k, x0, y0, x1, y1, S)
+        pa, pb, stopped, _, _ = _weigh(rec, win, k, x0, y0, x1, y1, S, pxl, pyl, lxs, T, amax,
+                                       wmin, tstop, one, zero, alpha_mode, wb, ab, tb, rb)
         if pa >= pb:
             continue
-        mx, my, qa, qb, qc, lo = rec[k, 0], rec[k, 1], rec[k, 2], rec[k, 3], rec[k, 4], rec[k, 5]
+        live -= stopped
         if alpha_mode:
-            live -= _alpha_phase(pa, pb, pxl, pyl, lxs, lx0, lx1, mx, my, qa, qb, qc, lo, T,
-                                 amax, wmin, tstop, zero, wb, ab, tb, rb)
             for pp in range(pa, pb):
                 p = U(pp)
                 tout[p] = T[p] if wb[p] > zero else tout[p]
         else:
-            _sum_phase(pa, pb, pxl, pyl, lxs, lx0, lx1, mx, my, qa, qb, qc, lo, one, wmin, zero,
-                       wb, rb)
             for pp in range(pa, pb):
                 p = U(pp)
                 wsum[p] += wb[p]
@@ -461,18 +483,11 @@ def _bwd_tile(gt, rec, win, conics, colors, ranges, ids, xs, consts, N, W, H, ti
     C = colors.shape[1]
     P = S * S
     b, x0, y0, x1, y1 = _tile_origin(gt, n_tiles, tiles_x, S, W, H)
-    pxl = np.empty(P, dtype=colors.dtype)
-    pyl = np.empty(P, dtype=colors.dtype)
-    lxs = np.empty(P, dtype=np.int32)
-    _tile_pixels(xs, x0, y0, S, pxl, pyl, lxs)
+    pxl, pyl, lxs, wb, ab, tb, rb = _tile_buffers(xs, x0, y0, S, colors.dtype)
     g = np.zeros((C, P), dtype=colors.dtype)  # image cotangent, channel-major
     ga = np.zeros(P, dtype=colors.dtype)
     kk = np.zeros(P, dtype=colors.dtype)  # alpha: g_alpha T_final - g . S_i
     T = np.full(P, one)
-    wb = np.zeros(P, dtype=colors.dtype)
-    ab = np.zeros(P, dtype=colors.dtype)
-    tb = np.zeros(P, dtype=colors.dtype)
-    rb = np.zeros(P, dtype=colors.dtype)
     gc = np.zeros(P, dtype=colors.dtype)
     sg = np.zeros(P, dtype=colors.dtype)
     for y in range(y0, y1):
@@ -490,16 +505,11 @@ def _bwd_tile(gt, rec, win, conics, colors, ranges, ids, xs, consts, N, W, H, ti
     live = (x1 - x0) * (y1 - y0)
     for s in range(ranges[gt, 0], ranges[gt, 1]):
         k = b * N + ids[s]
-        pa, pb, lx0, lx1 = _span(win, k, x0, y0, x1, y1, S)
+        pa, pb, stopped, mx, my = _weigh(rec, win, k, x0, y0, x1, y1, S, pxl, pyl, lxs, T, amax,
+                                         wmin, tstop, one, zero, alpha_mode, wb, ab, tb, rb)
         if pa >= pb:
             continue
-        mx, my, qa, qb, qc, lo = rec[k, 0], rec[k, 1], rec[k, 2], rec[k, 3], rec[k, 4], rec[k, 5]
-        if alpha_mode:
-            live -= _alpha_phase(pa, pb, pxl, pyl, lxs, lx0, lx1, mx, my, qa, qb, qc, lo, T,
-                                 amax, wmin, tstop, zero, wb, ab, tb, rb)
-        else:
-            _sum_phase(pa, pb, pxl, pyl, lxs, lx0, lx1, mx, my, qa, qb, qc, lo, one, wmin, zero,
-                       wb, rb)
+        live -= stopped
         # g . c per pixel and sum_p w g_c per channel, four channels per pass over the pixels
         for pp in range(pa, pb):
             gc[U(pp)] = zero

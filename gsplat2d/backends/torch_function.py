@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from gsplat2d.backends import fp32_backward, torch_backend
+from gsplat2d.backends import fp32_backward, input_grads, torch_backend
 
 __all__ = ["RasterizeTorch", "rasterize_torch", "rasterize_torch_autograd"]
 
@@ -53,12 +53,7 @@ def _backward(ctx, grad_image, grad_alpha):
         m, q, c, o, has_bg, ctx.binning, image, t_final, grad_image, grad_alpha,
         width, height, tile_size, mode,
     )
-    need = ctx.needs_input_grad
-    return (
-        *(g.to(dt) if need[i] and g is not None else None
-          for i, (g, dt) in enumerate(zip(grads, ctx.dtypes))),
-        None, None, None, None,
-    )
+    return input_grads(ctx, grads)
 
 
 def rasterize_torch_autograd(means, conics, colors, opacities, background, width, height,
