@@ -13,7 +13,13 @@ import contextlib
 
 import torch
 
-__all__ = ["fp32_region", "fp32_backward", "input_grads"]
+__all__ = ["fp32_region", "fp32_backward", "input_grads", "compute_dtype"]
+
+
+def compute_dtype(*tensors) -> torch.dtype:
+    """The CPU backends' compute dtype: float64 when any given tensor is float64, else float32
+    (fp16/bf16 widen)."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def fp32_region(device: torch.device):

@@ -12,6 +12,7 @@ and ``torch.set_num_threads`` govern them too), parallel over tiles.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import NamedTuple, Optional, Tuple
 
@@ -24,12 +25,14 @@ from gsplat2d.kernels._alloc import empty
 
 __all__ = [
     "NumbaBinning", "available", "compute_tile_bounds", "bin_gaussians", "rasterize_fwd",
-    "rasterize_bwd", "compute_dtype", "warm_up",
+    "rasterize_bwd", "warm_up",
 ]
 
 
+@functools.lru_cache(maxsize=None)
 def available() -> bool:
-    """Whether numba (and so this backend) can be imported here."""
+    """Whether numba (and so this backend) can be imported here (asked once per process: a
+    failed import would otherwise be retried by every ``backend="auto"`` call)."""
     try:
         import numba  # noqa: F401
     except Exception:
@@ -48,11 +51,6 @@ def _set_threads() -> None:
     import numba
 
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-
-
-def compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
-    """float64 when any given tensor is float64, else float32."""
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 class NumbaBinning(NamedTuple):

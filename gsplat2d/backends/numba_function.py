@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from gsplat2d.backends import fp32_backward, input_grads, numba_backend
+from gsplat2d.backends import compute_dtype, fp32_backward, input_grads, numba_backend
 
 __all__ = ["RasterizeNumba", "rasterize_numba"]
 
@@ -24,7 +24,7 @@ class RasterizeNumba(torch.autograd.Function):
     def forward(ctx, means, conics, colors, opacities, background, width, height, tile_size, mode):
         inputs = (means, conics, colors, opacities, background)
         ctx.dtypes = [None if t is None else t.dtype for t in inputs]
-        dt = numba_backend.compute_dtype(*inputs)
+        dt = compute_dtype(*inputs)
         m, q, c, o, bg = (None if t is None else t.detach() for t in inputs)
         nb = numba_backend.bin_gaussians(m, q, o, width, height, tile_size, dt)
         image, alpha, t_final = numba_backend.rasterize_fwd(c, bg, nb, width, height, tile_size, mode)

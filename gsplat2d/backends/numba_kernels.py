@@ -134,6 +134,22 @@ def tile_bounds(means, conics, opac, W, H, S, rel_pad, abs_pad, rects, counts, p
 # ----------------------------------------------------------------------------------------------
 # Binning: stages 2 + 3 as one counting sort
 # ----------------------------------------------------------------------------------------------
+@njit(inline="always", **_OPTS)
+def _visit_tiles(rects, counts, b, N, tiles_x, n_tiles, fill, ids, scatter):  # pragma: no cover
+    """Batch element ``b``'s Gaussians in index order, each over its tile rectangle: count one
+    pair per tile in ``fill`` or, with ``scatter``, write the Gaussian into the tile's next slot."""
+    for g in range(N):
+        k = b * N + g
+        if counts[k] == 0:
+            continue
+        for ty in range(rects[k, 1], rects[k, 3]):
+            row = b * n_tiles + ty * tiles_x
+            for tx in range(rects[k, 0], rects[k, 2]):
+                if scatter:
+                    ids[fill[row + tx]] = g
+                fill[row + tx] += 1
+
+
 @njit(parallel=True, **_OPTS)
 def bin_tiles(rects, counts, B, N, tiles_x, tiles_y, ranges, ids):  # pragma: no cover - jitted
     """Per-tile ``[start, end)`` and Gaussian ids, sorted by (global tile, Gaussian index).
@@ -144,40 +160,19 @@ def bin_tiles(rects, counts, B, N, tiles_x, tiles_y, ranges, ids):  # pragma: no
     so inside a tile the order is the index order (no sort, O(P)); batch elements in parallel.
     """
     n_tiles = tiles_x * tiles_y
-    # pass 1: pairs per tile
     fill = np.zeros(B * n_tiles, dtype=np.int64)
-    for b in prange(B):
-        for g in range(N):
-            k = b * N + g
-            if counts[k] == 0:
-                continue
-            for ty in range(rects[k, 1], rects[k, 3]):
-                row = b * n_tiles + ty * tiles_x
-                for tx in range(rects[k, 0], rects[k, 2]):
-                    fill[row + tx] += 1
+    for b in prange(B):  # pass 1: pairs per tile
+        _visit_tiles(rects, counts, b, N, tiles_x, n_tiles, fill, ids, False)
     # exclusive prefix sum -> ranges (empty tiles [0, 0], as the sort-based stage 3)
     pos = 0
     for t in range(B * n_tiles):
         n = fill[t]
-        if n > 0:
-            ranges[t, 0] = pos
-            ranges[t, 1] = pos + n
-        else:
-            ranges[t, 0] = 0
-            ranges[t, 1] = 0
+        ranges[t, 0] = pos if n > 0 else 0
+        ranges[t, 1] = pos + n if n > 0 else 0
         fill[t] = pos
         pos += n
-    # pass 2: scatter the Gaussian ids, index order inside every tile
-    for b in prange(B):
-        for g in range(N):
-            k = b * N + g
-            if counts[k] == 0:
-                continue
-            for ty in range(rects[k, 1], rects[k, 3]):
-                row = b * n_tiles + ty * tiles_x
-                for tx in range(rects[k, 0], rects[k, 2]):
-                    ids[fill[row + tx]] = g
-                    fill[row + tx] += 1
+    for b in prange(B):  # pass 2: scatter the ids, index order inside every tile
+        _visit_tiles(rects, counts, b, N, tiles_x, n_tiles, fill, ids, True)
 
 
 # ----------------------------------------------------------------------------------------------

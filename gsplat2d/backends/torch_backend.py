@@ -18,6 +18,7 @@ from typing import Callable, List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
+from gsplat2d.backends import compute_dtype
 from gsplat2d.binning import (
     ALPHA_MAX,
     LOG2E,
@@ -34,7 +35,6 @@ __all__ = [
     "Binning",
     "compute_tile_bounds",
     "tile_rects",
-    "gaussian_records",
     "emit_intersections",
     "tile_ranges",
     "bin_gaussians",
@@ -85,7 +85,7 @@ def tile_rects(valid: Tensor, mx: Tensor, my: Tensor, ext_x: Tensor, ext_y: Tens
                height: int, tile_size: int) -> Tuple[Tensor, Tensor]:
     """Stage 1's tile rectangles ``int32 [..., 4]`` and counts ``int32 [...]`` from the float64
     bounds of :func:`gsplat2d.binning.gaussian_extents` (the rule of ``docs/design.md``; the
-    torch and numba backends share it, the Triton kernel evaluates the same expressions)."""
+    Triton and numba kernels evaluate the same expressions, tested equal)."""
     tiles_x, tiles_y = tile_grid(width, height, tile_size)
     ts = float(tile_size)
     fx0 = torch.floor((mx - ext_x - 0.5) / ts)
@@ -108,9 +108,8 @@ def tile_rects(valid: Tensor, mx: Tensor, my: Tensor, ext_x: Tensor, ext_y: Tens
 
 
 def gaussian_records(mx: Tensor, my: Tensor, a: Tensor, b: Tensor, c: Tensor, o: Tensor,
-                     valid: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """The rasterizer's per-Gaussian record, ``dtype`` (float32: the Triton kernels'; the numba
-    backend's float64 path keeps float64) ``[..., 8]``, computed in float64:
+                     valid: Tensor) -> Tensor:
+    """The rasterizer's per-Gaussian record, float32 ``[..., 8]``, computed in float64:
     ``(mx, my, qa, qb, qc, lo, inv_o, 0)`` with ``qa = -a/2 log2 e``, ``qb = -b log2 e``,
     ``qc = -c/2 log2 e``, ``lo = log2 o``, ``inv_o = 1 / o``, so that
     ``o exp(-sigma) = exp2(lo + qa dx^2 + qb dx dy + qc dy^2)``. Zeros where not ``valid``."""
@@ -125,7 +124,7 @@ def gaussian_records(mx: Tensor, my: Tensor, a: Tensor, b: Tensor, c: Tensor, o:
         torch.log2(o_s), 1.0 / o_s, torch.zeros_like(a),
     ], dim=-1)
     rec = torch.where(valid.unsqueeze(-1), rec, torch.zeros_like(rec))
-    return rec.to(dtype).contiguous()
+    return rec.to(torch.float32).contiguous()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,13 +233,6 @@ BLOCK_K_MAX: int = 64
 #: Upper bound on elements of one ``[n_tiles, K, tile^2]`` temporary (tiles are sub-chunked).
 MAX_BLOCK_ELEMS: int = 2**22
 _PAD_LOG_OPACITY = -1.0e4  # log-opacity of padding slots: exp(-1e4 - sigma) == 0 in any dtype
-
-
-def _compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
-    for t in tensors:
-        if t is not None and t.dtype == torch.float64:
-            return torch.float64
-    return torch.float32
 
 
 def _block_size(rank0: int) -> int:
@@ -620,7 +612,7 @@ def rasterize_fwd(
     """
     if mode not in ("alpha", "sum"):
         raise ValueError(f"mode must be 'alpha' or 'sum', got {mode!r}")
-    dtype = _compute_dtype(means, conics, colors, opacities, background)
+    dtype = compute_dtype(means, conics, colors, opacities, background)
     alpha_mode = mode == "alpha"
     sc = _prepare_scene(means, conics, colors, opacities, binning, dtype, alpha_mode)
     B, C = sc.B, sc.C
@@ -778,7 +770,7 @@ def rasterize_bwd(
     if mode not in ("alpha", "sum"):
         raise ValueError(f"mode must be 'alpha' or 'sum', got {mode!r}")
     alpha_mode = mode == "alpha"
-    dtype = _compute_dtype(means, conics, colors, opacities, image)
+    dtype = compute_dtype(means, conics, colors, opacities, image)
     dev = means.device
     B, N, C = colors.shape
     w_max = ALPHA_MAX if alpha_mode else 1.0
