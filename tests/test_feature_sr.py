@@ -69,13 +69,28 @@ def test_windowed_render_equals_a_whole_render():
         assert np.abs(wrong_cell - whole).max() > 1e-3
 
 
-def test_decoding_in_row_blocks_equals_one_pass(monkeypatch):
+def _layout(splat: torch.Tensor, layout: str) -> torch.Tensor:
+    """The splat as stored by the torch backend (channels-last, contiguous) or by the numba
+    backend (channel-major: a permuted ``[B, C, H, W]``); ``decode`` takes each in place."""
+    if layout == "channel-major":
+        out = splat.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+        assert not out.is_contiguous()
+        return out
+    return splat.contiguous()
+
+
+LAYOUTS = ["channels-last", "channel-major"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_decoding_in_row_blocks_equals_one_pass(monkeypatch, layout):
     """Outside autograd the decoder runs on row blocks (bounded memory): the same pixels."""
     import gsplat2d.sr.feature as feature
 
     m = _trained_like(FeatureSRConfig(**TINY))
     with torch.no_grad():
         splat, _ = m.encode(_lr(2, 7, 9)).render(31, 23, backend="torch")
+        splat = _layout(splat, layout)
         whole = m.decode(splat, (0.3, 0.3))
         monkeypatch.setattr(feature, "DECODE_PIXELS", 70)  # 2 rows of 31 per block, a ragged last block
         blocks = m.decode(splat, (0.3, 0.3))
@@ -94,11 +109,13 @@ def _decode_by_convolutions(m: GaussianFeatureSR, splat: torch.Tensor, cell) -> 
     return (mean[:, :3] + m.decoder(inp)).permute(0, 2, 3, 1)
 
 
-def test_fused_decode_equals_the_convolutions(monkeypatch):
-    """decode (one addmm per layer on the channels-last splat, cell folded into the first bias,
-    pixel blocks outside autograd) equals the decoder's convolutions on the concatenated input,
-    with and without autograd; a mutant that keeps the decoder's [feature, rgb] column order
-    is far off. Gradients to the splat and the decoder weights agree too."""
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fused_decode_equals_the_convolutions(monkeypatch, layout):
+    """decode (one addmm per layer on the splat's own storage, channels-last or channel-major,
+    cell folded into the first bias, pixel blocks outside autograd) equals the decoder's
+    convolutions on the concatenated input, with and without autograd; a mutant that keeps the
+    decoder's [feature, rgb] column order is far off. Gradients to the splat and the decoder
+    weights agree too."""
     import gsplat2d.sr.feature as feature
 
     m = _trained_like(FeatureSRConfig(**TINY))
@@ -107,9 +124,11 @@ def test_fused_decode_equals_the_convolutions(monkeypatch):
             if isinstance(lyr, torch.nn.Conv2d):
                 lyr.weight.normal_(0, 0.3)
         splat, _ = m.encode(_lr(2, 7, 9)).render(31, 23, backend="torch")
+        splat = _layout(splat, layout)
         ref = _decode_by_convolutions(m, splat, (0.3, 0.25))
         monkeypatch.setattr(feature, "DECODE_PIXELS", 100)  # blocks, a ragged last one
         got = m.decode(splat, (0.3, 0.25))
+    assert got.shape == ref.shape
     assert ref.abs().max() > 0.1
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)  # worst observed 1.2e-7
     leaf = splat.clone().requires_grad_(True)

@@ -117,10 +117,10 @@ def bin_gaussians(
 _NP = {torch.float32: np.float32, torch.float64: np.float64}
 
 
-def _pixel_centres(width: int, height: int, tile_size: int, dtype: torch.dtype) -> np.ndarray:
-    """``i + 0.5`` for every pixel column and row of the tile grid, the partial tiles' lanes
-    beyond the image included (the kernels compute their coordinates, then mask them)."""
-    n = max(tile_grid(width, height, tile_size)) * tile_size
+def _pixel_centres(width: int, height: int, dtype: torch.dtype) -> np.ndarray:
+    """``i + 0.5`` for every pixel column and row of the image (the kernels' pixel centres and
+    window bounds)."""
+    n = max(width, height)
     return (torch.arange(n, dtype=torch.float64) + 0.5).to(dtype).numpy()
 
 
@@ -135,23 +135,32 @@ def rasterize_fwd(
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """Forward (stage 4) on the binning of :func:`bin_gaussians`. ``colors [B, N, C]``,
     ``background [B, C]`` or None (alpha mode). Returns ``image [B, H, W, C]``, ``alpha
-    [B, H, W, 1]`` and (alpha mode) ``T_final [B, H, W]``, in ``nb.rec``'s dtype."""
+    [B, H, W, 1]`` and (alpha mode) ``T_final [B, H, W]``, in ``nb.rec``'s dtype.
+
+    ``image`` is stored channel-major (a ``[B, C, H, W]`` tensor, permuted): the kernels' layout,
+    so ``image.permute(0, 3, 1, 2)`` (NCHW, what image models take) is contiguous and free."""
     B, N, C = colors.shape
     dt = nb.rec.dtype
     k = _kernels()
     alpha_mode = mode == "alpha"
-    image = empty((B, height, width, C), dt, "cpu")
+    image = empty((B, C, height, width), dt, "cpu")
     alpha = empty((B, height, width, 1), dt, "cpu")
     t_final = empty((B, height, width), dt, "cpu") if alpha_mode else alpha.view(B, height, width)
     bg = _np(background, dt) if background is not None else np.zeros((B, 0), dtype=_NP[dt])
     _set_threads()
     k.rasterize_fwd_kernel(
         nb.rec.numpy(), nb.win.numpy(), _np(colors.reshape(B * N, C), dt), bg,
-        nb.binning.ranges.numpy(), nb.binning.gauss_ids.numpy(), _pixel_centres(width, height, tile_size, dt),
+        nb.binning.ranges.numpy(), nb.binning.gauss_ids.numpy(), _pixel_centres(width, height, dt),
         k.kernel_constants(_NP[dt]), N, width, height, nb.binning.tiles_x, tile_size, alpha_mode,
-        image.view(-1, C).numpy(), alpha.view(-1).numpy(), t_final.reshape(-1).numpy(),
+        image.view(-1).numpy(), alpha.view(-1).numpy(), t_final.reshape(-1).numpy(),
     )
-    return image, alpha, (t_final if alpha_mode else None)
+    return image.permute(0, 2, 3, 1), alpha, (t_final if alpha_mode else None)
+
+
+def _channel_major(t: Tensor, dt: torch.dtype) -> np.ndarray:
+    """A ``[B, H, W, C]`` tensor as a flat channel-major ``[B, C, H, W]`` NumPy array (no copy for
+    the forward's own ``image``, nor for a cotangent that came back through an NCHW view)."""
+    return t.detach().to(dt).permute(0, 3, 1, 2).contiguous().view(-1).numpy()
 
 
 def rasterize_bwd(
@@ -162,7 +171,7 @@ def rasterize_bwd(
     """Backward (stage 5): gradients for means ``[B, N, 2]``, conics ``[B, N, 3]``, colours
     ``[B, N, C]``, opacities ``[B, N]`` and background ``[B, C]`` (None without one), in
     ``nb.rec``'s dtype. ``image``/``t_final`` are the forward's outputs, ``grad_image
-    [B, H, W, C]`` and ``grad_alpha [B, H, W, 1]`` the cotangents.
+    [B, H, W, C]`` and ``grad_alpha [B, H, W, 1]`` the cotangents (any layout).
 
     Each (tile, Gaussian) pair's sums go to its own row of a ``[P, 6 + C]`` buffer, then are
     added per Gaussian in pair order: deterministic for any thread count."""
@@ -172,21 +181,20 @@ def rasterize_bwd(
     alpha_mode = mode == "alpha"
     n_pairs = nb.binning.gauss_ids.numel()
     gpair = torch.zeros((n_pairs, 6 + C), dtype=dt)
-    g_img = grad_image.detach().to(dt).contiguous()
-    tf = t_final.detach().to(dt).contiguous() if alpha_mode else g_img.new_zeros((1,))
+    tf = t_final.detach().to(dt).contiguous() if alpha_mode else torch.zeros((1,), dtype=dt)
     _set_threads()
     k.rasterize_bwd_kernel(
         nb.rec.numpy(), nb.win.numpy(), _np(conics.reshape(B * N, 3), dt),
         _np(colors.reshape(B * N, C), dt), nb.binning.ranges.numpy(), nb.binning.gauss_ids.numpy(),
-        _pixel_centres(width, height, tile_size, dt), k.kernel_constants(_NP[dt]), N, width, height,
-        nb.binning.tiles_x, tile_size, alpha_mode, _np(image.reshape(-1, C), dt), tf.reshape(-1).numpy(),
-        g_img.view(-1, C).numpy(), _np(grad_alpha.reshape(-1), dt), gpair.numpy(),
+        _pixel_centres(width, height, dt), k.kernel_constants(_NP[dt]), N, width, height,
+        nb.binning.tiles_x, tile_size, alpha_mode, _channel_major(image, dt), tf.reshape(-1).numpy(),
+        _channel_major(grad_image, dt), _np(grad_alpha.reshape(-1), dt), gpair.numpy(),
     )
     acc = torch.zeros((B * N, 6 + C), dtype=dt)
     k.reduce_pairs(gpair.numpy(), nb.binning.ranges.numpy(), nb.binning.gauss_ids.numpy(), N, B, acc.numpy())
     g_bg: Optional[Tensor] = None
     if has_background:
-        g_bg = (torch.einsum("bhwc,bhw->bc", g_img, tf) if alpha_mode
+        g_bg = (torch.einsum("bhwc,bhw->bc", grad_image.detach().to(dt), tf) if alpha_mode
                 else torch.zeros((B, C), dtype=dt))
     acc = acc.view(B, N, 6 + C)
     return acc[..., 0:2], acc[..., 2:5], acc[..., 6:], acc[..., 5], g_bg

@@ -12,14 +12,19 @@ walk cheap on a CPU where a GPU warp would not care:
 * **Pixel windows.** Each Gaussian carries the pixel rectangle where its weight can reach 1/255
   (the binning stage's padded bound, ``win [B*N, 4]``), so a tile visits only the pixels of that
   rectangle inside it, not all ``TILE * TILE``: a 3-pixel Gaussian costs ~9 pairs per tile, not
-  256. Every skipped pixel has weight below 1/255 by the same bound that decides the tiles.
+  256. Every skipped pixel has weight below 1/255 by the same bound that decides the tiles. The
+  rectangle's rows are walked as one flat pixel range rounded out to whole 8-lane vectors, the
+  lanes outside it masked.
 * **Per-pixel stop.** alpha mode: a pixel whose transmittance has stopped (``T <= 1e-4``) is
   skipped before its exponential, and the tile leaves once all its pixels have stopped.
 
-The per-pair math is one shared inlined function per decision (:func:`_log2_weight`,
-:func:`_alpha_step`), so the backward recomputes *exactly* the forward's values: the kernels
-are compiled without ``fastmath`` (no FMA contraction or reassociation), so the same source
-gives the same rounding in both.
+Each decision (weights, skips, the stop rule) is made by one phase function per mode
+(:func:`_alpha_phase_py`, :func:`_sum_phase_py`), compiled without ``fastmath`` (no FMA
+contraction or reassociation), so the backward recomputes *exactly* the forward's values.
+
+Images are **channel-major** (``[B, C, H, W]``): a tile accumulates each channel's pixels
+contiguously, so the tile's result leaves (and the backward's cotangent arrives) as contiguous
+row copies, not a per-element transposition (which was 13-18% of each kernel).
 
 The backward writes each (tile, Gaussian) pair's gradient sums into its own row of a
 ``[P, 6 + C]`` buffer, reduced per Gaussian afterwards in a fixed order: no atomics, and the
@@ -219,10 +224,17 @@ def _exp2_overload(x):  # pragma: no cover - compile-time
     return lambda x: np.exp2(x)
 
 
-@njit(inline="always", **_OPTS)
-def _window(win, k, x0, y0, x1, y1):  # pragma: no cover - jitted
-    """Gaussian ``k``'s pixel rectangle clipped to the tile ``[x0, x1) x [y0, y1)``."""
-    return max(win[k, 0], x0), max(win[k, 1], y0), min(win[k, 2], x1), min(win[k, 3], y1)
+# ----------------------------------------------------------------------------------------------
+# A tile's scratch and a pair's pixel range
+# ----------------------------------------------------------------------------------------------
+# One [rows, P8] scratch array per tile (P8 = S * S rounded up to a multiple of 8), its rows named
+# below. Helpers take this one array and scalars: every array handed to a helper costs an atomic
+# reference-count pair per call (measured: 10-13% of the forward when each row was its own array).
+PX, PY, WB, AB, TB, RB, TT = 0, 1, 2, 3, 4, 5, 6  # both kernels (see the phase functions)
+TOUT, WSUM = 7, 8  # forward: T after the last composited Gaussian, sum of weights (sum mode)
+GC, SG, GA, KK = 7, 8, 9, 10  # backward: g . c, dL/draw * raw, g_alpha, alpha-mode carry
+_FWD_ROWS = 9
+_BWD_ROWS = 11
 
 
 @njit(inline="always", **_OPTS)
@@ -238,125 +250,101 @@ def _tile_origin(gt, n_tiles, tiles_x, S, W, H):  # pragma: no cover - jitted
 
 
 @njit(inline="always", **_OPTS)
-def _tile_pixels(xs, x0, y0, S, pxl, pyl, lxs):  # pragma: no cover - jitted
-    """Pixel centres ``pxl``/``pyl`` and column ``lxs`` of the tile's ``S * S`` pixels, row-major
-    (``p = ly * S + lx``), so a Gaussian's rows are one contiguous pixel range."""
-    for p in range(S * S):
-        lx = p % S
-        lxs[p] = np.int32(lx)
-        pxl[p] = xs[x0 + lx]
-        pyl[p] = xs[y0 + p // S]
+def _tile_scratch(xs, x0, y0, x1, y1, S, rows, dtype):  # pragma: no cover - jitted
+    """A tile's zeroed ``[rows, P8]`` scratch with the pixel centres in rows PX and PY, row-major
+    (``p = ly * S + lx``, so a Gaussian's rows are one contiguous range). Lanes outside the image
+    and the padding get -1, which no pixel window contains."""
+    P8 = (S * S + 7) // 8 * 8
+    sc = np.zeros((rows, P8), dtype=dtype)
+    for p in range(P8):
+        sc[PX, p] = -1.0
+        sc[PY, p] = -1.0
+    for ly in range(y1 - y0):
+        for lx in range(x1 - x0):
+            sc[PX, ly * S + lx] = xs[x0 + lx]
+            sc[PY, ly * S + lx] = xs[y0 + ly]
+    return sc
 
 
 @njit(inline="always", **_OPTS)
-def _span(win, k, x0, y0, x1, y1, S):  # pragma: no cover - jitted
-    """Gaussian ``k``'s window inside the tile as the flat pixel range ``[pa, pb)`` from its first
-    to its last pixel (middle rows whole; columns outside ``[lx0, lx1)`` are masked), or an
-    empty range."""
-    wx0, wy0, wx1, wy1 = _window(win, k, x0, y0, x1, y1)
-    lx0 = wx0 - x0
-    lx1 = wx1 - x0
-    # int32 columns: a mask of int64 lanes would halve the vector width
-    if wx0 >= wx1 or wy0 >= wy1:
-        return 0, 0, np.int32(lx0), np.int32(lx1)
-    return (wy0 - y0) * S + lx0, (wy1 - 1 - y0) * S + lx1, np.int32(lx0), np.int32(lx1)
+def _span(wx0, wy0, wx1, wy1, x0, y0, S):  # pragma: no cover - jitted
+    """A non-empty window ``[wx0, wx1) x [wy0, wy1)`` inside the tile as the flat pixel range from
+    its first to its last pixel, rounded out to multiples of 8: whole vectors, so no loop over it
+    ends in a scalar remainder. The phase functions mask every lane outside the window."""
+    pa = ((wy0 - y0) * S + (wx0 - x0)) // 8 * 8
+    pb = ((wy1 - 1 - y0) * S + (wx1 - x0) + 7) // 8 * 8
+    return pa, pb
 
 
 # Every per-pixel loop below runs over a flat pixel range and indexes with unsigned integers:
 # numba wraps negative indices around, and a possibly negative index makes LLVM gather and
 # scatter instead of loading contiguous vectors (measured: 2-6x slower loops).
 #
-# The two phase functions decide everything (weights, skips, the stop rule). They are compiled
-# once, strictly (no fastmath), and *called* (not inlined at numba level) by both the forward
-# and the backward, so the backward may allow reassociation in its own sums while every
-# decision stays bit-identical to the forward's (LLVM flags are per instruction).
-@njit(**_OPTS)
-def _alpha_phase(pa, pb, pxl, pyl, lxs, lx0, lx1, mx, my, qa, qb, qc, lo, T, amax, wmin, tstop,
-                 zero, wb, ab, tb, rb):  # pragma: no cover - jitted
+# The two phase functions decide everything (weights, skips, the stop rule), strictly (no
+# fastmath). The forward inlines them; the backward, whose sums may be reassociated, *calls* a
+# separately compiled copy, so every decision is computed by the same IEEE operations in both
+# (LLVM's fast-math flags are per instruction and survive its inlining; numba-level inlining
+# would lower them with the caller's flags).
+def _alpha_phase_py(sc, pa, pb, fx0, fx1, fy0, fy1, mx, my, qa, qb, qc, lo, amax, wmin, tstop,
+                    zero):  # pragma: no cover - jitted
     """alpha mode, one Gaussian on the pixels ``[pa, pb)`` of a tile, front to back; branch-free,
-    so it vectorises. The backward calls this very function: every decision is the forward's.
+    so it vectorises.
 
-    ``log2 w = lo + qc dy^2 + dx (qa dx + qb dy)``; skip ``a < 1/255``, ``sigma < 0``
-    (``pw > lo``), pixels outside the window and stopped pixels (``T <= 1e-4``); a pixel whose
-    ``T' = T (1 - a)`` would fall to ``<= 1e-4`` stops: ``T`` keeps that factor and nothing is
-    composited. Writes per pixel ``wb = a T`` (0 where not composited), ``ab = a``, ``tb = T``
-    before it and ``rb = o exp(-sigma)``; updates ``T``; returns how many pixels stopped."""
+    ``log2 w = lo + qc dy^2 + dx (qa dx + qb dy)``; skip pixels outside the window
+    (``[fx0, fx1] x [fy0, fy1]``, pixel centres), ``a < 1/255``, ``sigma < 0`` (``pw > lo``)
+    and stopped pixels (``T <= 1e-4``); a pixel whose ``T' = T (1 - a)`` would fall to
+    ``<= 1e-4`` stops: ``T`` keeps that factor and nothing is composited. Writes per pixel
+    ``WB = a T`` (0 where not composited), ``AB = a``, ``TB = T`` before it and ``RB = o
+    exp(-sigma)``; updates ``TT``; returns how many pixels stopped."""
     stopped = 0
     for pp in range(pa, pb):
         p = U(pp)
-        dx = pxl[p] - mx
-        dy = pyl[p] - my
+        px = sc[PX, p]
+        py = sc[PY, p]
+        dx = px - mx
+        dy = py - my
         pw = (lo + qc * dy * dy) + dx * (qa * dx + qb * dy)
         raw = exp2(pw)
-        t_in = T[p]
+        t_in = sc[TT, p]
         a = min(raw, amax)
-        valid = (lxs[p] >= lx0) & (lxs[p] < lx1) & (a >= wmin) & (pw <= lo) & (t_in > tstop)
+        inside = (px >= fx0) & (px <= fx1) & (py >= fy0) & (py <= fy1)
+        valid = inside & (a >= wmin) & (pw <= lo) & (t_in > tstop)
         tn = t_in - a * t_in
         keep = valid & (tn > tstop)
-        T[p] = tn if valid else t_in
-        wb[p] = a * t_in if keep else zero
-        ab[p] = a
-        tb[p] = t_in
-        rb[p] = raw
+        sc[TT, p] = tn if valid else t_in
+        sc[WB, p] = a * t_in if keep else zero
+        sc[AB, p] = a
+        sc[TB, p] = t_in
+        sc[RB, p] = raw
         stopped += 1 if (valid & (tn <= tstop)) else 0
     return stopped
 
 
-@njit(**_OPTS)
-def _sum_phase(pa, pb, pxl, pyl, lxs, lx0, lx1, mx, my, qa, qb, qc, lo, one, wmin, zero, wb,
-               rb):  # pragma: no cover - jitted
-    """sum mode, one Gaussian on the pixels ``[pa, pb)``: ``wb = min(1, o exp(-sigma))`` (0 below
-    1/255, for ``sigma < 0`` and outside the window) and ``rb = o exp(-sigma)``; vectorises."""
+def _sum_phase_py(sc, pa, pb, fx0, fx1, fy0, fy1, mx, my, qa, qb, qc, lo, one, wmin,
+                  zero):  # pragma: no cover - jitted
+    """sum mode, one Gaussian on the pixels ``[pa, pb)``: ``WB = min(1, o exp(-sigma))`` (0 below
+    1/255, for ``sigma < 0`` and outside the window) and ``RB = o exp(-sigma)``; vectorises."""
     for pp in range(pa, pb):
         p = U(pp)
-        dx = pxl[p] - mx
-        dy = pyl[p] - my
+        px = sc[PX, p]
+        py = sc[PY, p]
+        dx = px - mx
+        dy = py - my
         pw = (lo + qc * dy * dy) + dx * (qa * dx + qb * dy)
         raw = exp2(pw)
         w = min(raw, one)
-        ok = (lxs[p] >= lx0) & (lxs[p] < lx1) & (w >= wmin) & (pw <= lo)
-        wb[p] = w if ok else zero
-        rb[p] = raw
+        inside = (px >= fx0) & (px <= fx1) & (py >= fy0) & (py <= fy1)
+        ok = inside & (w >= wmin) & (pw <= lo)
+        sc[WB, p] = w if ok else zero
+        sc[RB, p] = raw
 
 
-@njit(inline="always", **_OPTS)
-def _weigh(rec, win, k, x0, y0, x1, y1, S, pxl, pyl, lxs, T, amax, wmin, tstop, one, zero,
-           alpha_mode, wb, ab, tb, rb):  # pragma: no cover - jitted
-    """Gaussian ``k`` in the tile: its flat pixel range ``[pa, pb)`` and, where it is not empty,
-    its weights there by the phase function of the mode (both kernels walk through this).
-    Returns ``(pa, pb, pixels that stopped, mx, my)``."""
-    pa, pb, lx0, lx1 = _span(win, k, x0, y0, x1, y1, S)
-    mx, my, qa, qb, qc, lo = rec[k, 0], rec[k, 1], rec[k, 2], rec[k, 3], rec[k, 4], rec[k, 5]
-    stopped = 0
-    if pa < pb:
-        if alpha_mode:
-            stopped = _alpha_phase(pa, pb, pxl, pyl, lxs, lx0, lx1, mx, my, qa, qb, qc, lo, T,
-                                   amax, wmin, tstop, zero, wb, ab, tb, rb)
-        else:
-            _sum_phase(pa, pb, pxl, pyl, lxs, lx0, lx1, mx, my, qa, qb, qc, lo, one, wmin, zero,
-                       wb, rb)
-    return pa, pb, stopped, mx, my
-
-
-@njit(inline="always", **_OPTS)
-def _tile_buffers(xs, x0, y0, S, dtype):  # pragma: no cover - jitted
-    """The tile's pixel coordinates (:func:`_tile_pixels`) and the per-Gaussian scratch rows
-    ``wb, ab, tb, rb`` of the phase functions, ``S * S`` each."""
-    P = S * S
-    pxl = np.empty(P, dtype=dtype)
-    pyl = np.empty(P, dtype=dtype)
-    lxs = np.empty(P, dtype=np.int32)
-    _tile_pixels(xs, x0, y0, S, pxl, pyl, lxs)
-    return (pxl, pyl, lxs, np.zeros(P, dtype=dtype), np.zeros(P, dtype=dtype),
-            np.zeros(P, dtype=dtype), np.zeros(P, dtype=dtype))
-
-
-@njit(inline="always", **_OPTS)
-def _all_finite(colors, k):  # pragma: no cover - jitted
-    for c in range(colors.shape[1]):
-        if not np.isfinite(colors[k, c]):
-            return False
-    return True
+# inlined (forward) and called (backward) compilations of the same source; _nrt=False: a called
+# copy touches no reference counts
+_alpha_phase_inline = njit(inline="always", **_OPTS)(_alpha_phase_py)
+_sum_phase_inline = njit(inline="always", **_OPTS)(_sum_phase_py)
+_alpha_phase = njit(_nrt=False, **_OPTS)(_alpha_phase_py)
+_sum_phase = njit(_nrt=False, **_OPTS)(_sum_phase_py)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,75 +358,93 @@ def _fwd_tile(gt, rec, win, colors, bg, ranges, ids, xs, consts, N, W, H, tiles_
     amax, wmin, tstop, one = consts[0], consts[1], consts[2], consts[3]
     zero = one - one
     C = colors.shape[1]
-    P = S * S
     b, x0, y0, x1, y1 = _tile_origin(gt, n_tiles, tiles_x, S, W, H)
-    pxl, pyl, lxs, wb, ab, tb, rb = _tile_buffers(xs, x0, y0, S, colors.dtype)
-    acc = np.zeros((C, P), dtype=colors.dtype)  # channel-major: a channel's pixels are contiguous
-    T = np.full(P, one)  # running transmittance, incl. a stopping factor
-    tout = np.full(P, one)  # after the last composited Gaussian
-    wsum = np.zeros(P, dtype=colors.dtype)
+    sc = _tile_scratch(xs, x0, y0, x1, y1, S, _FWD_ROWS, colors.dtype)
+    P8 = sc.shape[1]
+    for p in range(P8):
+        sc[TT, p] = one
+        sc[TOUT, p] = one
+    acc = np.zeros((C, P8), dtype=colors.dtype)  # channel-major: a channel's pixels are contiguous
     live = (x1 - x0) * (y1 - y0)  # alpha: pixels not yet stopped
     for s in range(ranges[gt, 0], ranges[gt, 1]):
         k = b * N + ids[s]
-        pa, pb, stopped, _, _ = _weigh(rec, win, k, x0, y0, x1, y1, S, pxl, pyl, lxs, T, amax,
-                                       wmin, tstop, one, zero, alpha_mode, wb, ab, tb, rb)
-        if pa >= pb:
+        wx0, wy0 = max(win[k, 0], x0), max(win[k, 1], y0)
+        wx1, wy1 = min(win[k, 2], x1), min(win[k, 3], y1)
+        if wx0 >= wx1 or wy0 >= wy1:
             continue
-        live -= stopped
+        pa, pb = _span(wx0, wy0, wx1, wy1, x0, y0, S)
+        fx0, fx1, fy0, fy1 = xs[wx0], xs[wx1 - 1], xs[wy0], xs[wy1 - 1]
+        mx, my, qa, qb, qc, lo = rec[k, 0], rec[k, 1], rec[k, 2], rec[k, 3], rec[k, 4], rec[k, 5]
         if alpha_mode:
+            live -= _alpha_phase_inline(sc, pa, pb, fx0, fx1, fy0, fy1, mx, my, qa, qb, qc, lo,
+                                        amax, wmin, tstop, zero)
             for pp in range(pa, pb):
                 p = U(pp)
-                tout[p] = T[p] if wb[p] > zero else tout[p]
+                sc[TOUT, p] = sc[TT, p] if sc[WB, p] > zero else sc[TOUT, p]
         else:
+            _sum_phase_inline(sc, pa, pb, fx0, fx1, fy0, fy1, mx, my, qa, qb, qc, lo, one, wmin,
+                              zero)
             for pp in range(pa, pb):
                 p = U(pp)
-                wsum[p] += wb[p]
-        if not _all_finite(colors, k):
-            # a NaN/Inf colour reaches only the pixels its weight does (0 * NaN is NaN)
-            for pp in range(pa, pb):
-                if wb[pp] != zero:
-                    for c in range(C):
-                        acc[c, pp] += wb[pp] * colors[k, c]
-        else:
+                sc[WSUM, p] += sc[WB, p]
+        finite = True
+        for c in range(C):
+            finite &= np.isfinite(colors[k, c])
+        if finite:
             for c in range(C):
                 cc = colors[k, c]
                 for pp in range(pa, pb):
                     p = U(pp)
-                    acc[U(c), p] += wb[p] * cc
+                    acc[U(c), p] += sc[WB, p] * cc
+        else:
+            # a NaN/Inf colour reaches only the pixels its weight does (0 * NaN is NaN)
+            for pp in range(pa, pb):
+                if sc[WB, pp] != zero:
+                    for c in range(C):
+                        acc[c, pp] += sc[WB, pp] * colors[k, c]
         if alpha_mode and live == 0:
             break  # every pixel of the tile has stopped
+    # channel-major output: each (channel, row) of the tile is one contiguous copy
+    w = x1 - x0
     has_bg = bg.shape[1] > 0
-    for y in range(y0, y1):
-        for x in range(x0, x1):
-            p = U((y - y0) * S + (x - x0))
-            q = U((b * H + y) * W + x)
+    for ly in range(y1 - y0):
+        row = U(ly * S)
+        q = U((b * H + y0 + ly) * W + x0)  # the row's first pixel in alpha / tfinal
+        for c in range(C):
+            qc = U(((b * C + c) * H + y0 + ly) * W + x0)
+            extra = bg[b, c] if (alpha_mode and has_bg) else zero
             if alpha_mode:
-                for c in range(C):
-                    extra = tout[p] * bg[b, c] if has_bg else zero
-                    image[q, U(c)] = acc[U(c), p] + extra
-                alpha[q] = one - tout[p]
-                tfinal[q] = tout[p]
+                for lx in range(w):
+                    p = row + U(lx)
+                    image[qc + U(lx)] = acc[U(c), p] + sc[TOUT, p] * extra
             else:
-                for c in range(C):
-                    image[q, U(c)] = acc[U(c), p]
-                alpha[q] = wsum[p]
+                for lx in range(w):
+                    image[qc + U(lx)] = acc[U(c), row + U(lx)]
+        if alpha_mode:
+            for lx in range(w):
+                t = sc[TOUT, row + U(lx)]
+                alpha[q + U(lx)] = one - t
+                tfinal[q + U(lx)] = t
+        else:
+            for lx in range(w):
+                alpha[q + U(lx)] = sc[WSUM, row + U(lx)]
 
 
 @njit(parallel=True, **_OPTS)
 def rasterize_fwd_kernel(rec, win, colors, bg, ranges, ids, xs, consts, N, W, H, tiles_x, S,
                          alpha_mode, image, alpha, tfinal):  # pragma: no cover - jitted
-    """Forward: ``image [B*H*W, C]``, ``alpha [B*H*W]`` and (alpha mode) ``tfinal [B*H*W]``.
+    """Forward: ``image`` (channel-major ``[B, C, H, W]``, flat), ``alpha [B*H*W]`` and (alpha
+    mode) ``tfinal [B*H*W]``.
 
     ``rec [B*N, 8]`` per-Gaussian record ``(mx, my, qa, qb, qc, lo, 1/o, 0)`` in the compute
     dtype; ``win`` int32 ``[B*N, 4]`` pixel rectangles ``(x0, y0, x1, y1)``, half-open;
     ``colors [B*N, C]``; ``bg [B, C]`` (``B x 0`` without a background); ``ranges``/``ids``
-    from :func:`bin_tiles`; ``xs`` pixel centres ``i + 0.5`` over the whole tile grid (partial
-    tiles' lanes beyond the image included: they are computed, then masked); ``consts`` from
-    :func:`kernel_constants`. A NaN/Inf colour is added only where its weight is non-zero (else
-    ``0 * NaN`` would spread it over the window): it reaches the pixels the Gaussian covers.
+    from :func:`bin_tiles`; ``xs`` pixel centres ``i + 0.5`` for ``i < max(W, H)``;
+    ``consts`` from :func:`kernel_constants`. A NaN/Inf colour is added only where its weight
+    is non-zero (else ``0 * NaN`` would spread it over the window): it reaches the pixels the
+    Gaussian covers.
     """
-    B = image.shape[0] // (W * H)
-    n_tiles = ranges.shape[0] // B
+    n_tiles = ranges.shape[0] // (image.shape[0] // (colors.shape[1] * H * W))
     for gt in prange(ranges.shape[0]):
         _fwd_tile(gt, rec, win, colors, bg, ranges, ids, xs, consts, N, W, H, tiles_x, n_tiles, S,
                   alpha_mode, image, alpha, tfinal)
@@ -448,116 +454,118 @@ def rasterize_fwd_kernel(rec, win, colors, bg, ranges, ids, xs, consts, N, W, H,
 # Backward
 # ----------------------------------------------------------------------------------------------
 # Sums over a pixel range may be reassociated (so they vectorise); the result is still the same
-# for any thread count, and nothing here feeds a forward decision (the phases are strict).
+# for any thread count, and nothing here feeds a forward decision (the phases are called, strict).
 @njit(fastmath={"reassoc"}, **_OPTS)
-def _moments(sg, pxl, pyl, mx, my, pa, pb, zero):  # pragma: no cover - jitted
-    """``(sum s, sum s dx, sum s dy, sum s dx^2, sum s dx dy, sum s dy^2)`` over ``[pa, pb)``."""
-    s0 = sx = sy = sxx = sxy = syy = zero
-    for pp in range(pa, pb):
-        p = U(pp)
-        v = sg[p]
-        dx = pxl[p] - mx
-        dy = pyl[p] - my
-        u = v * dx
-        w = v * dy
-        s0 += v
-        sx += u
-        sy += w
-        sxx += u * dx
-        sxy += u * dy
-        syy += w * dy
-    return s0, sx, sy, sxx, sxy, syy
-
-
-@njit(fastmath={"reassoc"}, **_OPTS)  # sums only: the phase functions it calls are strict
 def _bwd_tile(gt, rec, win, conics, colors, ranges, ids, xs, consts, N, W, H, tiles_x, n_tiles,
               S, alpha_mode, image, tfinal, gimage, galpha, gpair):  # pragma: no cover - jitted
     """One tile of :func:`rasterize_bwd_kernel`."""
     amax, wmin, tstop, one, half = consts[0], consts[1], consts[2], consts[3], consts[4]
     zero = one - one
     C = colors.shape[1]
-    P = S * S
     b, x0, y0, x1, y1 = _tile_origin(gt, n_tiles, tiles_x, S, W, H)
-    pxl, pyl, lxs, wb, ab, tb, rb = _tile_buffers(xs, x0, y0, S, colors.dtype)
-    g = np.zeros((C, P), dtype=colors.dtype)  # image cotangent, channel-major
-    ga = np.zeros(P, dtype=colors.dtype)
-    kk = np.zeros(P, dtype=colors.dtype)  # alpha: g_alpha T_final - g . S_i
-    T = np.full(P, one)
-    gc = np.zeros(P, dtype=colors.dtype)
-    sg = np.zeros(P, dtype=colors.dtype)
-    for y in range(y0, y1):
-        for x in range(x0, x1):
-            p = U((y - y0) * S + (x - x0))
-            q = U((b * H + y) * W + x)
-            ga[p] = galpha[q]
+    sc = _tile_scratch(xs, x0, y0, x1, y1, S, _BWD_ROWS, colors.dtype)
+    P8 = sc.shape[1]
+    g = np.zeros((C, P8), dtype=colors.dtype)  # image cotangent, channel-major
+    for p in range(P8):
+        sc[TT, p] = one
+    w = x1 - x0
+    for ly in range(y1 - y0):
+        row = U(ly * S)
+        q = U((b * H + y0 + ly) * W + x0)
+        for lx in range(w):
+            sc[GA, row + U(lx)] = galpha[q + U(lx)]
+        for c in range(C):
+            qc = U(((b * C + c) * H + y0 + ly) * W + x0)
+            for lx in range(w):
+                g[U(c), row + U(lx)] = gimage[qc + U(lx)]
+        if alpha_mode:  # KK = g_alpha T_final - g . S_i, S_0 the whole image
+            for lx in range(w):
+                sc[KK, row + U(lx)] = galpha[q + U(lx)] * tfinal[q + U(lx)]
             for c in range(C):
-                g[U(c), p] = gimage[q, U(c)]
-            if alpha_mode:
-                gi = zero
-                for c in range(C):
-                    gi += gimage[q, U(c)] * image[q, U(c)]
-                kk[p] = ga[p] * tfinal[q] - gi
+                qc = U(((b * C + c) * H + y0 + ly) * W + x0)
+                for lx in range(w):
+                    sc[KK, row + U(lx)] -= gimage[qc + U(lx)] * image[qc + U(lx)]
     live = (x1 - x0) * (y1 - y0)
     for s in range(ranges[gt, 0], ranges[gt, 1]):
         k = b * N + ids[s]
-        pa, pb, stopped, mx, my = _weigh(rec, win, k, x0, y0, x1, y1, S, pxl, pyl, lxs, T, amax,
-                                         wmin, tstop, one, zero, alpha_mode, wb, ab, tb, rb)
-        if pa >= pb:
+        wx0, wy0 = max(win[k, 0], x0), max(win[k, 1], y0)
+        wx1, wy1 = min(win[k, 2], x1), min(win[k, 3], y1)
+        if wx0 >= wx1 or wy0 >= wy1:
             continue
-        live -= stopped
+        pa, pb = _span(wx0, wy0, wx1, wy1, x0, y0, S)
+        fx0, fx1, fy0, fy1 = xs[wx0], xs[wx1 - 1], xs[wy0], xs[wy1 - 1]
+        mx, my, qa, qb, qc, lo = rec[k, 0], rec[k, 1], rec[k, 2], rec[k, 3], rec[k, 4], rec[k, 5]
+        if alpha_mode:
+            live -= _alpha_phase(sc, pa, pb, fx0, fx1, fy0, fy1, mx, my, qa, qb, qc, lo, amax,
+                                 wmin, tstop, zero)
+        else:
+            _sum_phase(sc, pa, pb, fx0, fx1, fy0, fy1, mx, my, qa, qb, qc, lo, one, wmin, zero)
         # g . c per pixel and sum_p w g_c per channel, four channels per pass over the pixels
         for pp in range(pa, pb):
-            gc[U(pp)] = zero
-        out = gpair[s]
+            sc[GC, U(pp)] = zero
         c = 0
         while c + 4 <= C:
             c0, c1, c2, c3 = colors[k, c], colors[k, c + 1], colors[k, c + 2], colors[k, c + 3]
-            g0, g1, g2, g3 = g[c], g[c + 1], g[c + 2], g[c + 3]
+            u0, u1, u2, u3 = U(c), U(c + 1), U(c + 2), U(c + 3)
             d0 = d1 = d2 = d3 = zero
             for pp in range(pa, pb):
                 p = U(pp)
-                w = wb[p]
-                v0, v1, v2, v3 = g0[p], g1[p], g2[p], g3[p]
-                gc[p] += (v0 * c0 + v1 * c1) + (v2 * c2 + v3 * c3)
+                w = sc[WB, p]
+                v0, v1, v2, v3 = g[u0, p], g[u1, p], g[u2, p], g[u3, p]
+                sc[GC, p] += (v0 * c0 + v1 * c1) + (v2 * c2 + v3 * c3)
                 d0 += w * v0
                 d1 += w * v1
                 d2 += w * v2
                 d3 += w * v3
-            out[6 + c], out[7 + c], out[8 + c], out[9 + c] = d0, d1, d2, d3
+            gpair[s, 6 + c], gpair[s, 7 + c], gpair[s, 8 + c], gpair[s, 9 + c] = d0, d1, d2, d3
             c += 4
         while c < C:
             cc = colors[k, c]
-            gr = g[c]
             dsum = zero
             for pp in range(pa, pb):
                 p = U(pp)
-                gv = gr[p]
-                gc[p] += gv * cc
-                dsum += wb[p] * gv
-            out[6 + c] = dsum
+                gv = g[U(c), p]
+                sc[GC, p] += gv * cc
+                dsum += sc[WB, p] * gv
+            gpair[s, 6 + c] = dsum
             c += 1
         # s = dL/draw * raw where the weight is composited and below its clamp, else 0 (selects,
         # not products: a NaN colour must not reach pixels its weight does not)
         if alpha_mode:
             for pp in range(pa, pb):
                 p = U(pp)
-                on = wb[p] > zero
-                kk[p] += wb[p] * gc[p] if on else zero  # now excludes this Gaussian
-                d = (tb[p] * gc[p] + kk[p] / (one - ab[p])) * rb[p]
-                sg[p] = d if (on & (rb[p] <= amax)) else zero
+                wv = sc[WB, p]
+                on = wv > zero
+                sc[KK, p] += wv * sc[GC, p] if on else zero  # now excludes this Gaussian
+                d = (sc[TB, p] * sc[GC, p] + sc[KK, p] / (one - sc[AB, p])) * sc[RB, p]
+                sc[SG, p] = d if (on & (sc[RB, p] <= amax)) else zero
         else:
             for pp in range(pa, pb):
                 p = U(pp)
-                d = (gc[p] + ga[p]) * rb[p]
-                sg[p] = d if ((wb[p] > zero) & (rb[p] <= one)) else zero
-        s0, sx, sy, sxx, sxy, syy = _moments(sg, pxl, pyl, mx, my, pa, pb, zero)
+                d = (sc[GC, p] + sc[GA, p]) * sc[RB, p]
+                sc[SG, p] = d if ((sc[WB, p] > zero) & (sc[RB, p] <= one)) else zero
+        # the moments S = sum s, Sx = sum s dx, ... of the pair's pixels
+        s0 = sx = sy = sxx = sxy = syy = zero
+        for pp in range(pa, pb):
+            p = U(pp)
+            v = sc[SG, p]
+            dx = sc[PX, p] - mx
+            dy = sc[PY, p] - my
+            u = v * dx
+            w = v * dy
+            s0 += v
+            sx += u
+            sy += w
+            sxx += u * dx
+            sxy += u * dy
+            syy += w * dy
         ca, cb, cc = conics[k, 0], conics[k, 1], conics[k, 2]
-        out[0] = ca * sx + cb * sy
-        out[1] = cb * sx + cc * sy
-        out[2] = -half * sxx
-        out[3] = -sxy
-        out[4] = -half * syy
-        out[5] = s0 * rec[k, 6]
+        gpair[s, 0] = ca * sx + cb * sy
+        gpair[s, 1] = cb * sx + cc * sy
+        gpair[s, 2] = -half * sxx
+        gpair[s, 3] = -sxy
+        gpair[s, 4] = -half * syy
+        gpair[s, 5] = s0 * rec[k, 6]
         if alpha_mode and live == 0:
             break
 
@@ -569,8 +577,9 @@ def rasterize_bwd_kernel(rec, win, conics, colors, ranges, ids, xs, consts, N, W
     dcolor[C])`` summed over the tile's pixels (rows of pairs that take nothing stay 0).
 
     Inputs as :func:`rasterize_fwd_kernel`, plus ``conics [B*N, 3]`` (the compute dtype),
-    the forward's ``image [B*H*W, C]`` (background included) and ``tfinal [B*H*W]`` (alpha
-    mode), and the cotangents ``gimage [B*H*W, C]``, ``galpha [B*H*W]``.
+    the forward's ``image`` (channel-major ``[B, C, H, W]``, flat, background included) and
+    ``tfinal [B*H*W]`` (alpha mode), and the cotangents ``gimage`` (channel-major, as
+    ``image``) and ``galpha [B*H*W]``.
 
     alpha mode, front to back as the forward (no division of transmittances): per pixel
     ``k = g_alpha T_final - g . S_i`` where ``g . S_i = g . image - sum_{j <= i} a_j T_j (g . c_j)``
@@ -581,8 +590,7 @@ def rasterize_bwd_kernel(rec, win, conics, colors, ranges, ids, xs, consts, N, W
     ``dmx = a Sx + b Sy``, ``dmy = b Sx + c Sy``, ``da = -Sxx/2``, ``db = -Sxy``, ``dc = -Syy/2``,
     ``do = S / o``.
     """
-    B = image.shape[0] // (W * H)
-    n_tiles = ranges.shape[0] // B
+    n_tiles = ranges.shape[0] // (image.shape[0] // (colors.shape[1] * H * W))
     for gt in prange(ranges.shape[0]):
         if ranges[gt, 0] < ranges[gt, 1]:
             _bwd_tile(gt, rec, win, conics, colors, ranges, ids, xs, consts, N, W, H, tiles_x,

@@ -206,10 +206,12 @@ class GaussianFeatureSR(SuperResolver):
         ``cell = (w / W_out, h / H_out)``: one output pixel's size in LR pixels.
 
         The decoder's 1x1 convolutions are per-pixel linear layers, so they run as matrix
-        products on the splat's own channels-last layout (no permutes, no concatenated input):
-        the first layer's columns are reordered once to the splat's ``[rgb, feature]`` order, the
-        cell's constant contribution folds into its bias, and each layer is one ``addmm``.
-        Outside autograd the pixels go in blocks of :data:`DECODE_PIXELS` (bounded memory)."""
+        products on the splat's own storage (no permutes, no concatenated input): ``[pixels, C]``
+        for a contiguous splat, ``[C, pixels]`` per image for a channel-major one (the numba
+        backend's, whose result is then channel-major too). The first layer's columns are
+        reordered once to the splat's ``[rgb, feature]`` order, the cell's constant contribution
+        folds into its bias, and each layer is one ``addmm`` (``baddbmm``). Outside autograd the
+        pixels go in blocks of :data:`DECODE_PIXELS` (bounded memory)."""
         cfg = self.config
         if splat.shape[-1] != self.field_channels:
             raise ValueError(
@@ -217,14 +219,29 @@ class GaussianFeatureSR(SuperResolver):
                 f"(3 colour + {cfg.feature_dim} feature + 1 weight), got {splat.shape[-1]}"
             )
         lead = splat.shape[:-1]
-        x = splat.reshape(-1, splat.shape[-1])  # [P, 3 + C + 1], a view of the splat
-        layers = self._decoder_matrices(cell, x.dtype, x.device)
-        if torch.is_grad_enabled() or x.shape[0] <= DECODE_PIXELS:
-            return self._decode_pixels(x, layers).reshape(*lead, cfg.colors)
-        out = x.new_empty((x.shape[0], cfg.colors))
-        for p in range(0, x.shape[0], DECODE_PIXELS):  # per-pixel: blocks give the same pixels
-            out[p : p + DECODE_PIXELS] = self._decode_pixels(x[p : p + DECODE_PIXELS], layers)
-        return out.reshape(*lead, cfg.colors)
+        layers = self._decoder_matrices(cell, splat.dtype, splat.device)
+        if splat.dim() >= 3 and not splat.is_contiguous() and splat.movedim(-1, -3).is_contiguous():
+            # channel-major storage (the numba backend's): decode [C, pixels] blocks in place
+            H, W = splat.shape[-3], splat.shape[-2]
+            x = splat.movedim(-1, -3).reshape(-1, splat.shape[-1], H * W)  # [B, 3 + C + 1, P], a view
+            out = self._decode_blocks(x, layers, self._decode_channels, dim=2)
+            return out.reshape(*lead[:-2], cfg.colors, H, W).movedim(-3, -1)
+        x = splat.reshape(-1, splat.shape[-1])  # [P, 3 + C + 1], a view of a contiguous splat
+        return self._decode_blocks(x, layers, self._decode_pixels, dim=0).reshape(*lead, cfg.colors)
+
+    def _decode_blocks(self, x: Tensor, layers, fn, dim: int) -> Tensor:
+        """``fn(x, layers)`` over the whole pixel dim ``dim`` (under autograd, or a small ``x``),
+        else over blocks of :data:`DECODE_PIXELS` pixels into one output (decoding is per pixel)."""
+        n = x.shape[dim]
+        if torch.is_grad_enabled() or n <= DECODE_PIXELS:
+            return fn(x, layers)
+        shape = list(x.shape)
+        shape[1] = self.config.colors  # the channel dim of both layouts
+        out = x.new_empty(shape)
+        for p in range(0, n, DECODE_PIXELS):
+            out.narrow(dim, p, min(DECODE_PIXELS, n - p)).copy_(
+                fn(x.narrow(dim, p, min(DECODE_PIXELS, n - p)), layers))
+        return out
 
     def _decoder_matrices(self, cell: Tuple[float, float], dtype: torch.dtype, device: torch.device):
         """``[(weight [out, in], bias [out]), ...]`` of the decoder's layers as linear maps on the
@@ -250,6 +267,17 @@ class GaussianFeatureSR(SuperResolver):
             h = torch.addmm(b, h, w.t())
             if i + 1 < len(layers):
                 h = torch.relu_(h)  # addmm does not keep its output for backward
+        return mean[:, : self.config.colors] + h
+
+    def _decode_channels(self, x: Tensor, layers) -> Tensor:
+        """Channel-major ``[B, 3 + C + 1, P]`` -> ``[B, 3, P]``: :meth:`_decode_pixels` with the
+        matrices on the left."""
+        mean = x[:, :-1] / x[:, -1:].clamp(min=MIN_WEIGHT)
+        h = mean
+        for i, (w, b) in enumerate(layers):
+            h = torch.baddbmm(b[None, :, None], w.expand(h.shape[0], -1, -1), h)
+            if i + 1 < len(layers):
+                h = torch.relu_(h)
         return mean[:, : self.config.colors] + h
 
     def pixel_decoder(self, field: Gaussians2D, width: int, height: int) -> Callable[[Tensor], Tensor]:
