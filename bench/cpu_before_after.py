@@ -93,7 +93,9 @@ def train_batch(models, repeats: int) -> dict:
             field = m.encode(lr)
         means, conics = field.to_pixels(144, 144)
         leaves = [t.detach().clone().requires_grad_(True) for t in (means, conics, field.colors, field.opacities)]
-        gi = torch.rand(8, 144, 144, field.channels, generator=g)
+        # the cotangent in the layout a training step hands back: the models take the render as
+        # NCHW (image.permute(0, 3, 1, 2)), so its gradient arrives channel-major
+        gi = torch.rand(8, field.channels, 144, 144, generator=g).permute(0, 2, 3, 1)
         ga = torch.rand(8, 144, 144, 1, generator=g)
 
         def step():

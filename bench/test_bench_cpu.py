@@ -138,7 +138,10 @@ def test_sr_train_batch(benchmark, train_batch, stage):
     leaves = [t.clone().requires_grad_(stage == "fwdbwd") for t in scene]
     g = torch.Generator().manual_seed(1)
     C = scene[2].shape[-1]
-    gi, ga = torch.rand(8, 144, 144, C, generator=g), torch.rand(8, 144, 144, 1, generator=g)
+    # cotangents in the layout a training step hands back: the models take the render as NCHW
+    # (image.permute(0, 3, 1, 2)), so the image's gradient arrives channel-major
+    gi = torch.rand(8, C, 144, 144, generator=g).permute(0, 2, 3, 1)
+    ga = torch.rand(8, 144, 144, 1, generator=g)
 
     def run(backend):
         def f():

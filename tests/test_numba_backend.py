@@ -95,6 +95,49 @@ def test_one_and_two_threads_give_identical_bits(mode):
         assert torch.equal(g1[k], g2[k]), k
 
 
+@pytest.mark.parametrize("mode", ["alpha", "sum"])
+def test_image_is_channel_major_and_cotangents_of_either_layout_agree(mode):
+    """The image is stored channel-major (its NCHW permute is contiguous, no copy for image
+    models); the backward takes a cotangent in either layout and gives identical gradients."""
+    s = make_scene((2,), 200, 45, 38, 5, seed=11, max_radius=7.0)
+    leaves = _leaves(s, mode)
+    img, alp = gsplat2d.rasterize(leaves["means"], leaves["conics"], leaves["colors"],
+                                  leaves["opacities"], 45, 38, mode=mode,
+                                  background=leaves.get("background"), backend="numba")
+    assert img.permute(0, 3, 1, 2).is_contiguous()
+    g = torch.rand(2, 5, 38, 45, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for gi in (g.permute(0, 2, 3, 1), g.permute(0, 2, 3, 1).contiguous()):
+        for t in leaves.values():
+            t.grad = None
+        torch.autograd.backward([img, alp], [gi, torch.ones_like(alp)], retain_graph=True)
+        grads.append({k: t.grad.clone() for k, t in leaves.items()})
+    assert float(grads[0]["means"].abs().max()) > 0
+    for k in grads[0]:
+        assert torch.equal(grads[0][k], grads[1][k]), k
+
+
+@pytest.mark.parametrize("name", ["feature", "tiny"])
+def test_a_training_step_hands_the_backward_a_channel_major_cotangent(name, monkeypatch):
+    """Both shipped models take the render as NCHW, so the image's cotangent comes back
+    channel-major: the layout ``bench/test_bench_cpu.py`` times the backward with."""
+    from gsplat2d.backends import numba_backend
+    from gsplat2d.sr.model import load_model
+
+    seen = []
+    real = numba_backend.rasterize_bwd
+
+    def spy(conics, colors, has_bg, nb, image, t_final, grad_image, *rest):
+        seen.append(grad_image.permute(0, 3, 1, 2).is_contiguous())
+        return real(conics, colors, has_bg, nb, image, t_final, grad_image, *rest)
+
+    monkeypatch.setattr(numba_backend, "rasterize_bwd", spy)
+    m = load_model(name).train()
+    out = m.render(m.encode(torch.rand(2, 3, 10, 12)), 30, 25, backend="numba")
+    torch.nn.functional.l1_loss(out, torch.rand_like(out)).backward()
+    assert seen == [True]
+
+
 @pytest.mark.parametrize("size", [(1, 37), (45, 1), (1, 1), (17, 2)], ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("mode", ["alpha", "sum"])
 def test_one_pixel_wide_images(size, mode):
