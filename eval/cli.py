@@ -51,7 +51,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from gsplat2d.cli.images import IMAGE_EXTENSIONS, list_images
-from gsplat2d.cli.common import UserError, check_folder_creatable, pick_device, run_command
+from gsplat2d._io import atomic_write
+from gsplat2d.cli.common import UserError, check_folder_creatable, check_output_file, pick_device, run_command
 from gsplat2d.eval.metrics import load_image_uint8, ms_ssim_y, psnr_y, ssim_y
 from gsplat2d.eval.resize import bicubic_sr, is_integer_scale, lr_size_for, make_lr
 
@@ -667,7 +668,9 @@ def _print_benchmark_table(rows: List[dict], extra: List[Tuple[str, str, int]]) 
 def _write_benchmark_json(path: str, payload: dict) -> None:
     """Writes the ``--json`` file and says so."""
     try:
-        Path(path).write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+        text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: f.write(text.encode()), suffix=".json")
     except (OSError, ValueError) as e:
         raise UserError(f"cannot write --json {path}: {e}") from None
     print(f"JSON written to {path}")
@@ -680,9 +683,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model, shown_model = _load_model(args.model_path, device)
     if args.json:
-        jp = Path(args.json)
-        if jp.parent and not jp.parent.exists():
-            raise UserError(f"--json: folder {jp.parent} does not exist")
+        check_output_file(args.json, "--json")  # before the evaluation, not after it
     lpips = _Lpips(device) if args.lpips else None
     print(f"Benchmark of {shown_model}: {', '.join(d.name for d in datasets)} at "
           f"{', '.join(_scale_label(s) for s in scales)}, device {device}")

@@ -307,7 +307,7 @@ def test_ddp_timeout_outlasts_a_long_validation(monkeypatch):
     seen = {}
     monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: seen.update(backend=backend, **kw))
     monkeypatch.setattr(dist, "destroy_process_group", lambda: None)
-    monkeypatch.setattr(loop, "_train", lambda cfg, resume: {"ok": True})
+    monkeypatch.setattr(loop, "_train", lambda cfg, resume, overwrite: {"ok": True})
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert loop.train(loop.TrainConfig(dataset_path="x", device="cpu")) == {"ok": True}
     assert seen["backend"] == "gloo"

@@ -14,7 +14,8 @@ import argparse
 import json
 import sys
 from dataclasses import fields
-from typing import List, Optional
+from pathlib import Path
+from typing import List, Optional, Sequence
 
 from gsplat2d._validate import BACKENDS
 from gsplat2d.cli.common import UserError, run_command
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("data")
-    g.add_argument("--dataset_path", required=True, help="folder of HR training images (PNG/JPG/BMP, nested ok)")
+    g.add_argument("--dataset_path", default=None,
+                   help="folder of HR training images (PNG/JPG/BMP, nested ok); required unless --resume")
     g.add_argument("--val_path", default=None, help="folder of HR validation images")
     g.add_argument("--val_split", type=int, default=0, help="hold out N training images for validation (no --val_path)")
     g.add_argument("--val_scales", type=_scales, default=(2.0, 3.0, 4.0), help="validation scales, e.g. 2,3,4")
@@ -70,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="{}",
                    help="JSON overrides of the preset's config (SRConfig or FeatureSRConfig), e.g. '{\"k\": 2}'")
     g.add_argument("--save_path", default="models/my_model.pth", help="best model (by val PSNR); *.last.pth beside it resumes")
-    g.add_argument("--resume", default=None, help="continue a run from its *.last.pth checkpoint")
+    g.add_argument("--resume", default=None,
+                   help="continue a run from its *.last.pth checkpoint, with the arguments it recorded; only "
+                   f"{', '.join('--' + f for f in sorted(RESUME_MAY_CHANGE))} may be given anew")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run already at --save_path (by default an existing run is refused)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="rasterizer backend (auto: triton on CUDA, numba on CPU)")
@@ -85,9 +91,60 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(args: argparse.Namespace) -> int:
+#: Arguments a resumed run may be given anew (its length, its outputs, where and how it runs);
+#: every other one is the recorded run's, and a different value given with --resume is refused.
+RESUME_MAY_CHANGE = frozenset({
+    "epochs", "time_budget_min", "max_steps", "early_stop", "save_path", "metrics_path", "samples_dir",
+    "device", "backend", "num_workers", "num_threads", "no_lpips", "no_progress", "quiet", "resume", "overwrite",
+})
+
+
+def _explicit(argv: Sequence[str]) -> set:
+    """The destinations of the options given on the command line (not defaulted)."""
+    p = build_parser()
+    for a in p._actions:
+        a.default, a.required = argparse.SUPPRESS, False
+    return set(vars(p.parse_known_args(list(argv))[0]))
+
+
+def _resumed_args(args: argparse.Namespace, explicit: set) -> argparse.Namespace:
+    """``args`` with every argument the ``--resume`` checkpoint recorded restored; an explicitly
+    given one that differs, and may not change, is a :class:`UserError`."""
+    from gsplat2d.train.loop import checkpoint_train_config
+
+    rec = checkpoint_train_config(args.resume)
+    if rec is None:
+        raise UserError(f"{args.resume} records no training arguments (not a *.last.pth of gsplat2d train)")
+    recorded = dict(rec, model=json.dumps(rec.get("model", {}), sort_keys=True), no_lpips=not rec.get("lpips", True))
+    given = dict(vars(args))
+    if "model" in explicit:
+        given["model"] = json.dumps(json.loads(args.model), sort_keys=True)
+    out = dict(given)
+    for k, v in recorded.items():
+        if k not in given:
+            continue
+        if k in explicit and k not in RESUME_MAY_CHANGE:
+            mine = tuple(given[k]) if isinstance(given[k], (list, tuple)) else given[k]
+            theirs = tuple(v) if isinstance(v, (list, tuple)) else v
+            if mine != theirs:
+                raise UserError(f"--{k} {given[k]} differs from the resumed run's {v} ({args.resume}); "
+                                f"a resumed run keeps its arguments (only "
+                                f"{', '.join('--' + f for f in sorted(RESUME_MAY_CHANGE - {'resume', 'overwrite'}))}"
+                                f" may change)")
+        if k not in explicit:
+            out[k] = tuple(v) if k == "val_scales" else v
+    return argparse.Namespace(**out)
+
+
+def _run(args: argparse.Namespace, explicit: set) -> int:
     from gsplat2d.train.loop import TrainConfig, train
 
+    if args.resume:
+        if not Path(args.resume).is_file():
+            raise UserError(f"--resume {args.resume}: no such file")
+        args = _resumed_args(args, explicit)
+    elif not args.dataset_path:
+        raise UserError("--dataset_path is required (or --resume a run's *.last.pth)")
     try:
         overrides = json.loads(args.model)
         if not isinstance(overrides, dict):
@@ -101,11 +158,11 @@ def _run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.num_threads)
     names = {f.name for f in fields(TrainConfig)}
-    kw = {k: v for k, v in vars(args).items() if k in names and k != "model"}
+    kw = {k: v for k, v in vars(args).items() if k in names and k not in ("model", "lpips", "progress")}
     cfg = TrainConfig(**kw, model=overrides, lpips=not args.no_lpips,
                       progress=not (args.no_progress or args.quiet))
     try:
-        train(cfg, resume=args.resume)
+        train(cfg, resume=args.resume, overwrite=args.overwrite)
     except (FileNotFoundError, ValueError) as e:  # data, paths, configs: the user's to fix
         raise UserError(str(e)) from None
     except KeyboardInterrupt:
@@ -116,4 +173,5 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``gsplat2d train``; returns the exit status (2: bad arguments or inputs)."""
-    return run_command("gsplat2d train", build_parser(), _run, argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_command("gsplat2d train", build_parser(), lambda a: _run(a, _explicit(argv)), argv)

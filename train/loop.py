@@ -10,16 +10,18 @@ checkpoints are written atomically; a run killed mid-epoch resumes from the last
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
 import os
 import random
+import socket
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -43,7 +45,7 @@ from gsplat2d.train.data import CustomImageDataset, make_loader
 from gsplat2d.train.plot import plot_curves
 from gsplat2d.train.samples import save_sample_strip
 
-__all__ = ["TrainConfig", "SRLoss", "train", "last_checkpoint_path"]
+__all__ = ["TrainConfig", "SRLoss", "train", "last_checkpoint_path", "checkpoint_train_config"]
 
 
 @dataclass
@@ -90,6 +92,14 @@ def last_checkpoint_path(save_path: str) -> str:
     """The resumable checkpoint written beside ``save_path`` (``my_model.last.pth``)."""
     p = Path(save_path)
     return str(p.with_name(p.stem + ".last" + (p.suffix or ".pth")))
+
+
+def checkpoint_train_config(path: str) -> Optional[Dict[str, Any]]:
+    """The training arguments a checkpoint of :func:`train` recorded (``TrainConfig`` fields), or
+    None for a checkpoint without them."""
+    ck = load_checkpoint(path, map_location="cpu")
+    text = ck.get("train_config")
+    return json.loads(text) if isinstance(text, str) else None
 
 
 def _metrics_path(cfg: TrainConfig) -> str:
@@ -297,8 +307,13 @@ def _log(msg: str, rank: int) -> None:
         print(msg, flush=True)
 
 
-def train(cfg: TrainConfig, resume: Optional[str] = None) -> Dict[str, Any]:
+def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False) -> Dict[str, Any]:
     """Run training; returns a summary dict (best val PSNR, epochs run, paths, time).
+
+    A run's files (``save_path``, its ``*.last.pth``, the metrics) are never replaced by another
+    run: where they exist, a run that does not ``resume`` from that run's checkpoint is refused
+    (``ValueError``) unless ``overwrite``; and a lock file beside ``save_path`` refuses a second
+    process while one is writing there.
 
     Under torchrun (``WORLD_SIZE > 1``) the process group is initialised here (NCCL on CUDA,
     gloo on CPU) and the model is wrapped in DDP; rank 0 validates and writes files.
@@ -308,7 +323,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None) -> Dict[str, Any]:
         dist.init_process_group(dist_backend(cfg.device), timeout=DDP_TIMEOUT)
         started_dist = True
     try:
-        return _train(cfg, resume)
+        return _train(cfg, resume, overwrite)
     finally:
         if started_dist:
             dist.destroy_process_group()
@@ -330,21 +345,89 @@ def check_output_paths(cfg: TrainConfig) -> None:
         check_folder_creatable(Path(cfg.samples_dir), "--samples_dir")
 
 
-def _train(cfg: TrainConfig, resume: Optional[str]) -> Dict[str, Any]:
+def check_no_other_run(cfg: TrainConfig, resume: Optional[str], overwrite: bool) -> None:
+    """Refuse (``ValueError``) to start a run over another run's files: ``save_path``, its
+    ``*.last.pth`` or the metrics file exists and this run neither resumes from that
+    ``*.last.pth`` nor was told to ``overwrite``."""
+    last = last_checkpoint_path(cfg.save_path)
+    present = [p for p in (cfg.save_path, last, _metrics_path(cfg)) if Path(p).is_file()]
+    if not present or overwrite:
+        return
+    if resume and Path(resume).resolve() == Path(last).resolve():
+        return
+    cont = f"continue it with --resume {last}" if Path(last).is_file() else "choose another --save_path"
+    raise ValueError(f"{present[0]} already holds a training run; {cont}, or pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def run_lock(save_path: str) -> Iterator[None]:
+    """Hold ``<save_path>.lock`` (pid and host inside) for the run: a second process on the same
+    path is refused with a ``ValueError`` naming the first; a lock left by a process that is gone
+    (kill -9) is taken over."""
+    lock = Path(save_path).with_name(Path(save_path).name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{os.getpid()} {socket.gethostname()}"
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is not None:
+                raise ValueError(f"another training run ({owner}) is writing {save_path}; wait for it to "
+                                 f"finish or use another --save_path (remove {lock} if that run is gone)") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me + "\n")
+        break
+    try:
+        yield
+    finally:
+        try:
+            if lock.read_text().strip() == me:
+                lock.unlink()
+        except OSError:
+            pass
+
+
+def _lock_owner(lock: Path) -> Optional[str]:
+    """``"pid N on HOST"`` of a live lock holder, None where the lock is stale (its process on
+    this host is gone, or the file is unreadable/empty)."""
+    try:
+        pid_s, host = lock.read_text().split()
+        pid = int(pid_s)
+    except (OSError, ValueError):
+        return None
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+    return f"pid {pid} on {host}"
+
+
+def _train(cfg: TrainConfig, resume: Optional[str], overwrite: bool = False) -> Dict[str, Any]:
     run = _Run(cfg)
-    if resume and run.restore(resume):
-        return run.complete_summary(resume)
-    run.log_start()
-    for epoch in range(run.start_epoch, cfg.epochs):
-        if run.budget_spent():
-            break
-        record = run.train_epoch(epoch)
-        run.end_epoch(epoch, record)
-        if cfg.early_stop and run.stale >= cfg.early_stop:
-            _log(f"early stopping: no val PSNR improvement for {run.stale} epochs", run.rank)
-            run.stopped_early = True
-            break
-    return run.finish()
+    complete = bool(resume) and run.restore(resume)
+    check_no_other_run(cfg, resume, overwrite)
+    with run_lock(cfg.save_path) if run.rank == 0 else contextlib.nullcontext():
+        if resume and run.rank == 0:  # drop metrics lines of an epoch that was cut before its checkpoint
+            _write_jsonl(run.metrics_path, run.history)
+        if complete:
+            return run.complete_summary(resume)
+        run.log_start()
+        for epoch in range(run.start_epoch, cfg.epochs):
+            if run.budget_spent():
+                break
+            record = run.train_epoch(epoch)
+            run.end_epoch(epoch, record)
+            if cfg.early_stop and run.stale >= cfg.early_stop:
+                _log(f"early stopping: no val PSNR improvement for {run.stale} epochs", run.rank)
+                run.stopped_early = True
+                break
+        return run.finish()
 
 
 class _Run:
@@ -406,6 +489,15 @@ class _Run:
             held = {int(i * step) for i in range(cfg.val_split)}
             val_files = [f for i, f in enumerate(dataset.files) if i in held]
             dataset.files = [f for i, f in enumerate(dataset.files) if i not in held]
+        if cfg.val_path:  # a validation image is never a training image too
+            held = {f.resolve() for f in val_files}
+            kept = [f for f in dataset.files if f.resolve() not in held]
+            if len(kept) < len(dataset.files):
+                _log(f"{len(dataset.files) - len(kept)} image(s) of --val_path are also under --dataset_path: "
+                     f"left out of training", self.rank)
+                if not kept:
+                    raise ValueError(f"every training image is a validation image (--val_path {cfg.val_path})")
+                dataset.files = kept
         if cfg.val_max_images:
             val_files = val_files[: cfg.val_max_images]
         self.dataset, self.val_files = dataset, val_files
@@ -419,7 +511,8 @@ class _Run:
             raise ValueError(f"no batches: {len(dataset)} images x repeat {cfg.repeat} for {self.world} process(es)")
 
     def restore(self, resume: str) -> bool:
-        """Load a ``*.last.pth`` checkpoint of the same architecture; True when that run is complete."""
+        """Load a ``*.last.pth`` checkpoint of the same architecture (reads only; the metrics file
+        is rewritten from it once the run holds its lock); True when that run is complete."""
         cfg = self.cfg
         ck = load_checkpoint(resume, map_location="cpu")
         if "optimizer" not in ck:
@@ -439,8 +532,6 @@ class _Run:
         self.history = json.loads(ck.get("history", "[]"))
         self.clock["seconds"] = float(ck.get("train_seconds", 0.0))
         _set_rng_state(ck["rng"])
-        if self.rank == 0:  # drop metrics lines of an epoch that was cut before its checkpoint
-            _write_jsonl(self.metrics_path, self.history)
         _log(f"resumed from {resume}: epoch {self.start_epoch}, step {self.step}", self.rank)
         return self.start_epoch >= cfg.epochs or bool(self.budget_s and self.clock["seconds"] >= self.budget_s)
 

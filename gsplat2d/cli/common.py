@@ -124,6 +124,17 @@ def check_folder_creatable(folder, flag: str) -> None:
         raise UserError(f"{flag} {folder}: cannot write in {p}")
 
 
+def check_output_file(path, flag: str) -> None:
+    """:class:`UserError` unless a file can be written at ``path`` once the work is done: not a
+    folder, and its folder exists and is writable or can be created (:func:`check_folder_creatable`).
+    Every command checks its outputs with this before any work starts."""
+    from pathlib import Path
+
+    if Path(path).is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name")
+    check_folder_creatable(Path(path).parent, f"{flag} {path}: folder")
+
+
 def add_runtime_args(parser, *, backend: bool = True) -> None:
     """``--device``, ``--backend`` (optional), ``--num_threads`` and ``--quiet``."""
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Union
+from typing import List, Tuple, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from gsplat2d._io import atomic_write
 
-__all__ = ["IMAGE_EXTENSIONS", "OUTPUT_FORMATS", "list_images", "read_image_uint8", "write_image_atomic"]
+__all__ = ["IMAGE_EXTENSIONS", "OUTPUT_FORMATS", "list_images", "image_size", "read_image_uint8",
+           "write_image_atomic"]
 
 #: Image files every command reads (case-insensitive).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -33,9 +34,25 @@ def list_images(folder: Union[str, "os.PathLike[str]"], *, recursive: bool = Fal
                   and not p.name.startswith("."))
 
 
+#: EXIF orientations (tag 0x0112) that turn the stored image by 90 degrees: width and height swap.
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def image_size(im: Image.Image) -> Tuple[int, int]:
+    """``(W, H)`` of an opened image as seen (its EXIF orientation applied), from the header only."""
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block: the stored orientation
+        orientation = 1
+    w, h = int(im.width), int(im.height)
+    return (h, w) if orientation in _TRANSPOSED_ORIENTATIONS else (w, h)
+
+
 def read_image_uint8(path: Union[str, "os.PathLike[str]"]) -> np.ndarray:
-    """Decode an image file to ``uint8 [H, W, 3]`` RGB: grey replicated, alpha dropped, palette
-    expanded, 16/32-bit integer images scaled from their full range to 8 bit.
+    """Decode an image file to ``uint8 [H, W, 3]`` RGB as a viewer shows it: the EXIF orientation
+    applied (a phone's portrait JPEG stays portrait), grey replicated, alpha dropped, palette
+    expanded, 1-bit as 0/255, 16/32-bit integer images scaled from their full range and float
+    images from ``[0, 1]`` (a float image with values above 1 from ``[0, 255]``) to 8 bit.
 
     Raises ``ValueError`` naming the file when pillow cannot read it (also truncated files);
     ``PIL.Image.DecompressionBombError`` for images over pillow's pixel limit.
@@ -43,9 +60,16 @@ def read_image_uint8(path: Union[str, "os.PathLike[str]"]) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
                 arr = np.asarray(im, dtype=np.float64)
-                maxval = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+                finite = arr[np.isfinite(arr)]
+                top = float(finite.max()) if finite.size else 0.0
+                if im.mode == "F":
+                    maxval = 1.0 if top <= 1.0 else 255.0
+                else:
+                    maxval = 65535.0 if im.mode.startswith("I;16") or top > 255 else 255.0
+                arr = np.nan_to_num(arr, nan=0.0, posinf=maxval, neginf=0.0)
                 arr = np.round(np.clip(arr / maxval, 0.0, 1.0) * 255.0).astype(np.uint8)
                 im = Image.fromarray(arr, mode="L")
             rgb = im.convert("RGB")

@@ -50,6 +50,8 @@ from gsplat2d.cli.common import (
     add_alias,
     add_runtime_args,
     apply_runtime_args,
+    check_folder_creatable,
+    check_output_file,
     parse_size,
     run_command,
 )
@@ -825,6 +827,9 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"--output_path {out}: a fitted field is written as a .g2d file")
     if args.json_path and Path(args.json_path).suffix.lower() != ".json":
         raise UserError(f"--json {args.json_path}: give a .json file name")
+    check_output_file(out, "--output_path")  # before the fit, not after it
+    if args.json_path:
+        check_output_file(args.json_path, "--json")
     try:
         row = _fit_one(inp, args, cfg, spec_kw, str(device), out)
     except ValueError as e:  # unreadable or too small image, more Gaussians than pixels
@@ -847,6 +852,7 @@ def _fit_folder(inp: Path, args, cfg: "FitConfig", spec_kw: Dict[str, Any], devi
     out_dir = Path(args.output_path) if args.output_path else inp.parent / (inp.name + "_fit")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--output_path {out_dir} is a file; give a folder for a folder input")
+    check_folder_creatable(out_dir, "--output_path")
     rows, failed = [], []
     for i, path in enumerate(images):
         say(f"[{i + 1}/{len(images)}] {path.name}", flush=True)

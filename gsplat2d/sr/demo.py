@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from gsplat2d.cli.common import add_alias, add_runtime_args, apply_runtime_args
+from gsplat2d.cli.common import add_alias, add_runtime_args, apply_runtime_args, check_folder_creatable
 from gsplat2d.gaussians import Gaussians2D
 from gsplat2d.sr.render import (
     run_command,
@@ -286,6 +286,7 @@ def _print_table(table: List[_CaseRow]) -> None:
 def _run(args: argparse.Namespace) -> int:
     """Runs the demo: every scale and size, the comparison picture and the printed table."""
     t_start = time.perf_counter()
+    check_folder_creatable(args.output_dir, "--output_dir")  # before the model runs
     src, hr, cropped = _load_hr(args.image, args.quick)
     device = apply_runtime_args(args)
     model, mpath = _load_demo_model(args.model_path, device)

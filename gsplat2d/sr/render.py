@@ -54,13 +54,15 @@ from gsplat2d.cli.common import (
     add_alias,
     add_runtime_args,
     apply_runtime_args,
+    check_folder_creatable,
+    check_output_file,
     check_output_size,
     output_size,
     parse_scale,
     parse_size,
     run_command,
 )
-from gsplat2d.cli.images import IMAGE_EXTENSIONS, list_images, read_image_uint8, write_image_atomic
+from gsplat2d.cli.images import IMAGE_EXTENSIONS, image_size, list_images, read_image_uint8, write_image_atomic
 from gsplat2d.cli.images import OUTPUT_FORMATS as _OUTPUT_FORMATS
 from gsplat2d.binning import EXTENT_REL_PAD, gaussian_extents
 from gsplat2d.gaussians import Gaussians2D
@@ -96,7 +98,7 @@ def _open_header(path: Path) -> Tuple[int, int]:
     """Size ``(W, H)`` of an image file, reading only its header; RenderError if unreadable."""
     try:
         with Image.open(path) as im:
-            return int(im.width), int(im.height)
+            return image_size(im)  # as seen: a 90-degree EXIF orientation swaps W and H
     except Image.DecompressionBombError as e:
         raise RenderError(f"input image {path} is too large: {e}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -392,6 +394,17 @@ def _plan_jobs(args, inp: Path, folder_mode: bool, scale, size) -> Tuple[List[_J
         jobs.append(_Job(src, (w, h), osz, dst, gdst))
     if not jobs:
         _fail(f"no image of {inp} could be read ({len(failed)} skipped)")
+    # where the results go, before any encode (a folder render still skips a single image whose
+    # file then cannot be written, and goes on)
+    if folder_mode:
+        for flag, root in (("--output_path", out_root), ("--save_gaussians", g_root)):
+            if root is not None:
+                check_folder_creatable(root, flag)
+    else:
+        if out_root is not None:
+            check_output_file(out_root, "--output_path")
+        if g_root is not None:
+            check_output_file(g_root, "--save_gaussians")
     return jobs, failed
 
 
@@ -435,7 +448,14 @@ def _render_jobs(args, jobs: List[_Job], model, mode: str, device: torch.device,
                 print(f"{_PROG}: warning: skipped {job.src}: {e}", file=sys.stderr)
                 failed.append(job.src)
                 continue
-            line, enc_ms, ren_ms = _render_one(job, lr, model, mode, args, device)
+            try:
+                line, enc_ms, ren_ms = _render_one(job, lr, model, mode, args, device)
+            except OSError as e:  # this image's output cannot be written: the others still can
+                if not folder_mode:
+                    raise
+                print(f"{_PROG}: warning: skipped {job.src}: cannot write its output: {e}", file=sys.stderr)
+                failed.append(job.src)
+                continue
             t_enc, t_ren = t_enc + enc_ms, t_ren + ren_ms
             say(line)
             if progress is not None:
