@@ -254,8 +254,7 @@ def _render_case(
     """Renders ``enc`` at ``ow x oh``, writes ``sr_{name}.png`` and scores it against bicubic;
     returns its table line and its comparison row (LR nearest | bicubic | model | HR)."""
     t1 = time.perf_counter()
-    sr = render_to_array(enc.field, ow, oh, mode=demo.mode, backend=demo.backend,
-                         decode=demo.model.pixel_decoder(enc.field, ow, oh))
+    sr = render_to_array(enc.field, ow, oh, mode=demo.mode, backend=demo.backend, model=demo.model)
     _sync(demo.device)
     ren_ms = (time.perf_counter() - t1) * 1e3
     bic = _bicubic(enc.lr, ow, oh)

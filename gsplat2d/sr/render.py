@@ -176,8 +176,18 @@ def warm_up(model, mode: str, backend: str, device: torch.device) -> None:
     binning and rasterization kernels on first use; sizes are never specialised, so one tiny
     render compiles what every later size uses)."""
     field = encode_image(model, torch.zeros(3, 8, 8))
-    render_to_array(field, 16, 16, mode=mode, backend=backend, decode=model.pixel_decoder(field, 16, 16))
+    render_to_array(field, 16, 16, mode=mode, backend=backend, model=model)
     _sync(device)
+
+
+def footprint_supersampling(field: Gaussians2D, width: int, height: int) -> Tuple[int, int]:
+    """Per-axis supersampling ``(kx, ky)`` that makes a rendered pixel no larger than a pixel of
+    the field's source image: ``ceil(source / output)``, 1 when the output is as large or larger
+    (the scales a model is trained at) or when the field records no source size."""
+    if field.source_size is None:
+        return 1, 1
+    sw, sh = field.source_size
+    return max(1, math.ceil(float(sw) / int(width) - 1e-9)), max(1, math.ceil(float(sh) / int(height) - 1e-9))
 
 
 def render_to_array(
@@ -191,15 +201,24 @@ def render_to_array(
     tile_size: int = 16,
     as_uint8: bool = True,
     decode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    model: Optional[torch.nn.Module] = None,
+    antialias: bool = True,
 ) -> np.ndarray:
     """Render an unbatched field at ``width x height`` window by window.
 
     Each ``window x window`` piece is rasterized with only the Gaussians that can reach it (means
     shifted by the window origin), so memory stays bounded for any output size; the stitched result
-    equals ``field.render(width, height, mode=mode)``. ``decode`` (a feature model's
-    :meth:`~gsplat2d.sr.feature.GaussianFeatureSR.pixel_decoder` for this ``width x height``) maps
-    each rasterized window ``[h, w, C]`` to ``[h, w, C_out]`` before it is stored; it works per
-    pixel, so the windowed result equals a whole-image decode.
+    equals ``field.render(width, height, mode=mode)``. ``model`` (an SR model) supplies the per-pixel
+    decoder of a feature field (:meth:`~gsplat2d.sr.feature.GaussianFeatureSR.pixel_decoder`);
+    ``decode``, the older form, is that decoder already made for this ``width x height``. Decoding
+    is per pixel, so the windowed result equals a whole-image decode.
+
+    **Anti-aliasing** (``antialias``, the default): where an output pixel is larger than a pixel of
+    the field's source image (a downscale, a thumbnail, a 1 x 1), the value of an output pixel is
+    the average over its area: the field is rendered (and decoded) at
+    :func:`footprint_supersampling` times the size, so that no rendered pixel is larger than a
+    source pixel, and each output pixel is the mean of its ``kx x ky`` block. At the sizes a
+    model is trained for (output >= source) nothing changes.
 
     Returns ``uint8 [H, W, C_out]`` (clamped to [0, 1], rounded) or, with ``as_uint8=False``, the
     unclamped float32 image.
@@ -210,18 +229,27 @@ def render_to_array(
     check_output_size(int(width), int(height))
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    means_px, conics = field.to_pixels(width, height)
+    kx, ky = footprint_supersampling(field, width, height) if antialias else (1, 1)
+    sup_w, sup_h = int(width) * kx, int(height) * ky
+    if model is not None:
+        decode = model.pixel_decoder(field, sup_w, sup_h)
+    elif decode is not None and (kx, ky) != (1, 1):
+        raise ValueError("an anti-aliased downscale decodes at the supersampled size: pass model=, not decode=")
+    means_px, conics = field.to_pixels(sup_w, sup_h)
     colors, opac = field.colors, field.opacities
     x0s, x1s, y0s, y1s = _extents(means_px, conics, opac)
+    ow, oh = max(1, window // kx), max(1, window // ky)  # a window in output pixels
     out: Optional[np.ndarray] = None  # allocated at the first window (decode sets C_out)
     with torch.inference_mode():
-        for wy in range(0, height, window):
-            h = min(window, height - wy)
+        for oy in range(0, height, oh):
+            h = min(oh, height - oy) * ky
+            wy = oy * ky
             # Pixel centres of this band: wy + 0.5 .. wy + h - 0.5 (the extents carry a 1 px margin).
             band = torch.nonzero((y1s >= wy + 0.5) & (y0s <= wy + h - 0.5)).squeeze(1)
             bx0, bx1 = x0s[band], x1s[band]
-            for wx in range(0, width, window):
-                w = min(window, width - wx)
+            for ox in range(0, width, ow):
+                w = min(ow, width - ox) * kx
+                wx = ox * kx
                 idx = band[(bx1 >= wx + 0.5) & (bx0 <= wx + w - 0.5)]  # ascending: order kept
                 shift = torch.tensor([float(wx), float(wy)], dtype=means_px.dtype, device=means_px.device)
                 img, _ = rasterize(
@@ -230,13 +258,15 @@ def render_to_array(
                 )
                 if decode is not None:
                     img = decode(img)
+                if (kx, ky) != (1, 1):  # each output pixel: the mean of its kx x ky block
+                    img = img.reshape(h // ky, ky, w // kx, kx, img.shape[-1]).mean(dim=(1, 3))
                 if out is None:
                     out = np.empty((height, width, img.shape[-1]), dtype=np.uint8 if as_uint8 else np.float32)
                 if as_uint8:
                     piece = img.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
                 else:
                     piece = img.float()
-                out[wy : wy + h, wx : wx + w] = piece.cpu().numpy()
+                out[oy : oy + h // ky, ox : ox + w // kx] = piece.cpu().numpy()
     return out
 
 
@@ -485,8 +515,7 @@ def _render_one(job: _Job, lr: torch.Tensor, model, mode: str, args, device: tor
     if job.dst is not None:
         ow, oh = job.out_size
         t2 = time.perf_counter()
-        arr = render_to_array(field, ow, oh, mode=mode, window=args.window, backend=args.backend,
-                              decode=model.pixel_decoder(field, ow, oh))
+        arr = render_to_array(field, ow, oh, mode=mode, window=args.window, backend=args.backend, model=model)
         _sync(device)
         ren_ms = (time.perf_counter() - t2) * 1e3
         save_image_atomic(arr, job.dst)
@@ -527,11 +556,10 @@ def _run_field(args: argparse.Namespace, size: Optional[Tuple[int, int]], scale,
     w, h = size
     check_output_size(w, h)
     # Warm-up: JIT out of the timing.
-    render_to_array(field, 8, 8, mode=mode, backend=args.backend, decode=decoder and decoder.pixel_decoder(field, 8, 8))
+    render_to_array(field, 8, 8, mode=mode, backend=args.backend, model=decoder)
     _sync(device)
     t0 = time.perf_counter()
-    arr = render_to_array(field, w, h, mode=mode, window=args.window, backend=args.backend,
-                          decode=decoder and decoder.pixel_decoder(field, w, h))
+    arr = render_to_array(field, w, h, mode=mode, window=args.window, backend=args.backend, model=decoder)
     _sync(device)
     ren_ms = (time.perf_counter() - t0) * 1e3
     save_image_atomic(arr, out)
