@@ -134,13 +134,85 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def encode_image(model, lr: torch.Tensor) -> Gaussians2D:
+#: LR tile side of the windowed encode (:func:`encode_image`): images up to this size are encoded
+#: whole.
+ENCODE_TILE = 512
+
+
+def receptive_radius(model: torch.nn.Module) -> int:
+    """An upper bound of how far (LR pixels) an encoder output looks: the convolutions' radii,
+    summed as if all were in series (a residual branch beside another counts twice; safe)."""
+    r = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            r += max((k - 1) // 2 * d for k, d in zip(m.kernel_size, m.dilation))
+    return r
+
+
+def encode_image(model, lr: torch.Tensor, *, tile: int = ENCODE_TILE) -> Gaussians2D:
     """Run the network on ``lr [3, h, w]`` (on the model's device); returns the unbatched field
-    (``means [N, 2]`` ...) in normalised coordinates."""
+    (``means [N, 2]`` ...) in normalised coordinates.
+
+    An image larger than ``tile`` on a side is encoded in ``tile x tile`` pieces, each with a halo
+    of :func:`receptive_radius` LR pixels, and each piece's Gaussians are written into the whole
+    field at their place in the whole image's order: the encoder is convolutional, so every
+    Gaussian equals the whole-image encode's (``tests/test_encode_windows.py``), while the memory
+    is the field plus one piece's activations (a 4000 x 2667 photo: 7.1 GB peak whole)."""
     dev = next(model.parameters()).device
+    lr = lr.to(dev)
+    h, w = lr.shape[-2:]
     with torch.inference_mode():
-        field = model.encode(lr.to(dev)[None])
-    return field._like(field.means[0], field.covariances[0], field.colors[0], field.opacities[0])
+        if tile < 1 or (h <= tile and w <= tile):
+            field = model.encode(lr[None])
+            return field._like(field.means[0], field.covariances[0], field.colors[0], field.opacities[0])
+        return _encode_tiles(model, lr, tile)
+
+
+def _encode_tiles(model, lr: torch.Tensor, tile: int) -> Gaussians2D:
+    """:func:`encode_image` piece by piece (see there). Each model lays its field out on the
+    replicate-padded LR grid: ``N = k * (h + 2 b) * (w + 2 b)`` in (k, row, column) order, means
+    and covariances normalised by ``(w, h)``."""
+    k, b = int(model.config.k), int(model.config.border)
+    h, w = lr.shape[-2:]
+    hp, wp = h + 2 * b, w + 2 * b
+    R = receptive_radius(model)
+    out = None
+    for y0 in range(0, h, tile):
+        y1 = min(h, y0 + tile)
+        for x0 in range(0, w, tile):
+            x1 = min(w, x0 + tile)
+            cy0, cy1, cx0, cx1 = max(0, y0 - R), min(h, y1 + R), max(0, x0 - R), min(w, x1 + R)
+            piece = model.encode(lr[None, :, cy0:cy1, cx0:cx1])
+            th, tw = cy1 - cy0, cx1 - cx0
+            # padded rows/columns of the piece that are exact: the core, plus the border ring where
+            # the piece meets the image edge (there its replicate padding is the whole image's)
+            ry0 = (y0 - cy0) + (0 if y0 > 0 else -b) + b
+            ry1 = (y1 - cy0) + (0 if y1 < h else b) + b
+            rx0 = (x0 - cx0) + (0 if x0 > 0 else -b) + b
+            rx1 = (x1 - cx0) + (0 if x1 < w else b) + b
+            gy0, gx0 = cy0 + ry0, cx0 + rx0  # the same rows/columns in the whole padded grid
+            ny, nx = ry1 - ry0, rx1 - rx0
+
+            def grid(t: torch.Tensor, hh: int, ww: int) -> torch.Tensor:
+                return t.reshape(k, hh, ww, -1)
+
+            scale = torch.tensor([float(tw), float(th)], device=lr.device)
+            means = grid(piece.means[0], th + 2 * b, tw + 2 * b)[:, ry0:ry1, rx0:rx1]
+            means = (means * scale + torch.tensor([float(cx0), float(cy0)], device=lr.device)) / torch.tensor(
+                [float(w), float(h)], device=lr.device)
+            cov = grid(piece.covariances[0], th + 2 * b, tw + 2 * b)[:, ry0:ry1, rx0:rx1]
+            cov = cov * torch.tensor([tw * tw / (w * w), tw * th / (w * h), th * th / (h * h)], device=lr.device)
+            colors = grid(piece.colors[0], th + 2 * b, tw + 2 * b)[:, ry0:ry1, rx0:rx1]
+            opac = grid(piece.opacities[0], th + 2 * b, tw + 2 * b)[:, ry0:ry1, rx0:rx1]
+            if out is None:
+                C = colors.shape[-1]
+                out = [torch.empty((k, hp, wp, d), dtype=t.dtype, device=lr.device)
+                       for d, t in ((2, means), (3, cov), (C, colors), (1, opac))]
+            for dst, src in zip(out, (means, cov, colors, opac)):
+                dst[:, gy0 : gy0 + ny, gx0 : gx0 + nx] = src
+    n = k * hp * wp
+    return Gaussians2D(out[0].reshape(n, 2), out[1].reshape(n, 3), out[2].reshape(n, -1), out[3].reshape(n),
+                       mode=piece.mode, source_size=(w, h))
 
 
 def _unbatch(field: Gaussians2D, source: str) -> Gaussians2D:
@@ -158,16 +230,43 @@ def _unbatch(field: Gaussians2D, source: str) -> Gaussians2D:
     )
 
 
+#: Gaussians per chunk when a whole field's pixel parameters and boxes are computed (bounds the
+#: float64 temporaries of a 10-million-Gaussian field to a few hundred MB).
+_CHUNK = 1 << 20
+
+
 def _extents(means_px: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor):
     """Conservative pixel bounding boxes ``(x0, x1, y0, y1)`` of where each Gaussian's weight can
     reach 1/255 (the rasterizer's own bound, :func:`gsplat2d.binning.gaussian_extents`, plus a
-    pixel), float64; non-contributing Gaussians get an empty box."""
-    valid, mx, my, ex, ey = gaussian_extents(means_px, conics, opacities, pad=False)
-    ex = ex * (1.0 + EXTENT_REL_PAD) + 1.0
-    ey = ey * (1.0 + EXTENT_REL_PAD) + 1.0
-    inf = torch.full_like(ex, math.inf)
-    return (torch.where(valid, mx - ex, inf), torch.where(valid, mx + ex, -inf),
-            torch.where(valid, my - ey, inf), torch.where(valid, my + ey, -inf))
+    pixel), float32 (the pixel of margin dwarfs float32's rounding below 65536 px); non-contributing
+    Gaussians get an empty box. Computed in chunks of :data:`_CHUNK` Gaussians (bounded memory)."""
+    n = opacities.shape[0]
+    out = [torch.empty(n, dtype=torch.float32, device=opacities.device) for _ in range(4)]
+    for a in range(0, n, _CHUNK):
+        b = min(n, a + _CHUNK)
+        valid, mx, my, ex, ey = gaussian_extents(means_px[a:b], conics[a:b], opacities[a:b], pad=False)
+        ex = ex * (1.0 + EXTENT_REL_PAD) + 1.0
+        ey = ey * (1.0 + EXTENT_REL_PAD) + 1.0
+        inf = torch.full_like(ex, math.inf)
+        for o, v in zip(out, (torch.where(valid, mx - ex, inf), torch.where(valid, mx + ex, -inf),
+                              torch.where(valid, my - ey, inf), torch.where(valid, my + ey, -inf))):
+            o[a:b] = v
+    return tuple(out)
+
+
+def _pixel_params(field: Gaussians2D, width: int, height: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``field.to_pixels(width, height)`` in chunks of :data:`_CHUNK` Gaussians (its temporaries
+    are several times the result's size)."""
+    n = field.num_gaussians
+    if n <= _CHUNK:
+        return field.to_pixels(width, height)
+    means = torch.empty((n, 2), dtype=field.means.dtype, device=field.means.device)
+    conics = torch.empty((n, 3), dtype=field.covariances.dtype, device=field.covariances.device)
+    for a in range(0, n, _CHUNK):
+        b = min(n, a + _CHUNK)
+        part = field._like(field.means[a:b], field.covariances[a:b], field.colors[a:b], field.opacities[a:b])
+        means[a:b], conics[a:b] = part.to_pixels(width, height)
+    return means, conics
 
 
 def warm_up(model, mode: str, backend: str, device: torch.device) -> None:
@@ -235,7 +334,7 @@ def render_to_array(
         decode = model.pixel_decoder(field, sup_w, sup_h)
     elif decode is not None and (kx, ky) != (1, 1):
         raise ValueError("an anti-aliased downscale decodes at the supersampled size: pass model=, not decode=")
-    means_px, conics = field.to_pixels(sup_w, sup_h)
+    means_px, conics = _pixel_params(field, sup_w, sup_h)
     colors, opac = field.colors, field.opacities
     x0s, x1s, y0s, y1s = _extents(means_px, conics, opac)
     ow, oh = max(1, window // kx), max(1, window // ky)  # a window in output pixels
@@ -478,8 +577,10 @@ def _render_jobs(args, jobs: List[_Job], model, mode: str, device: torch.device,
                 print(f"{_PROG}: warning: skipped {job.src}: {e}", file=sys.stderr)
                 failed.append(job.src)
                 continue
+            box = [lr]
+            del lr  # _render_one frees it after the encode
             try:
-                line, enc_ms, ren_ms = _render_one(job, lr, model, mode, args, device)
+                line, enc_ms, ren_ms = _render_one(job, box, model, mode, args, device)
             except OSError as e:  # this image's output cannot be written: the others still can
                 if not folder_mode:
                     raise
@@ -498,11 +599,13 @@ def _render_jobs(args, jobs: List[_Job], model, mode: str, device: torch.device,
     return failed
 
 
-def _render_one(job: _Job, lr: torch.Tensor, model, mode: str, args, device: torch.device):
+def _render_one(job: _Job, lr_box: List[torch.Tensor], model, mode: str, args, device: torch.device):
+    """Encode the LR image in ``lr_box`` (taken out of it, so it is freed before the render: a
+    10.7 MP photo's is 128 MB), save the field and render, as ``job`` says."""
     (w, h) = job.lr_size
     _sync(device)
     t0 = time.perf_counter()
-    field = encode_image(model, lr)
+    field = encode_image(model, lr_box.pop())
     _sync(device)
     enc_ms = (time.perf_counter() - t0) * 1e3
     ren_ms = 0.0
