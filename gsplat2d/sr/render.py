@@ -157,7 +157,8 @@ def encode_image(model, lr: torch.Tensor, *, tile: int = ENCODE_TILE) -> Gaussia
     of :func:`receptive_radius` LR pixels, and each piece's Gaussians are written into the whole
     field at their place in the whole image's order: the encoder is convolutional, so every
     Gaussian equals the whole-image encode's (``tests/test_encode_windows.py``), while the memory
-    is the field plus one piece's activations (a 4000 x 2667 photo: 7.1 GB peak whole)."""
+    is the field plus one piece's activations (a 4000 x 2667 photo at x2: 7.1 GB peak RSS with
+    a whole encode, 1.82 GiB in pieces)."""
     dev = next(model.parameters()).device
     lr = lr.to(dev)
     h, w = lr.shape[-2:]
@@ -235,38 +236,40 @@ def _unbatch(field: Gaussians2D, source: str) -> Gaussians2D:
 _CHUNK = 1 << 20
 
 
-def _extents(means_px: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor):
+def _boxes(means_px: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor):
     """Conservative pixel bounding boxes ``(x0, x1, y0, y1)`` of where each Gaussian's weight can
     reach 1/255 (the rasterizer's own bound, :func:`gsplat2d.binning.gaussian_extents`, plus a
-    pixel), float32 (the pixel of margin dwarfs float32's rounding below 65536 px); non-contributing
-    Gaussians get an empty box. Computed in chunks of :data:`_CHUNK` Gaussians (bounded memory)."""
-    n = opacities.shape[0]
-    out = [torch.empty(n, dtype=torch.float32, device=opacities.device) for _ in range(4)]
-    for a in range(0, n, _CHUNK):
-        b = min(n, a + _CHUNK)
-        valid, mx, my, ex, ey = gaussian_extents(means_px[a:b], conics[a:b], opacities[a:b], pad=False)
-        ex = ex * (1.0 + EXTENT_REL_PAD) + 1.0
-        ey = ey * (1.0 + EXTENT_REL_PAD) + 1.0
-        inf = torch.full_like(ex, math.inf)
-        for o, v in zip(out, (torch.where(valid, mx - ex, inf), torch.where(valid, mx + ex, -inf),
-                              torch.where(valid, my - ey, inf), torch.where(valid, my + ey, -inf))):
-            o[a:b] = v
-    return tuple(out)
+    pixel), float32 (the pixel of margin dwarfs float32's rounding below 65536 px);
+    non-contributing Gaussians get an empty box."""
+    valid, mx, my, ex, ey = gaussian_extents(means_px, conics, opacities, pad=False)
+    ex = ex * (1.0 + EXTENT_REL_PAD) + 1.0
+    ey = ey * (1.0 + EXTENT_REL_PAD) + 1.0
+    inf = torch.full_like(ex, math.inf)
+    return tuple(t.float() for t in (torch.where(valid, mx - ex, inf), torch.where(valid, mx + ex, -inf),
+                                     torch.where(valid, my - ey, inf), torch.where(valid, my + ey, -inf)))
 
 
-def _pixel_params(field: Gaussians2D, width: int, height: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``field.to_pixels(width, height)`` in chunks of :data:`_CHUNK` Gaussians (its temporaries
-    are several times the result's size)."""
+def _row_extents(field: Gaussians2D, width: int, height: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Every Gaussian's ``(y0, y1)`` of :func:`_boxes` at ``width x height``, in chunks of
+    :data:`_CHUNK` Gaussians whose pixel parameters are dropped again (bounded memory; the
+    columns are found per band of rows)."""
     n = field.num_gaussians
-    if n <= _CHUNK:
-        return field.to_pixels(width, height)
-    means = torch.empty((n, 2), dtype=field.means.dtype, device=field.means.device)
-    conics = torch.empty((n, 3), dtype=field.covariances.dtype, device=field.covariances.device)
+    y0s = torch.empty(n, dtype=torch.float32, device=field.means.device)
+    y1s = torch.empty_like(y0s)
     for a in range(0, n, _CHUNK):
         b = min(n, a + _CHUNK)
-        part = field._like(field.means[a:b], field.covariances[a:b], field.colors[a:b], field.opacities[a:b])
-        means[a:b], conics[a:b] = part.to_pixels(width, height)
-    return means, conics
+        means_px, conics = _pixel_params(field, width, height, a, b)
+        _, _, y0s[a:b], y1s[a:b] = _boxes(means_px, conics, field.opacities[a:b])
+    return y0s, y1s
+
+
+def _pixel_params(field: Gaussians2D, width: int, height: int, a: int = 0, b: Optional[int] = None,
+                  index: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``field.to_pixels(width, height)`` of Gaussians ``a:b`` (or ``index``): elementwise, so a
+    part's values equal the whole's."""
+    sel = index if index is not None else slice(a, b)
+    part = field._like(field.means[sel], field.covariances[sel], field.colors[sel], field.opacities[sel])
+    return part.to_pixels(width, height)
 
 
 def warm_up(model, mode: str, backend: str, device: torch.device) -> None:
@@ -334,9 +337,8 @@ def render_to_array(
         decode = model.pixel_decoder(field, sup_w, sup_h)
     elif decode is not None and (kx, ky) != (1, 1):
         raise ValueError("an anti-aliased downscale decodes at the supersampled size: pass model=, not decode=")
-    means_px, conics = _pixel_params(field, sup_w, sup_h)
     colors, opac = field.colors, field.opacities
-    x0s, x1s, y0s, y1s = _extents(means_px, conics, opac)
+    y0s, y1s = _row_extents(field, sup_w, sup_h)
     ow, oh = max(1, window // kx), max(1, window // ky)  # a window in output pixels
     out: Optional[np.ndarray] = None  # allocated at the first window (decode sets C_out)
     with torch.inference_mode():
@@ -345,14 +347,17 @@ def render_to_array(
             wy = oy * ky
             # Pixel centres of this band: wy + 0.5 .. wy + h - 0.5 (the extents carry a 1 px margin).
             band = torch.nonzero((y1s >= wy + 0.5) & (y0s <= wy + h - 0.5)).squeeze(1)
-            bx0, bx1 = x0s[band], x1s[band]
+            # the band's pixel parameters and columns only (a whole field's: 28 bytes per Gaussian)
+            bmeans, bconics = _pixel_params(field, sup_w, sup_h, index=band)
+            bcolors, bopac = colors[band], opac[band]
+            bx0, bx1, _, _ = _boxes(bmeans, bconics, bopac)
             for ox in range(0, width, ow):
                 w = min(ow, width - ox) * kx
                 wx = ox * kx
-                idx = band[(bx1 >= wx + 0.5) & (bx0 <= wx + w - 0.5)]  # ascending: order kept
-                shift = torch.tensor([float(wx), float(wy)], dtype=means_px.dtype, device=means_px.device)
+                sel = torch.nonzero((bx1 >= wx + 0.5) & (bx0 <= wx + w - 0.5)).squeeze(1)  # ascending
+                shift = torch.tensor([float(wx), float(wy)], dtype=bmeans.dtype, device=bmeans.device)
                 img, _ = rasterize(
-                    means_px[idx] - shift, conics[idx], colors[idx], opac[idx], w, h,
+                    bmeans[sel] - shift, bconics[sel], bcolors[sel], bopac[sel], w, h,
                     mode=mode, tile_size=tile_size, backend=backend,
                 )
                 if decode is not None:
