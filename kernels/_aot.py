@@ -27,7 +27,7 @@ class AotSpec:
     trips:      steady-state trip counts of the main loop per iteration of each enclosing loop,
                 innermost first (e.g. ``(16,)``: 16 Gaussians between two stop votes).
     cost_key:   name of the per-pair instruction budget this variant is held to
-                (``bench/results/cost_budget.json``), or None.
+                (``kernels/cost_budget.json``), or None.
     """
 
     name: str

@@ -59,8 +59,9 @@ from gsplat2d.sr._layers import (
 
 __all__ = ["FeatureSRConfig", "GaussianFeatureSR"]
 
-#: The splatted weight is divided by at least this (a pixel no Gaussian reaches decodes from zeros).
-MIN_WEIGHT = 1e-4
+#: The floor of the splatted weight a pixel's sums are divided by (a pixel no Gaussian reaches
+#: decodes from zeros). Not the rasterizer's 1/255 weight cutoff (``gsplat2d.binning.MIN_WEIGHT``).
+SPLAT_WEIGHT_FLOOR = 1e-4
 #: Outside autograd the decoder runs on blocks of this many pixels: bounded memory, and hidden
 #: activations that stay in cache (1024 x 1024 pixels on 2 cores: 65 ms at 2^15 against 164 ms
 #: at 2^17 and 225 ms in one pass).
@@ -259,7 +260,7 @@ class GaussianFeatureSR(SuperResolver):
     def _decode_pixels(self, x: Tensor, layers) -> Tensor:
         """``[P, 3 + C + 1]`` splatted pixels -> ``[P, 3]`` RGB with the layers of
         :meth:`_decoder_matrices`."""
-        mean = x[:, :-1] / x[:, -1:].clamp(min=MIN_WEIGHT)  # weighted means of colour and feature
+        mean = x[:, :-1] / x[:, -1:].clamp(min=SPLAT_WEIGHT_FLOOR)  # weighted means of colour and feature
         h = mean
         for i, (w, b) in enumerate(layers):
             h = torch.addmm(b, h, w.t())
@@ -272,7 +273,7 @@ class GaussianFeatureSR(SuperResolver):
         with the weighted means taken on the channel rows and the first layer reading them
         transposed (a strided view BLAS takes as it is: a [C, P] x [C, out] product on
         channel-major rows ran 2x slower than this on MKL)."""
-        mean = (x[:, :-1] / x[:, -1:].clamp(min=MIN_WEIGHT)).transpose(1, 2)  # [B, P, 3 + C], a view
+        mean = (x[:, :-1] / x[:, -1:].clamp(min=SPLAT_WEIGHT_FLOOR)).transpose(1, 2)  # [B, P, 3 + C], a view
         (w, b), rest = layers[0], layers[1:]
         h = torch.baddbmm(b, mean, w.t().expand(mean.shape[0], -1, -1))  # [B, P, hidden]
         if rest:

@@ -101,7 +101,8 @@ class SRConfig(ConfigChecks):
         return self
 
 
-#: Named architectures. ``tiny`` trains and runs on a CPU (the shipped default model);
+#: Named architectures. ``tiny`` trains and runs on a CPU (the shipped colour model; the shipped
+#: default is ``feature``);
 #: ``base`` is EDSR-baseline width/depth for GPUs; ``cholesky`` is ``tiny`` with the Cholesky head;
 #: ``feature`` is the feature-splatting model (:class:`gsplat2d.sr.feature.GaussianFeatureSR`), its
 #: backbone 30 channels wide so that it has about ``tiny``'s parameter count (84.7k vs 86.7k).
