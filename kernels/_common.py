@@ -16,18 +16,22 @@ costs one MUFU.EX2 per (Gaussian, pixel) pair and no per-pair multiply by the op
 
 from __future__ import annotations
 
+import math
+
 import triton
 import triton.language as tl
 
-#: Weights below this are skipped (both modes).
-ALPHA_MIN = tl.constexpr(1.0 / 255.0)
+from gsplat2d import binning as _rules  # the one definition of every rasterizer rule
+
+#: Weights below this are skipped (both modes): ``binning.MIN_WEIGHT``.
+ALPHA_MIN = tl.constexpr(_rules.MIN_WEIGHT)
 #: log2(1/255) minus a margin, for the *conservative* backward pre-test (never skips a pair the
 #: exact test would keep: ex2.approx's error is ~2 ulp, far below 1e-3 in the exponent).
-LOG2_ALPHA_MIN_LOOSE = tl.constexpr(-7.994353436858858 - 1e-3)
-#: alpha mode: a pixel stops once its transmittance would fall to this.
-T_STOP = tl.constexpr(1e-4)
-#: alpha mode: opacity clamp.
-ALPHA_MAX = tl.constexpr(0.99)
+LOG2_ALPHA_MIN_LOOSE = tl.constexpr(math.log2(_rules.MIN_WEIGHT) - 1e-3)
+#: alpha mode: a pixel stops once its transmittance would fall to this (``binning.T_STOP``).
+T_STOP = tl.constexpr(_rules.T_STOP)
+#: alpha mode: opacity clamp (``binning.ALPHA_MAX``).
+ALPHA_MAX = tl.constexpr(_rules.ALPHA_MAX)
 #: Floats per Gaussian in the parameter record (and in the geometry-gradient record).
 REC = tl.constexpr(8)
 

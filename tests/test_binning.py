@@ -309,3 +309,18 @@ def test_keys_beyond_int32(backend):
     ranges, ids = st.tile_ranges(keys, N, B * T)
     assert (ids == N - 1).all()
     assert torch.equal(ranges[:, 0], torch.arange(B * T)) and torch.equal(ranges[:, 1], torch.arange(1, B * T + 1))
+
+
+def test_the_triton_kernels_read_the_rules_of_the_binning_contract():
+    """One definition of the 1/255 cutoff, the 1e-4 stop and the 0.99 clamp: the Triton kernels'
+    constants are the core's (a copy that drifted would fail here)."""
+    import math
+
+    pytest.importorskip("triton")
+    from gsplat2d import binning
+    from gsplat2d.kernels import _common
+
+    assert _common.ALPHA_MIN.value == binning.MIN_WEIGHT == 1.0 / 255.0
+    assert _common.T_STOP.value == binning.T_STOP == 1e-4
+    assert _common.ALPHA_MAX.value == binning.ALPHA_MAX == 0.99
+    assert _common.LOG2_ALPHA_MIN_LOOSE.value == math.log2(binning.MIN_WEIGHT) - 1e-3
