@@ -239,7 +239,8 @@ _CHUNK = 1 << 20
 def _boxes(means_px: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor):
     """Conservative pixel bounding boxes ``(x0, x1, y0, y1)`` of where each Gaussian's weight can
     reach 1/255 (the rasterizer's own bound, :func:`gsplat2d.binning.gaussian_extents`, plus a
-    pixel), float32 (the pixel of margin dwarfs float32's rounding below 65536 px);
+    pixel), float32 (the pixel of margin dwarfs float32's rounding, 1/64 px at the largest
+    supersampled size, 2 x 65536 px);
     non-contributing Gaussians get an empty box."""
     valid, mx, my, ex, ey = gaussian_extents(means_px, conics, opacities, pad=False)
     ex = ex * (1.0 + EXTENT_REL_PAD) + 1.0
@@ -310,7 +311,7 @@ def render_to_array(
 
     Each ``window x window`` piece is rasterized with only the Gaussians that can reach it (means
     shifted by the window origin), so memory stays bounded for any output size; the stitched result
-    equals ``field.render(width, height, mode=mode)``. ``model`` (an SR model) supplies the per-pixel
+    equals ``field.render(width, height, mode=mode)`` wherever no anti-aliasing applies (below). ``model`` (an SR model) supplies the per-pixel
     decoder of a feature field (:meth:`~gsplat2d.sr.feature.GaussianFeatureSR.pixel_decoder`);
     ``decode``, the older form, is that decoder already made for this ``width x height``. Decoding
     is per pixel, so the windowed result equals a whole-image decode.
