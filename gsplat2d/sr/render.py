@@ -187,30 +187,24 @@ def _encode_tiles(model, lr: torch.Tensor, tile: int) -> Gaussians2D:
             th, tw = cy1 - cy0, cx1 - cx0
             # padded rows/columns of the piece that are exact: the core, plus the border ring where
             # the piece meets the image edge (there its replicate padding is the whole image's)
-            ry0 = (y0 - cy0) + (0 if y0 > 0 else -b) + b
-            ry1 = (y1 - cy0) + (0 if y1 < h else b) + b
-            rx0 = (x0 - cx0) + (0 if x0 > 0 else -b) + b
-            rx1 = (x1 - cx0) + (0 if x1 < w else b) + b
+            ry0 = y0 - cy0 + (b if y0 > 0 else 0)
+            ry1 = y1 - cy0 + (b if y1 < h else 2 * b)
+            rx0 = x0 - cx0 + (b if x0 > 0 else 0)
+            rx1 = x1 - cx0 + (b if x1 < w else 2 * b)
             gy0, gx0 = cy0 + ry0, cx0 + rx0  # the same rows/columns in the whole padded grid
-            ny, nx = ry1 - ry0, rx1 - rx0
-
-            def grid(t: torch.Tensor, hh: int, ww: int) -> torch.Tensor:
-                return t.reshape(k, hh, ww, -1)
-
-            scale = torch.tensor([float(tw), float(th)], device=lr.device)
-            means = grid(piece.means[0], th + 2 * b, tw + 2 * b)[:, ry0:ry1, rx0:rx1]
-            means = (means * scale + torch.tensor([float(cx0), float(cy0)], device=lr.device)) / torch.tensor(
-                [float(w), float(h)], device=lr.device)
-            cov = grid(piece.covariances[0], th + 2 * b, tw + 2 * b)[:, ry0:ry1, rx0:rx1]
-            cov = cov * torch.tensor([tw * tw / (w * w), tw * th / (w * h), th * th / (h * h)], device=lr.device)
-            colors = grid(piece.colors[0], th + 2 * b, tw + 2 * b)[:, ry0:ry1, rx0:rx1]
-            opac = grid(piece.opacities[0], th + 2 * b, tw + 2 * b)[:, ry0:ry1, rx0:rx1]
+            parts = [t[0].reshape(k, th + 2 * b, tw + 2 * b, -1)[:, ry0:ry1, rx0:rx1]
+                     for t in (piece.means, piece.covariances, piece.colors, piece.opacities)]
+            # the piece's normalised units -> the whole image's
+            to_lr = torch.tensor([float(tw), float(th)], device=lr.device)
+            origin = torch.tensor([float(cx0), float(cy0)], device=lr.device)
+            size = torch.tensor([float(w), float(h)], device=lr.device)
+            parts[0] = (parts[0] * to_lr + origin) / size
+            parts[1] = parts[1] * torch.tensor([tw * tw / (w * w), tw * th / (w * h), th * th / (h * h)],
+                                               device=lr.device)
             if out is None:
-                C = colors.shape[-1]
-                out = [torch.empty((k, hp, wp, d), dtype=t.dtype, device=lr.device)
-                       for d, t in ((2, means), (3, cov), (C, colors), (1, opac))]
-            for dst, src in zip(out, (means, cov, colors, opac)):
-                dst[:, gy0 : gy0 + ny, gx0 : gx0 + nx] = src
+                out = [torch.empty((k, hp, wp, t.shape[-1]), dtype=t.dtype, device=lr.device) for t in parts]
+            for dst, src in zip(out, parts):
+                dst[:, gy0 : gy0 + ry1 - ry0, gx0 : gx0 + rx1 - rx0] = src
     n = k * hp * wp
     return Gaussians2D(out[0].reshape(n, 2), out[1].reshape(n, 3), out[2].reshape(n, -1), out[3].reshape(n),
                        mode=piece.mode, source_size=(w, h))
