@@ -211,7 +211,7 @@ class GaussianFeatureSR(SuperResolver):
         for a contiguous splat, ``[C, pixels]`` per image for a channel-major one (the numba
         backend's); the result is contiguous either way. The first layer's columns are
         reordered once to the splat's ``[rgb, feature]`` order, the cell's constant contribution
-        folds into its bias, and each layer is one ``addmm`` (``baddbmm``). Outside autograd the
+        folds into its bias, and each layer is one ``addmm``. Outside autograd the
         pixels go in blocks of :data:`DECODE_PIXELS` (bounded memory)."""
         cfg = self.config
         if splat.shape[-1] != self.field_channels:
