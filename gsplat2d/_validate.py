@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from gsplat2d.binning import MODES
+
 #: Largest accepted output side, in pixels (a 30x upscale of a 2K image is ~60k).
 MAX_SIDE = 65536
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-MODES = ("alpha", "sum")
 BACKENDS = ("auto", "numba", "triton", "torch")
 
 
@@ -100,8 +101,8 @@ def validate(
             f"got {tuple(opacities.shape)}"
         )
     if background is not None:
-        if mode == "sum":
-            raise ValueError("background is only defined for mode='alpha'; sum mode has none")
+        if mode != "alpha":
+            raise ValueError(f"background is only defined for mode='alpha'; mode {mode!r} has none")
         _check_tensor("background", background)
         if background.shape != (*batch_shape, C):
             raise ValueError(

@@ -1,7 +1,8 @@
 """The binning contract shared by both backends and the windowed renderer.
 
 * :class:`Binning`: what binning produces (identical for the torch and Triton backends).
-* The constants of the definition: :data:`ALPHA_MAX`, :data:`MIN_WEIGHT`, :data:`T_STOP`.
+* The constants of the definition: :data:`ALPHA_MAX`, :data:`MIN_WEIGHT`, :data:`T_STOP`, the
+  modes (:data:`MODES`) and the ``"sum_taper"`` weight (:data:`TAPER_A`, :data:`TAPER_B`).
 * :func:`gaussian_extents`: the one formula for how far a Gaussian's weight can reach 1/255
   (half-widths of the bounding box of the ellipse ``sigma <= log(255 o)``), used by the torch
   backend's tile bounds and the windowed renderer; the Triton kernel
@@ -14,6 +15,7 @@ See ``docs/design.md`` for the stage contracts.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import NamedTuple, Optional, Tuple
 
@@ -21,16 +23,27 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "Binning", "ALPHA_MAX", "MIN_WEIGHT", "T_STOP", "LOG2E", "MAX_PAIRS", "EXTENT_REL_PAD",
+    "Binning", "MODES", "ALPHA_MAX", "MIN_WEIGHT", "T_STOP", "TAPER_A", "TAPER_B", "LOG2E", "MAX_PAIRS", "EXTENT_REL_PAD",
     "EXTENT_ABS_PAD", "tile_grid", "gaussian_extents", "check_pair_budget",
 ]
 
+#: The rasterizer's modes: ``"alpha"`` composites front to back; ``"sum"`` adds weighted colours;
+#: ``"sum_taper"`` is sum mode with weights that fall to 0 smoothly at the 1/255 cutoff (below).
+MODES = ("alpha", "sum", "sum_taper")
 #: alpha mode: opacity clamp.
 ALPHA_MAX = 0.99
 #: Weights below this are skipped (both modes).
 MIN_WEIGHT = 1.0 / 255.0
 #: alpha mode: a pixel stops when its transmittance would fall to this or below.
 T_STOP = 1e-4
+#: ``"sum_taper"`` weight: ``w_t = w - m (1 + ln(w / m))`` for the sum-mode weight
+#: ``w = min(1, o exp(-sigma)) >= m = MIN_WEIGHT`` (else 0). ``w_t`` and its slope are 0 at the
+#: cutoff ``w = m``, so a splat is continuous with a continuous gradient there, where plain sum
+#: mode jumps by ``m c`` (rings at large upscales, ``docs/theory.md`` §1.9). ``d w_t / d ln w
+#: = w - m``. Kernels evaluate it as ``w - TAPER_A - TAPER_B log2(w)`` from the ``log2`` of the
+#: weight they already hold: ``TAPER_A = m (1 - ln m)``, ``TAPER_B = m ln 2``.
+TAPER_A = MIN_WEIGHT * (1.0 - math.log(MIN_WEIGHT))
+TAPER_B = MIN_WEIGHT * math.log(2.0)
 #: log2(e): the rasterizer record stores ``qa = -a/2 log2 e`` etc., so a weight is one exp2.
 LOG2E = 1.4426950408889634
 #: Hard limit on the number of (tile, Gaussian) pairs of one binning (int32 pair offsets).

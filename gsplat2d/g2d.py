@@ -55,6 +55,7 @@ import torch
 from torch import Tensor
 
 from gsplat2d._io import atomic_write
+from gsplat2d.binning import MODES
 
 __all__ = [
     "MAGIC",
@@ -127,13 +128,12 @@ class QuantSpec:
 
 
 # ---------------------------------------------------------------------------------- metadata
-_MODES = ("sum", "alpha")
 
 
 def validate_meta(meta: Optional[Dict[str, Any]], source: str = "meta") -> Dict[str, Any]:
     """Check the known keys of a field's metadata; returns a plain-dict copy.
 
-    Known keys (all optional): ``mode`` (``"sum"`` / ``"alpha"``, the mode the field renders
+    Known keys (all optional): ``mode`` (one of :data:`gsplat2d.binning.MODES`, the mode the field renders
     with), ``width`` / ``height`` (positive ints, the native size, e.g. of the fitted image),
     ``background`` (list of floats, alpha mode). Other keys must be JSON-serialisable and are
     kept as they are.
@@ -143,8 +143,8 @@ def validate_meta(meta: Optional[Dict[str, Any]], source: str = "meta") -> Dict[
     if not isinstance(meta, dict) or not all(isinstance(k, str) for k in meta):
         raise ValueError(f"{source}: metadata must be a dict with string keys, got {type(meta).__name__}")
     out = dict(meta)
-    if "mode" in out and out["mode"] not in _MODES:
-        raise ValueError(f"{source}: meta 'mode' must be one of {_MODES}, got {out['mode']!r}")
+    if "mode" in out and out["mode"] not in MODES:
+        raise ValueError(f"{source}: meta 'mode' must be one of {MODES}, got {out['mode']!r}")
     for k in ("width", "height"):
         if k in out:
             v = out[k]

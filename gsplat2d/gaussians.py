@@ -10,6 +10,7 @@ from torch import Tensor
 
 from gsplat2d import g2d
 from gsplat2d._io import load_tensors
+from gsplat2d.binning import MODES
 from gsplat2d.conics import (
     conics_from_covariances,
     covariances_from_cholesky,
@@ -47,7 +48,8 @@ class Gaussians2D:
 
     How the field renders travels with it:
         mode: ``"alpha"`` (front-to-back compositing, the default for a field built by hand) or
-            ``"sum"`` (what the SR models and image fitting produce); :meth:`render` uses it
+            ``"sum"`` (what the SR models and image fitting produce) or ``"sum_taper"`` (the feature
+            SR model's: sum mode, cut off smoothly); :meth:`render` uses it
             unless told otherwise, and :meth:`save` / :meth:`load` round-trip it.
         source_size: ``(width, height)`` of the image the field was made from (the LR input of
             an SR encode, the fitted image), or None.
@@ -93,8 +95,8 @@ class Gaussians2D:
         for name, t in (("covariances", covariances), ("colors", colors), ("opacities", opacities)):
             if t.device != means.device:
                 raise ValueError(f"{name} is on {t.device} but means is on {means.device}")
-        if mode not in ("alpha", "sum"):
-            raise ValueError(f"mode must be 'alpha' or 'sum', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if source_size is not None:
             source_size = (_check_size(source_size[0], "source_size[0]"),
                            _check_size(source_size[1], "source_size[1]"))

@@ -167,6 +167,10 @@ def rasterize(
             ``min(0.99, o exp(-sigma))``, skipped below 1/255, a pixel stops once its
             transmittance would fall to 1e-4). ``"sum"``: ``image = sum_i w_i c_i`` with
             ``w_i = min(1, o exp(-sigma))`` (below 1/255 skipped), no limit on Gaussians per tile.
+            ``"sum_taper"``: sum mode with ``w_i - m (1 + ln(w_i / m))``, ``m = 1/255``, in
+            place of ``w_i``: zero with zero slope at the cutoff, so the image has no jump
+            where a Gaussian ends (no rings when a field is magnified many times; see
+            :data:`gsplat2d.binning.TAPER_A`).
         background: ``[..., C]`` colour behind the Gaussians (alpha mode only; default 0).
         tile_size: tile side in pixels (triton: 8, 16 or 32).
         backend: ``"triton"`` (kernels; CUDA tensors, or CPU tensors under
@@ -176,7 +180,7 @@ def rasterize(
 
     Returns:
         ``image [..., H, W, C]`` and ``alpha [..., H, W, 1]`` (``1 - T`` in alpha mode, the sum
-        of weights in sum mode), float32 (float64 on the numba and torch backends for float64
+        of weights in the sum modes), float32 (float64 on the numba and torch backends for float64
         inputs).
 
     Gaussians with a non-positive-definite conic, opacity below 1/255 or a non-finite mean,

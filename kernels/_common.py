@@ -32,6 +32,9 @@ LOG2_ALPHA_MIN_LOOSE = tl.constexpr(math.log2(_rules.MIN_WEIGHT) - 1e-3)
 T_STOP = tl.constexpr(_rules.T_STOP)
 #: alpha mode: opacity clamp (``binning.ALPHA_MAX``).
 ALPHA_MAX = tl.constexpr(_rules.ALPHA_MAX)
+#: ``"sum_taper"`` weight ``w - (TAPER_A + TAPER_B log2 w)`` (``binning.TAPER_A``, ``TAPER_B``).
+TAPER_A = tl.constexpr(_rules.TAPER_A)
+TAPER_B = tl.constexpr(_rules.TAPER_B)
 #: Floats per Gaussian in the parameter record (and in the geometry-gradient record).
 REC = tl.constexpr(8)
 
@@ -126,10 +129,13 @@ def composite_step(raw, pw, lo, T):
 
 
 @triton.jit
-def sum_step(raw, pw, lo):
-    """sum mode weight ``min(1, o exp(-sigma))`` (0 below 1/255 or for sigma < 0): [P]."""
+def sum_step(raw, pw, lo, TAPER: tl.constexpr):
+    """sum mode weight ``min(1, o exp(-sigma))`` (0 below 1/255 or for sigma < 0): [P].
+    ``TAPER`` (``"sum_taper"``): ``w - (TAPER_A + TAPER_B log2 w)``, ``log2 w = min(pw, 0)``."""
     w = tl.minimum(raw, 1.0)
     valid = (w >= ALPHA_MIN) & (pw <= lo)
+    if TAPER:
+        w = w - tl.fma(tl.minimum(pw, 0.0), TAPER_B, TAPER_A)
     return tl.where(valid, w, 0.0), valid
 
 

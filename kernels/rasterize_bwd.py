@@ -34,10 +34,11 @@ import torch
 import triton
 import triton.language as tl
 
-from gsplat2d.binning import Binning
+from gsplat2d.binning import MODES, Binning
 from gsplat2d.kernels._alloc import device_guard
 from gsplat2d.kernels._aot import AotSpec
 from gsplat2d.kernels._common import (
+    ALPHA_MIN,
     LOG2_ALPHA_MIN_LOOSE,
     REC,
     T_STOP,
@@ -105,6 +106,7 @@ def _rasterize_bwd_kernel(
     tiles_x,
     n_tiles,
     ALPHA_MODE: tl.constexpr,
+    TAPER: tl.constexpr,
     HAS_BG: tl.constexpr,
     TILE: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -183,7 +185,7 @@ def _rasterize_bwd_kernel(
                     a, valid, contrib, w, tn, T = composite_step(raw, pw, lo, T)
                     live = contrib & (raw <= 0.99)
                 else:
-                    w, valid = sum_step(raw, pw, lo)
+                    w, valid = sum_step(raw, pw, lo, TAPER)
                     live = valid & (raw <= 1.0)
                 # g . c for this Gaussian, [P]
                 if SMALL_C:
@@ -219,7 +221,10 @@ def _rasterize_bwd_kernel(
                     dl = tl.fma(t_in, gc, kk * rcp_approx(1.0 - a, FAST))  # dL/da, [P]
                 else:
                     dl = gc + ga  # dL/dw
-                sg = tl.where(live, dl * raw, 0.0)  # dL/draw * raw = -dL/dsigma, [P]
+                if TAPER:
+                    sg = tl.where(live, dl * (raw - ALPHA_MIN), 0.0)  # d w_t / d ln raw = raw - m
+                else:
+                    sg = tl.where(live, dl * raw, 0.0)  # dL/draw * raw = -dL/dsigma, [P]
                 u = sg * dx
                 v = sg * dy
                 # colour gradients sum_p w g_p (w is already 0 where not composited)
@@ -295,7 +300,7 @@ def rasterize_bwd(
             grad_image, grad_alpha,
             g_geo, g_colors, g_bg if (g_bg is not None and cfg["SMALL_C"]) else g_colors,
             N, C, width, height, binning.tiles_x, n_tiles,
-            ALPHA_MODE=alpha_mode, HAS_BG=has_background and cfg["SMALL_C"], TILE=tile_size,
+            ALPHA_MODE=alpha_mode, TAPER=mode == "sum_taper", HAS_BG=has_background and cfg["SMALL_C"], TILE=tile_size,
             BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], NC=cfg["NC"],
             NUM_CB=triton.cdiv(C, cfg["BLOCK_C"]), SMALL_C=cfg["SMALL_C"], CHUNK=cfg["CHUNK"],
             FAST=fast_math(), **launch_options(cfg),
@@ -308,19 +313,21 @@ SIGNATURE = {
     "image_ptr": "*fp32", "tfinal_ptr": "*fp32", "gimage_ptr": "*fp32", "galpha_ptr": "*fp32",
     "ggeo_ptr": "*fp32", "gcolors_ptr": "*fp32", "gbg_ptr": "*fp32",
     "N": "i32", "C": "i32", "W": "i32", "H": "i32", "tiles_x": "i32", "n_tiles": "i32",
-    "ALPHA_MODE": "constexpr", "HAS_BG": "constexpr", "TILE": "constexpr",
+    "ALPHA_MODE": "constexpr", "TAPER": "constexpr", "HAS_BG": "constexpr", "TILE": "constexpr",
     "BLOCK_P": "constexpr", "BLOCK_C": "constexpr", "NC": "constexpr", "NUM_CB": "constexpr", "SMALL_C": "constexpr",
     "CHUNK": "constexpr", "FAST": "constexpr",
 }
 
 AOT_VARIANTS = ((8, 3), (16, 1), (16, 2), (16, 3), (16, 4), (16, 8), (16, 16), (16, 32), (16, 64),
                 (16, 96), (32, 3))
+#: ``"sum_taper"`` variants compiled by the report: the feature SR model's C (3 + 12 + 1) and C = 3.
+AOT_VARIANTS_TAPER = ((16, 3), (16, 16))
 
 
 def _aot_specs() -> list[AotSpec]:
     specs = []
-    for mode in ("alpha", "sum"):
-        for tile, C in AOT_VARIANTS:
+    for mode in MODES:
+        for tile, C in (AOT_VARIANTS if mode != "sum_taper" else AOT_VARIANTS_TAPER):
             cfg = launch_config(tile, C, backward=True, mode=mode)
             specs.append(
                 AotSpec(
@@ -328,7 +335,8 @@ def _aot_specs() -> list[AotSpec]:
                     _rasterize_bwd_kernel,
                     SIGNATURE,
                     {
-                        "ALPHA_MODE": mode == "alpha", "HAS_BG": mode == "alpha", "TILE": tile,
+                        "ALPHA_MODE": mode == "alpha", "TAPER": mode == "sum_taper",
+                        "HAS_BG": mode == "alpha", "TILE": tile,
                         "BLOCK_P": cfg["BLOCK_P"], "BLOCK_C": cfg["BLOCK_C"], "NC": cfg["NC"],
                         "NUM_CB": triton.cdiv(C, cfg["BLOCK_C"]), "SMALL_C": cfg["SMALL_C"],
                         "CHUNK": cfg["CHUNK"], "FAST": True,

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gsplat2d.binning import Binning
+from gsplat2d.binning import MODES, Binning
 from gsplat2d.kernels._alloc import device_guard, empty
 from gsplat2d.kernels._aot import AotSpec
 from gsplat2d.kernels._common import (
@@ -122,6 +122,7 @@ def _rasterize_fwd_kernel(
     tiles_x,
     n_tiles,
     ALPHA_MODE: tl.constexpr,
+    TAPER: tl.constexpr,
     HAS_BG: tl.constexpr,
     TILE: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -164,7 +165,7 @@ def _rasterize_fwd_kernel(
                 a, valid, contrib, w, tn, T = composite_step(raw, pw, lo, T)
                 t_out = tl.where(contrib, tn, t_out)
             else:
-                w, valid = sum_step(raw, pw, lo)
+                w, valid = sum_step(raw, pw, lo, TAPER)
                 if not SMALL_C:
                     # Tie w to the loop-carried [P] sum (always >= 0, so a no-op) so that Triton
                     # cannot recompute the per-pixel chain, exponential included, once per channel
@@ -256,7 +257,7 @@ def rasterize_fwd(
             binning.ranges, binning.gauss_ids,
             image, alpha, t_final if t_final is not None else alpha,
             N, C, width, height, binning.tiles_x, n_tiles,
-            ALPHA_MODE=alpha_mode, HAS_BG=background is not None, TILE=tile_size,
+            ALPHA_MODE=alpha_mode, TAPER=mode == "sum_taper", HAS_BG=background is not None, TILE=tile_size,
             BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], NC=cfg["NC"], SMALL_C=cfg["SMALL_C"],
             CHUNK=cfg["CHUNK"], FAST=fast_math(), **launch_options(cfg),
         )
@@ -268,7 +269,7 @@ SIGNATURE = {
     "params_ptr": "*fp32", "colors_ptr": "*fp32", "bg_ptr": "*fp32", "ranges_ptr": "*i64",
     "ids_ptr": "*i32", "image_ptr": "*fp32", "alpha_ptr": "*fp32", "tfinal_ptr": "*fp32",
     "N": "i32", "C": "i32", "W": "i32", "H": "i32", "tiles_x": "i32", "n_tiles": "i32",
-    "ALPHA_MODE": "constexpr", "HAS_BG": "constexpr", "TILE": "constexpr", "BLOCK_P": "constexpr",
+    "ALPHA_MODE": "constexpr", "TAPER": "constexpr", "HAS_BG": "constexpr", "TILE": "constexpr", "BLOCK_P": "constexpr",
     "BLOCK_C": "constexpr", "NC": "constexpr", "SMALL_C": "constexpr", "CHUNK": "constexpr",
     "FAST": "constexpr",
 }
@@ -276,12 +277,14 @@ SIGNATURE = {
 #: (tile, C) variants compiled by the AOT report for each mode.
 AOT_VARIANTS = ((8, 3), (16, 1), (16, 2), (16, 3), (16, 4), (16, 8), (16, 16), (16, 32), (16, 64),
                 (16, 96), (32, 3))
+#: ``"sum_taper"`` variants compiled by the report: the feature SR model's C (3 + 12 + 1) and C = 3.
+AOT_VARIANTS_TAPER = ((16, 3), (16, 16))
 
 
 def _aot_specs() -> list[AotSpec]:
     specs = []
-    for mode in ("alpha", "sum"):
-        for tile, C in AOT_VARIANTS:
+    for mode in MODES:
+        for tile, C in (AOT_VARIANTS if mode != "sum_taper" else AOT_VARIANTS_TAPER):
             cfg = launch_config(tile, C, mode=mode)
             specs.append(
                 AotSpec(
@@ -289,7 +292,8 @@ def _aot_specs() -> list[AotSpec]:
                     _rasterize_fwd_kernel,
                     SIGNATURE,
                     {
-                        "ALPHA_MODE": mode == "alpha", "HAS_BG": mode == "alpha", "TILE": tile,
+                        "ALPHA_MODE": mode == "alpha", "TAPER": mode == "sum_taper",
+                        "HAS_BG": mode == "alpha", "TILE": tile,
                         "BLOCK_P": cfg["BLOCK_P"], "BLOCK_C": cfg["BLOCK_C"], "NC": cfg["NC"],
                         "SMALL_C": cfg["SMALL_C"], "CHUNK": cfg["CHUNK"], "FAST": True,
                     },

@@ -324,3 +324,25 @@ def test_the_triton_kernels_read_the_rules_of_the_binning_contract():
     assert _common.T_STOP.value == binning.T_STOP == 1e-4
     assert _common.ALPHA_MAX.value == binning.ALPHA_MAX == 0.99
     assert _common.LOG2_ALPHA_MIN_LOOSE.value == math.log2(binning.MIN_WEIGHT) - 1e-3
+    assert (_common.TAPER_A.value, _common.TAPER_B.value) == (binning.TAPER_A, binning.TAPER_B)
+
+
+def test_the_taper_constants_are_the_reference_weight():
+    """``w - (TAPER_A + TAPER_B log2 w)`` (what every backend evaluates) is the reference's
+    ``w - m (1 + ln(w / m))``, 0 with slope 0 at the cutoff; the reference's constants (written
+    out again on purpose) are the contract's."""
+    import math
+
+    from gsplat2d import binning, reference
+
+    assert (reference.MIN_WEIGHT, reference.ALPHA_MAX, reference.T_STOP) == (
+        binning.MIN_WEIGHT, binning.ALPHA_MAX, binning.T_STOP)
+    w = torch.tensor([binning.MIN_WEIGHT, 0.01, 0.3, 1.0], dtype=torch.float64)
+    kernel_form = w - (binning.TAPER_A + binning.TAPER_B * torch.log2(w))
+    assert torch.allclose(kernel_form, reference.taper(w), rtol=0, atol=1e-15)
+    assert abs(reference.taper(w)[0].item()) < 1e-17
+    m = binning.MIN_WEIGHT  # slope d w_t / d w = 1 - m / w: 0 at the cutoff
+    wg = torch.tensor([m * (1 + 1e-6)], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(reference.taper(wg).sum(), wg)
+    assert abs(g.item()) < 1e-5 and math.isclose(reference.taper(torch.tensor(1.0, dtype=torch.float64)).item(),
+                                                   1 - m * (1 + math.log(255)), rel_tol=1e-14)

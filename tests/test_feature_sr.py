@@ -44,7 +44,7 @@ def test_encode_once_render_many_sizes(shape):
     lr = _lr(2, 6, 8)
     with torch.no_grad():
         field = m.encode(lr)
-        assert isinstance(field, Gaussians2D) and field.mode == "sum" and field.source_size == (8, 6)
+        assert isinstance(field, Gaussians2D) and field.mode == m.config.mode == "sum_taper" and field.source_size == (8, 6)
         assert field.channels == 3 + 8 + 1 == m.field_channels
         assert torch.equal(field.colors[..., -1], torch.ones_like(field.colors[..., -1]))
         for size in [(16, 12), (30, 22), (21, 9)]:  # x2, x3.7 (rounded like the CLI), 2.6 x 1.5

@@ -24,7 +24,7 @@ GRADCHECK_CASES = [
 ]
 
 
-@pytest.mark.parametrize("mode", ["alpha", "sum"])
+@pytest.mark.parametrize("mode", ["alpha", "sum", "sum_taper"])
 @pytest.mark.parametrize("case", GRADCHECK_CASES, ids=[c[0] for c in GRADCHECK_CASES])
 @pytest.mark.parametrize("backend", ["torch", pytest.param("numba", marks=requires_numba)])
 def test_gradcheck(backend, case, mode):
@@ -129,7 +129,7 @@ def _gid(c):
 
 # Worst observed relative error: alpha torch 1.2e-5 (opacities up to 2), triton 6.2e-6;
 # sum torch 6.4e-7, triton 9.9e-7.
-@pytest.mark.parametrize("mode", ["alpha", "sum"])
+@pytest.mark.parametrize("mode", ["alpha", "sum", "sum_taper"])
 @pytest.mark.parametrize("case", GRAD_CASES, ids=_gid)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_grads_match_dense_reference(backend, case, mode):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gsplat2d.binning import EXTENT_ABS_PAD, EXTENT_REL_PAD, Binning, check_pair_budget, tile_grid
+from gsplat2d.binning import EXTENT_ABS_PAD, EXTENT_REL_PAD, MODES, Binning, check_pair_budget, tile_grid
 from gsplat2d.kernels._alloc import empty
 
 __all__ = [
@@ -151,7 +151,7 @@ def rasterize_fwd(
     k.rasterize_fwd_kernel(
         nb.rec.numpy(), nb.win.numpy(), _np(colors.reshape(B * N, C), dt), bg,
         nb.binning.ranges.numpy(), nb.binning.gauss_ids.numpy(), _pixel_centres(width, height, dt),
-        k.kernel_constants(_NP[dt]), N, width, height, nb.binning.tiles_x, tile_size, alpha_mode,
+        k.kernel_constants(_NP[dt], mode), N, width, height, nb.binning.tiles_x, tile_size, alpha_mode,
         image.view(-1).numpy(), alpha.view(-1).numpy(), t_final.reshape(-1).numpy(),
     )
     return image.permute(0, 2, 3, 1), alpha, (t_final if alpha_mode else None)
@@ -186,7 +186,7 @@ def rasterize_bwd(
     k.rasterize_bwd_kernel(
         nb.rec.numpy(), nb.win.numpy(), _np(conics.reshape(B * N, 3), dt),
         _np(colors.reshape(B * N, C), dt), nb.binning.ranges.numpy(), nb.binning.gauss_ids.numpy(),
-        _pixel_centres(width, height, dt), k.kernel_constants(_NP[dt]), N, width, height,
+        _pixel_centres(width, height, dt), k.kernel_constants(_NP[dt], mode), N, width, height,
         nb.binning.tiles_x, tile_size, alpha_mode, _channel_major(image, dt), tf.reshape(-1).numpy(),
         _channel_major(grad_image, dt), _np(grad_alpha.reshape(-1), dt), gpair.numpy(),
     )
@@ -211,7 +211,7 @@ def warm_up() -> float:
         colors = torch.tensor([[[0.2, 0.7]]], dtype=dt)
         opac = torch.tensor([[0.8]], dtype=dt)
         nb = bin_gaussians(means, conics, opac, 5, 6, 4, dt)
-        for mode in ("alpha", "sum"):
+        for mode in MODES:
             bg = torch.ones((1, 2), dtype=dt) if mode == "alpha" else None
             image, alpha, tf = rasterize_fwd(colors, bg, nb, 5, 6, 4, mode)
             rasterize_bwd(conics, colors, bg is not None, nb, image, tf, torch.ones_like(image),

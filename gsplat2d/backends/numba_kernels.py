@@ -41,7 +41,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from gsplat2d.binning import ALPHA_MAX, LOG2E, MIN_WEIGHT, T_STOP
+from gsplat2d.binning import ALPHA_MAX, LOG2E, MIN_WEIGHT, T_STOP, TAPER_A, TAPER_B
 
 __all__ = ["tile_bounds", "bin_tiles", "rasterize_fwd_kernel", "rasterize_bwd_kernel", "reduce_pairs",
            "kernel_constants", "exp2"]
@@ -55,11 +55,14 @@ U = np.uint64
 _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 
 
-def kernel_constants(dtype: np.dtype) -> np.ndarray:
+def kernel_constants(dtype: np.dtype, mode: str) -> np.ndarray:
     """The rule constants in the compute dtype, read by the kernels as locals: comparisons and
     arithmetic then stay in that dtype (a float64 literal would widen every float32 operation).
-    ``[ALPHA_MAX, MIN_WEIGHT, T_STOP, 1, 0.5]``."""
-    return np.array([ALPHA_MAX, MIN_WEIGHT, T_STOP, 1.0, 0.5], dtype=dtype)
+    ``[ALPHA_MAX, MIN_WEIGHT, T_STOP, 1, 0.5, ta, tb, tw]``: the ``"sum_taper"`` weight is
+    ``w - (ta + tb log2 w)`` with slope factor ``raw - tw`` (``TAPER_A``, ``TAPER_B``,
+    ``MIN_WEIGHT``); zeros in the other modes, where the same code then leaves ``w`` exact."""
+    ta, tb, tw = (TAPER_A, TAPER_B, MIN_WEIGHT) if mode == "sum_taper" else (0.0, 0.0, 0.0)
+    return np.array([ALPHA_MAX, MIN_WEIGHT, T_STOP, 1.0, 0.5, ta, tb, tw], dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,10 +323,11 @@ def _alpha_phase_py(sc, pa, pb, fx0, fx1, fy0, fy1, mx, my, qa, qb, qc, lo, amax
     return stopped
 
 
-def _sum_phase_py(sc, pa, pb, fx0, fx1, fy0, fy1, mx, my, qa, qb, qc, lo, one, wmin,
-                  zero):  # pragma: no cover - jitted
-    """sum mode, one Gaussian on the pixels ``[pa, pb)``: ``WB = min(1, o exp(-sigma))`` (0 below
-    1/255, for ``sigma < 0`` and outside the window) and ``RB = o exp(-sigma)``; vectorises."""
+def _sum_phase_py(sc, pa, pb, fx0, fx1, fy0, fy1, mx, my, qa, qb, qc, lo, one, wmin, zero, ta,
+                  tb):  # pragma: no cover - jitted
+    """sum mode, one Gaussian on the pixels ``[pa, pb)``: ``WB = w - (ta + tb log2 w)`` with ``w =
+    min(1, o exp(-sigma))`` (0 below 1/255, for ``sigma < 0`` and outside the window; ``ta = tb =
+    0`` but in ``"sum_taper"`` mode) and ``RB = o exp(-sigma)``; vectorises."""
     for pp in range(pa, pb):
         p = U(pp)
         px = sc[PX, p]
@@ -335,7 +339,7 @@ def _sum_phase_py(sc, pa, pb, fx0, fx1, fy0, fy1, mx, my, qa, qb, qc, lo, one, w
         w = min(raw, one)
         inside = (px >= fx0) & (px <= fx1) & (py >= fy0) & (py <= fy1)
         ok = inside & (w >= wmin) & (pw <= lo)
-        sc[WB, p] = w if ok else zero
+        sc[WB, p] = w - (ta + tb * min(pw, zero)) if ok else zero
         sc[RB, p] = raw
 
 
@@ -356,6 +360,7 @@ def _fwd_tile(gt, rec, win, colors, bg, ranges, ids, xs, consts, N, W, H, tiles_
     """One tile of :func:`rasterize_fwd_kernel` (a plain function: its loops get LLVM's full
     loop optimisation, which a ``prange`` body does not)."""
     amax, wmin, tstop, one = consts[0], consts[1], consts[2], consts[3]
+    ta, tb = consts[5], consts[6]
     zero = one - one
     C = colors.shape[1]
     b, x0, y0, x1, y1 = _tile_origin(gt, n_tiles, tiles_x, S, W, H)
@@ -383,7 +388,7 @@ def _fwd_tile(gt, rec, win, colors, bg, ranges, ids, xs, consts, N, W, H, tiles_
                 sc[TOUT, p] = sc[TT, p] if sc[WB, p] > zero else sc[TOUT, p]
         else:
             _sum_phase_inline(sc, pa, pb, fx0, fx1, fy0, fy1, mx, my, qa, qb, qc, lo, one, wmin,
-                              zero)
+                              zero, ta, tb)
             for pp in range(pa, pb):
                 p = U(pp)
                 sc[WSUM, p] += sc[WB, p]
@@ -460,6 +465,7 @@ def _bwd_tile(gt, rec, win, conics, colors, ranges, ids, xs, consts, N, W, H, ti
               S, alpha_mode, image, tfinal, gimage, galpha, gpair):  # pragma: no cover - jitted
     """One tile of :func:`rasterize_bwd_kernel`."""
     amax, wmin, tstop, one, half = consts[0], consts[1], consts[2], consts[3], consts[4]
+    ta, tb, tw = consts[5], consts[6], consts[7]
     zero = one - one
     C = colors.shape[1]
     b, x0, y0, x1, y1 = _tile_origin(gt, n_tiles, tiles_x, S, W, H)
@@ -499,7 +505,8 @@ def _bwd_tile(gt, rec, win, conics, colors, ranges, ids, xs, consts, N, W, H, ti
             live -= _alpha_phase(sc, pa, pb, fx0, fx1, fy0, fy1, mx, my, qa, qb, qc, lo, amax,
                                  wmin, tstop, zero)
         else:
-            _sum_phase(sc, pa, pb, fx0, fx1, fy0, fy1, mx, my, qa, qb, qc, lo, one, wmin, zero)
+            _sum_phase(sc, pa, pb, fx0, fx1, fy0, fy1, mx, my, qa, qb, qc, lo, one, wmin, zero, ta,
+                       tb)
         # g . c per pixel and sum_p w g_c per channel, four channels per pass over the pixels
         for pp in range(pa, pb):
             sc[GC, U(pp)] = zero
@@ -542,7 +549,7 @@ def _bwd_tile(gt, rec, win, conics, colors, ranges, ids, xs, consts, N, W, H, ti
         else:
             for pp in range(pa, pb):
                 p = U(pp)
-                d = (sc[GC, p] + sc[GA, p]) * sc[RB, p]
+                d = (sc[GC, p] + sc[GA, p]) * (sc[RB, p] - tw)  # d w_t / d ln raw = raw - tw
                 sc[SG, p] = d if ((sc[WB, p] > zero) & (sc[RB, p] <= one)) else zero
         # the moments S = sum s, Sx = sum s dx, ... of the pair's pixels
         s0 = sx = sy = sxx = sxy = syy = zero
@@ -584,7 +591,7 @@ def rasterize_bwd_kernel(rec, win, conics, colors, ranges, ids, xs, consts, N, W
     alpha mode, front to back as the forward (no division of transmittances): per pixel
     ``k = g_alpha T_final - g . S_i`` where ``g . S_i = g . image - sum_{j <= i} a_j T_j (g . c_j)``
     is what lies behind Gaussian ``i``, and ``dL/da_i = T_i (g . c_i) + k / (1 - a_i)``. sum
-    mode: ``dL/dw_i = g . c_i + g_alpha``. A weight at its clamp (0.99 / 1) passes nothing to
+    mode: ``dL/dw_i = g . c_i + g_alpha`` (``"sum_taper"``: times ``1 - m / w``). A weight at its clamp (0.99 / 1) passes nothing to
     the opacity or sigma. With ``s = dL/draw * raw`` the geometry gradients are the moments
     ``S = sum s``, ``Sx = sum s dx``, ... of the pair's pixels:
     ``dmx = a Sx + b Sy``, ``dmy = b Sx + c Sy``, ``da = -Sxx/2``, ``db = -Sxy``, ``dc = -Syy/2``,

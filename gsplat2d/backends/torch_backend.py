@@ -24,7 +24,9 @@ from gsplat2d.binning import (
     LOG2E,
     MAX_PAIRS,
     MIN_WEIGHT,
+    MODES,
     T_STOP,
+    TAPER_A,
     Binning,
     check_pair_budget,
     gaussian_extents,
@@ -271,6 +273,7 @@ def _block_weights(
     log_opac: Tensor,
     colors_x: Tensor,
     w_max: float,
+    taper: bool = False,
 ) -> _BlockEval:
     """Gather rank block ``[rank0, rank0 + K)`` of the given tiles and evaluate its weights.
 
@@ -278,6 +281,7 @@ def _block_weights(
         tile_ids: int64 ``[n]`` global tile ids; ``means/conics/log_opac/colors_x`` flattened to
             ``[B*N, ...]`` (``colors_x`` has one extra channel appended, see ``rasterize_fwd``).
         w_max: weight clamp (0.99 alpha mode, 1 sum mode).
+        taper: ``"sum_taper"`` mode: each kept weight becomes ``w - m (1 + ln(w / m))``.
 
     Returns:
         :class:`_BlockEval` with ``w [n, K, P]``, the weights ``min(w_max, o * exp(-sigma))``,
@@ -318,6 +322,8 @@ def _block_weights(
     # keep w >= 1/255 (threshold keeps x > t; t = the largest float below 1/255)
     t = torch.nextafter(torch.tensor(MIN_WEIGHT, dtype=dt), torch.tensor(0.0, dtype=dt)).item()
     w = torch.nn.functional.threshold(w, t, 0.0)
+    if taper:  # w - m (1 + ln(w / m)) = w - TAPER_A - m ln(w), ln(w) = min(log w, 0)
+        w = torch.where(w > 0, w - (TAPER_A + MIN_WEIGHT * logw.clamp(max=0.0)), w)
     return _BlockEval(w, raw, colx, gid, dx, dy, q)
 
 
@@ -347,6 +353,7 @@ class _Scene(NamedTuple):
     log_opac: Tensor  # [B*N]
     colors_x: Tensor  # [B*N, C+1]: colours, then -1 (alpha mode) or +1 (sum mode)
     colors_finite: bool
+    taper: bool  # "sum_taper" weights
     start: Tensor  # [B*T] first pair of each global tile
     length: Tensor  # [B*T] pairs of each global tile
     gauss_ids: Tensor  # [P_pairs]
@@ -354,10 +361,11 @@ class _Scene(NamedTuple):
 
 def _prepare_scene(
     means: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor, binning: Binning,
-    dtype: torch.dtype, alpha_mode: bool,
+    dtype: torch.dtype, mode: str,
 ) -> _Scene:
     """Cast and flatten the inputs exactly as the forward uses them (differentiable)."""
     dev = means.device
+    alpha_mode = mode == "alpha"
     B, N = opacities.shape[0], opacities.shape[1]
     C = colors.shape[-1]
     means_f = means.to(dtype).reshape(B * N, 2)
@@ -371,7 +379,7 @@ def _prepare_scene(
     colors_finite = bool(torch.isfinite(colors_x.detach()).all())
     ranges = binning.ranges.to(dev)
     return _Scene(
-        B, N, C, means_f, conics_f, log_opac, colors_x, colors_finite,
+        B, N, C, means_f, conics_f, log_opac, colors_x, colors_finite, mode == "sum_taper",
         ranges[:, 0], ranges[:, 1] - ranges[:, 0], binning.gauss_ids.to(dev),
     )
 
@@ -438,7 +446,7 @@ def _walk_chunk(
     tracked) and, in alpha mode (``lv_in`` given), the pixels still live after it."""
     ev = _block_weights(
         ids, k, K, sc.start, sc.length, sc.gauss_ids, sc.N, T, tiles_x, tile_size,
-        sc.means, sc.conics, sc.log_opac, sc.colors_x, w_max,
+        sc.means, sc.conics, sc.log_opac, sc.colors_x, w_max, sc.taper,
     )
     t_ex = f = contrib = lv_out = None
     if lv_in is not None:
@@ -592,7 +600,8 @@ def rasterize_fwd(
         colors: ``[B, N, C]``; opacities: ``[B, N]``;
         background: ``[B, C]`` or None (alpha mode only; None = zero background);
         binning: from :func:`bin_gaussians` with the same width/height/tile_size;
-        mode: ``"alpha"`` (front-to-back compositing in index order) or ``"sum"``.
+        mode: ``"alpha"`` (front-to-back compositing in index order), ``"sum"`` or
+            ``"sum_taper"`` (see :data:`gsplat2d.binning.TAPER_A`).
 
     Returns:
         image ``[B, H, W, C]``, alpha ``[B, H, W, 1]`` and, in alpha mode, the final
@@ -610,11 +619,11 @@ def rasterize_fwd(
     telescoped product), accumulated through an extra colour channel of ``-1``.
     NaN/Inf colours only affect the pixels their Gaussian covers (slow path).
     """
-    if mode not in ("alpha", "sum"):
-        raise ValueError(f"mode must be 'alpha' or 'sum', got {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     dtype = compute_dtype(means, conics, colors, opacities, background)
     alpha_mode = mode == "alpha"
-    sc = _prepare_scene(means, conics, colors, opacities, binning, dtype, alpha_mode)
+    sc = _prepare_scene(means, conics, colors, opacities, binning, dtype, mode)
     B, C = sc.B, sc.C
     tiles = _walk_tiles(sc, binning, width, height, tile_size, alpha_mode)
     assert tiles is not None
@@ -708,7 +717,7 @@ def _alpha_log_weight_grad(step: _Step, gc: Tensor, gi: Tensor, pt: Tensor, C: i
 
 def _accumulate_block_grads(
     step: _Step, g_tiles: Tensor, px_tiles: Optional[Tensor], C: int, w_max: float,
-    basis: Tensor, acc: Tensor, acc_col: Tensor,
+    basis: Tensor, acc: Tensor, acc_col: Tensor, taper: bool = False,
 ) -> None:
     """Add one visited block's gradients: geometry and log-opacity into ``acc [B*N, 6]``,
     colours into ``acc_col [B*N, C+1]``. ``px_tiles`` is given in alpha mode only."""
@@ -718,6 +727,9 @@ def _accumulate_block_grads(
     gc = torch.bmm(ev.colx.transpose(1, 2), gi)  # [n, K, P]
     if px_tiles is not None:
         G = _alpha_log_weight_grad(step, gc, gi, px_tiles[step.ids], C)
+    elif taper:
+        # d w_t / d log w = w - m where kept (w_t > 0 exactly there: w_t(m) = 0 has slope 0)
+        G = gc.mul_(torch.where(ev.w > 0, ev.raw - MIN_WEIGHT, 0.0))
     else:
         G = gc.mul_(ev.w)  # 0 where the weight is skipped
     if bool(ev.raw.amax() > w_max):
@@ -762,20 +774,21 @@ def rasterize_bwd(
     transmittances), per pixel with image cotangent ``g``:
     ``dL/da_i = T_i (g . c_i) - (g . S_i) / (1 - a_i) + g_alpha T_final / (1 - a_i)`` where
     ``g . S_i = g . image - sum_{j <= i} a_j T_j (g . c_j)`` (what lies behind Gaussian i; the
-    prefix before the block is ``g . colour state``). Sum mode: ``dL/dw_i = g . c_i + g_alpha``.
+    prefix before the block is ``g . colour state``). Sum mode: ``dL/dw_i = g . c_i + g_alpha``
+    (``"sum_taper"``: times ``d w_t / d w = 1 - m / w``).
     A clamped weight passes no gradient to o or sigma; the 1/255 skip and the 1e-4 stop pass
     none. Per-pixel terms are reduced over each tile's pixels before one ``index_add_`` per
     (Gaussian, tile).
     """
-    if mode not in ("alpha", "sum"):
-        raise ValueError(f"mode must be 'alpha' or 'sum', got {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     alpha_mode = mode == "alpha"
     dtype = compute_dtype(means, conics, colors, opacities, image)
     dev = means.device
     B, N, C = colors.shape
     w_max = ALPHA_MAX if alpha_mode else 1.0
     with torch.no_grad():
-        sc = _prepare_scene(means, conics, colors, opacities, binning, dtype, alpha_mode)
+        sc = _prepare_scene(means, conics, colors, opacities, binning, dtype, mode)
         g_img, tf, g_tiles, px_tiles = _tile_cotangents(
             image, t_final, grad_image, grad_alpha, binning, B, C, width, height, tile_size,
             dtype, alpha_mode,
@@ -786,7 +799,7 @@ def rasterize_bwd(
         basis = _moment_basis(tile_size, dtype, dev)
 
         def visit(step: _Step) -> None:
-            _accumulate_block_grads(step, g_tiles, px_tiles, C, w_max, basis, acc, acc_col)
+            _accumulate_block_grads(step, g_tiles, px_tiles, C, w_max, basis, acc, acc_col, sc.taper)
 
         _walk_tiles(sc, binning, width, height, tile_size, alpha_mode, visit=visit,
                     track_state=alpha_mode)

@@ -2,7 +2,8 @@
 
 Instead of a colour per Gaussian, every LR pixel carries K Gaussians holding a ``C``-dimensional
 feature vector; the features are splatted onto the HR pixel grid with :func:`gsplat2d.rasterize`
-(sum mode) and each HR pixel's splatted feature is decoded to RGB by a small per-pixel MLP.
+(sum mode; by default ``"sum_taper"``, whose weights end smoothly) and each HR pixel's splatted
+feature is decoded to RGB by a small per-pixel MLP.
 
 Per Gaussian, from a 3x3 convolution head on the same EDSR-style backbone as
 :class:`gsplat2d.sr.model.Pixel2GaussianSR` (LR-pixel units):
@@ -88,14 +89,16 @@ class FeatureSRConfig(ConfigChecks):
     cell: bool = True  # feed the decoder the HR pixel's size in LR pixels
     colors: int = 3  # image channels
     border: int = 2  # replicate-pad the LR image by this many pixels
-    mode: str = "sum"  # features are splatted in sum mode (the only mode this model has)
+    # features are splatted in a sum mode: "sum_taper" (weights reach 0 smoothly at the cutoff: no
+    # rings at large scales, docs/theory.md 1.9) or "sum" (models trained before it existed)
+    mode: str = "sum_taper"
 
     def validate(self) -> "FeatureSRConfig":
         self._ints(("n_feats", "k", "feature_dim", "bank_size", "decoder_hidden", "colors"),
                    ("n_blocks", "decoder_layers", "border"))
         self._choice("shape", ("bank", "direct"))
         self._choice("select", ("soft", "hard"))
-        self._choice("mode", ("sum",))
+        self._choice("mode", ("sum_taper", "sum"))
         if not isinstance(self.cell, bool):  # 1 == True would pass a membership test
             raise ValueError(f"FeatureSRConfig.cell must be true or false, got {self.cell!r}")
         self._numbers(("res_scale", "max_offset", "init_scale", "scale_span"))
@@ -186,7 +189,7 @@ class GaussianFeatureSR(SuperResolver):
     def encode(self, lr: Tensor) -> Gaussians2D:
         """LR images ``[B, colors, h, w]`` in ``[0, 1]`` -> a batched field of
         ``N = K (h + 2 border) (w + 2 border)`` Gaussians with ``3 + C + 1`` channels
-        ``[rgb, feature, 1]``, sum mode, ``source_size = (w, h)``."""
+        ``[rgb, feature, 1]``, the config's mode, ``source_size = (w, h)``."""
         cfg = self.config
         h, w = lr.shape[-2:]
         padded = pad_border(lr, cfg.border)
@@ -198,7 +201,7 @@ class GaussianFeatureSR(SuperResolver):
         feats = rest[..., cfg.colors : cfg.colors + cfg.feature_dim]
         opacities = torch.sigmoid(rest[..., -1] + self._logit_o0)
         colors = torch.cat([rgb, feats, torch.ones_like(opacities)[..., None]], dim=-1)
-        return Gaussians2D(means, cov, colors, opacities, mode="sum", source_size=(w, h))
+        return Gaussians2D(means, cov, colors, opacities, mode=cfg.mode, source_size=(w, h))
 
     # ------------------------------------------------------------------ decode
     def decode(self, splat: Tensor, cell: Tuple[float, float]) -> Tensor:
@@ -288,7 +291,7 @@ class GaussianFeatureSR(SuperResolver):
         self, field: Gaussians2D, width: int, height: int, *, backend: str = "auto", tile_size: int = 16
     ) -> Tensor:
         """Splat an encoded field at ``width x height`` and decode: ``[B, 3, height, width]`` (unclamped)."""
-        splat, _ = field.render(width, height, mode="sum", backend=backend, tile_size=tile_size)
+        splat, _ = field.render(width, height, mode=self.config.mode, backend=backend, tile_size=tile_size)
         return self.pixel_decoder(field, width, height)(splat).permute(0, 3, 1, 2)
 
 

@@ -64,7 +64,7 @@ from gsplat2d.cli.common import (
 )
 from gsplat2d.cli.images import IMAGE_EXTENSIONS, image_size, list_images, read_image_uint8, write_image_atomic
 from gsplat2d.cli.images import OUTPUT_FORMATS as _OUTPUT_FORMATS
-from gsplat2d.binning import EXTENT_REL_PAD, gaussian_extents
+from gsplat2d.binning import EXTENT_REL_PAD, MODES, gaussian_extents
 from gsplat2d.gaussians import Gaussians2D
 
 __all__ = [
@@ -292,7 +292,7 @@ def render_to_array(
     width: int,
     height: int,
     *,
-    mode: str = "sum",
+    mode: Optional[str] = None,
     window: int = DEFAULT_WINDOW,
     backend: str = "auto",
     tile_size: int = 16,
@@ -305,7 +305,8 @@ def render_to_array(
 
     Each ``window x window`` piece is rasterized with only the Gaussians that can reach it (means
     shifted by the window origin), so memory stays bounded for any output size; the stitched result
-    equals ``field.render(width, height, mode=mode)`` wherever no anti-aliasing applies (below). ``model`` (an SR model) supplies the per-pixel
+    equals ``field.render(width, height, mode=mode)`` wherever no anti-aliasing applies (below);
+    ``mode`` defaults to the field's own. ``model`` (an SR model) supplies the per-pixel
     decoder of a feature field (:meth:`~gsplat2d.sr.feature.GaussianFeatureSR.pixel_decoder`);
     ``decode``, the older form, is that decoder already made for this ``width x height``. Decoding
     is per pixel, so the windowed result equals a whole-image decode.
@@ -353,7 +354,7 @@ def render_to_array(
                 shift = torch.tensor([float(wx), float(wy)], dtype=bmeans.dtype, device=bmeans.device)
                 img, _ = rasterize(
                     bmeans[sel] - shift, bconics[sel], bcolors[sel], bopac[sel], w, h,
-                    mode=mode, tile_size=tile_size, backend=backend,
+                    mode=mode or field.mode, tile_size=tile_size, backend=backend,
                 )
                 if decode is not None:
                     img = decode(img)
@@ -388,7 +389,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="also write the encoded field to PATH (.g2d; a folder for a folder input)")
     p.add_argument("--gaussians", metavar="FIELD.g2d",
                    help="render this saved field instead of encoding an image (--size, or --scale of its source size)")
-    p.add_argument("--mode", choices=("sum", "alpha"),
+    p.add_argument("--mode", choices=MODES,
                    help="rasterizer mode; default: the model's mode, or 'sum' for --gaussians")
     p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
                    help=f"render in square windows of this many pixels (bounded memory; default {DEFAULT_WINDOW})")
