@@ -87,6 +87,8 @@ def short_load_error(e: BaseException) -> str:
     """``torch.load``'s error without its multi-paragraph advice (which suggests
     ``weights_only=False`` -- the wrong thing to do with an untrusted file)."""
     msg = str(e)
+    if "PytorchStreamReader" in msg or "zip archive" in msg:  # torch's archive reader: a cut or damaged file
+        return "the file is truncated or damaged (its archive cannot be read)"
     cut = msg.find("Weights only load failed")
     if cut >= 0:
         return (msg[:cut].rstrip(" :") + ": " if msg[:cut].strip() else "") + "the file is damaged, of another kind, or holds objects other than tensors"

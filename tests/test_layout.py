@@ -115,3 +115,15 @@ def test_import_gsplat2d_loads_only_torch(heavy):
             f"print(new); sys.exit(1 if new else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"import gsplat2d loads {r.stdout.strip()}"
+
+
+def test_docs_hold_no_control_characters():
+    """A backslash written through a Python string once became a tab (``\\times``) or a carriage
+    return (``\\rceil``) in docs/theory.md's formulas; text files hold none of either."""
+    root = Path(__file__).resolve().parents[1]
+    bad = []
+    for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for i, line in enumerate(p.read_bytes().split(b"\n"), 1):
+            if any(c in line for c in (b"\t", b"\r", b"\x07", b"\x08", b"\x0b", b"\x0c")):
+                bad.append(f"{p.name}:{i}")
+    assert not bad, bad

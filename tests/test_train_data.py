@@ -90,10 +90,19 @@ def test_plain_index_uses_set_scale(tmp_path):
 
 
 def test_truncated_file_warns_once_and_is_skipped(mixed):
+    """A file cut after its header is found before training (its data is read to the end)."""
     _truncated(mixed)
-    ds = CustomImageDataset(mixed, patch_size=P)
-    bad = [i for i, p in enumerate(ds.files) if p.name == "zz_truncated.png"][0]
     with pytest.warns(UserWarning, match="zz_truncated.png"):
+        ds = CustomImageDataset(mixed, patch_size=P)
+    assert "zz_truncated.png" not in [p.name for p in ds.files]
+
+
+def test_a_file_broken_during_training_warns_once_and_is_skipped(mixed):
+    ds = CustomImageDataset(mixed, patch_size=P)
+    bad = 0
+    data = ds.files[bad].read_bytes()
+    ds.files[bad].write_bytes(data[: len(data) // 2])  # cut after the checks
+    with pytest.warns(UserWarning, match=ds.files[bad].name):
         out = ds[(bad, 2.0, 0)]
     assert out["hr"].shape == (3, 16, 16)
     assert ds.skipped == 1
@@ -104,13 +113,12 @@ def test_truncated_file_warns_once_and_is_skipped(mixed):
     assert ds.skipped == 1
 
 
-def test_all_unreadable_raises(tmp_path):
+def test_all_unreadable_raises_before_training(tmp_path):
     root = tmp_path / "hr"
     root.mkdir()
     _truncated(root, "only.png")
-    ds = CustomImageDataset(root, patch_size=P)
-    with pytest.warns(UserWarning, match="only.png"), pytest.raises(RuntimeError, match="no readable"):
-        ds[0]
+    with pytest.warns(UserWarning, match="only.png"), pytest.raises(ValueError, match="no readable image"):
+        CustomImageDataset(root, patch_size=P)
 
 
 def test_missing_and_empty_folder(tmp_path):

@@ -162,12 +162,16 @@ def _run(args: argparse.Namespace, explicit: set) -> int:
     cfg = TrainConfig(**kw, model=overrides, lpips=not args.no_lpips,
                       progress=not (args.no_progress or args.quiet))
     try:
-        train(cfg, resume=args.resume, overwrite=args.overwrite)
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except (FileNotFoundError, ValueError) as e:  # data, paths, configs: the user's to fix
         raise UserError(str(e)) from None
     except KeyboardInterrupt:
         print("gsplat2d train: the last finished epoch is in the *.last.pth checkpoint", file=sys.stderr)
         raise
+    if not summary.get("model_saved", True):
+        print(f"gsplat2d train: error: no model saved at {cfg.save_path}: every epoch diverged (lower --lr)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

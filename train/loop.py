@@ -206,17 +206,27 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: An epoch whose mean training loss (L1 + MS-SSIM terms on [0, 1] images, normally < 0.1) is
+#: above this, or whose val PSNR is no better than a flat image's, has diverged: warned about and
+#: never kept as the best model.
+DIVERGED_LOSS = 1.0
+
+
+class TrainingDiverged(RuntimeError):
+    """A training step cannot go on: a non-finite loss or gradient, or weights gone non-finite."""
+
+
 def _lr_lambda(cfg: TrainConfig, total_steps: int, clock: Optional[Dict[str, float]] = None):
     """Linear warm-up over steps, then cosine decay to ``min_lr_ratio`` over the steps or, with a
-    time budget, over the fraction ``clock["t"]`` of the budget spent."""
+    time budget, over whichever is further along: the fraction ``clock["t"]`` of the budget spent
+    or of the epochs' steps (a budget longer than the epochs still decays the rate)."""
 
     def f(step: int) -> float:
         if cfg.warmup_steps and step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
         if clock is not None and cfg.time_budget_min > 0:
-            t = min(1.0, clock["t"])
-        else:
-            t = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+            t = max(t, min(1.0, clock["t"]))
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
     return f
@@ -251,6 +261,7 @@ class _Validator:
         if not self.items:
             raise ValueError("no usable validation images (all unreadable or smaller than 4 px at the scales)")
         self.bicubic_psnr: Optional[float] = None
+        self.flat_psnr: Optional[float] = None  # a flat image of each LR's mean colour: what any model beats
         self.lpips = None
         self.lpips_note: Optional[str] = None
 
@@ -268,7 +279,7 @@ class _Validator:
     def run(self, model: torch.nn.Module, loss_fn: SRLoss, device: torch.device, backend: str, use_lpips: bool):
         model.eval()
         losses, psnrs, ssims, lp = [], [], [], []
-        bic = []
+        bic, flat = [], []
         for _, s, lr, hr in self.items:
             shave = int(math.ceil(s))
             sr = model(lr[None].to(device), (hr.shape[-1], hr.shape[-2]), backend=backend).float()
@@ -280,10 +291,11 @@ class _Validator:
             ssims.append(ssim_y(sr, hr, shave, round_hr_y=True))
             if self.bicubic_psnr is None:
                 bic.append(psnr_y(bicubic_upscale(lr, (hr.shape[-1], hr.shape[-2])), hr, shave, round_hr_y=True))
+                flat.append(psnr_y(lr.mean((1, 2), keepdim=True).expand_as(hr), hr, shave, round_hr_y=True))
             if use_lpips and self._lpips_metric(device) is not None:
                 lp.append(float(self.lpips(sr[None].to(device), hr[None].to(device))))
         if self.bicubic_psnr is None:
-            self.bicubic_psnr = float(np.mean(bic))
+            self.bicubic_psnr, self.flat_psnr = float(np.mean(bic)), float(np.mean(flat))
         model.train()
         out = {
             "val_loss": float(np.mean(losses)),
@@ -605,12 +617,16 @@ class _Run:
                 sr = self.net(lr_img, (hr.shape[-1], hr.shape[-2]), backend=cfg.backend)
             loss, parts = self.loss_fn(sr.float(), hr)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}, step {self.step}: {float(loss)}")
+                self._diverged_at(epoch, f"the training loss is {float(loss)}")
+            if not loss.requires_grad:  # non-finite weights: every Gaussian is dropped, the loss is constant
+                self._diverged_at(epoch, "the model's output no longer depends on its weights")
             self.opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if cfg.grad_clip:
                 self.scaler.unscale_(self.opt)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                if not self.scaler.is_enabled() and not torch.isfinite(norm):  # fp16's scaler skips such steps
+                    self._diverged_at(epoch, f"the gradient norm is {float(norm)}")
             self.scaler.step(self.opt)
             self.scaler.update()
             t_step = self._tick(t_step)
@@ -648,13 +664,13 @@ class _Run:
         True when val PSNR improved (or there is no validation)."""
         v = self.validator
         if v is None:
-            return True  # no validation: the latest model is the best we know
+            return not self._diverged(record)  # no validation: the latest model is the best we know
         cfg = self.cfg
         record.update(v.run(self.model, self.loss_fn, self.device, cfg.backend, cfg.lpips))
         record["bicubic_psnr"] = v.bicubic_psnr
         if v.lpips_note and epoch == self.start_epoch:
             _log(v.lpips_note, self.rank)
-        improved = record["val_psnr"] > self.best_psnr
+        improved = not self._diverged(record) and record["val_psnr"] > self.best_psnr
         if improved:
             self.best_psnr, self.stale = record["val_psnr"], 0
         else:
@@ -670,6 +686,28 @@ class _Run:
         save_sample_strip(self.model, lr_v, hr_v, Path(cfg.samples_dir) / f"epoch_{epoch + 1:03d}.png", self.device,
                           cfg.backend)
         return improved
+
+    def _diverged_at(self, epoch: int, what: str) -> None:
+        kept = (f"the best model so far is {self.cfg.save_path}" if os.path.isfile(self.cfg.save_path)
+                else "no model saved")
+        raise TrainingDiverged(f"{what} at epoch {epoch + 1}, step {self.step}: the run diverged (lower --lr); {kept}")
+
+    def _diverged(self, record: Dict[str, Any]) -> bool:
+        """Whether an epoch's model is broken (never kept as the best; warned about): a mean
+        training loss above :data:`DIVERGED_LOSS`, or a val PSNR no better than a flat image of
+        each LR image's mean colour (which any working model beats)."""
+        why = ""
+        if not record["train_loss"] <= DIVERGED_LOSS:
+            why = f"train_loss {record['train_loss']:.4g} > {DIVERGED_LOSS:g}"
+        elif "val_psnr" in record and self.validator.flat_psnr is not None and not (
+                record["val_psnr"] > self.validator.flat_psnr):
+            why = (f"val_psnr {record['val_psnr']:.2f} dB is below a flat image of the mean colour's "
+                   f"{self.validator.flat_psnr:.2f} dB")
+        if why:
+            record["diverged"] = True
+            _log(f"warning: {why}: the run is diverging (lower --lr); this epoch's model is not kept as the best",
+                 self.rank)
+        return bool(why)
 
     def end_epoch(self, epoch: int, record: Dict[str, Any]) -> None:
         """Validation, metrics file and plot, best and resumable checkpoints, the epoch's line (rank
@@ -696,6 +734,17 @@ class _Run:
             dist.broadcast(flag, 0)
             self.stale = int(flag)
 
+    def stop_reason(self) -> str:
+        """Why the run ended, for the summary."""
+        cfg, done = self.cfg, (self.history[-1]["epoch"] if self.history else self.start_epoch)
+        if self.stopped_early:
+            return f"early stopping (no val PSNR improvement for {self.stale} epochs)"
+        if cfg.max_steps and self.step >= cfg.max_steps:
+            return f"--max_steps {cfg.max_steps} reached"
+        if self.budget_s and self.clock["seconds"] >= self.budget_s:
+            return f"the {cfg.time_budget_min:g}-minute time budget was spent (epoch {done} of {cfg.epochs})"
+        return f"all {cfg.epochs} epochs done"
+
     def _epoch_line(self, epoch: int, record: Dict[str, Any], improved: bool) -> str:
         line = f"epoch {epoch + 1}/{self.cfg.epochs}  train_loss {record['train_loss']:.4f}"
         if "val_psnr" in record:
@@ -721,18 +770,24 @@ class _Run:
             "last_checkpoint": last_checkpoint_path(cfg.save_path),
             "metrics": self.metrics_path,
             "stopped_early": self.stopped_early,
+            "stopped_by": self.stop_reason(),
+            "model_saved": os.path.isfile(cfg.save_path),
             "history": history,
         }
         if self.rank == 0:
             print("--- Training Complete ---")
             print(f"Epochs:          {summary['epochs_run']} ({self.step} steps, {summary['time_s'] / 60:.1f} min)")
+            print(f"Stopped:         {summary['stopped_by']}")
             if summary["final_train_loss"] is not None:
                 print(f"Final train loss: {summary['final_train_loss']:.4f}")
             if summary["best_val_psnr"] is not None:
                 bic = summary["bicubic_val_psnr"]
                 print(f"Best val PSNR:   {summary['best_val_psnr']:.3f} dB"
                       + (f" (bicubic {bic:.3f} dB)" if bic is not None else ""))
-            print(f"Model:           {cfg.save_path}")
+            if not summary["model_saved"]:
+                print("Model:           none saved: every epoch diverged (lower --lr)")
+            else:
+                print(f"Model:           {cfg.save_path}")
             print(f"Resume from:     {summary['last_checkpoint']}")
             print(f"Metrics:         {self.metrics_path} (+ plot {Path(self.metrics_path).with_suffix('.png')})")
             print("-------------------------")

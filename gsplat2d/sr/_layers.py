@@ -67,12 +67,27 @@ class SuperResolver(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def _check_lr(self, lr: Tensor) -> Tensor:
+        """``lr`` as the network takes it: ``[B, colors, h, w]`` floats in ``[0, 1]``, cast to the
+        weights' dtype (fp64 / fp16 inputs work). A ValueError names what is wrong; the value
+        range is checked outside training (8-bit values are the usual mistake)."""
+        c = self.config.colors
+        if not isinstance(lr, Tensor) or lr.dim() != 4 or lr.shape[1] != c:
+            shape = tuple(lr.shape) if isinstance(lr, Tensor) else type(lr).__name__
+            raise ValueError(f"lr must be [B, {c}, H, W] floats in [0, 1], got {shape}")
+        if 0 in lr.shape:
+            raise ValueError(f"lr is empty: shape {tuple(lr.shape)} (B, H and W must be >= 1)")
+        if not lr.is_floating_point():
+            raise ValueError(f"lr must be floats in [0, 1], got {lr.dtype} (divide 8-bit images by 255)")
+        if not self.training:
+            top = float(lr.detach().amax())
+            if top > 1.5:
+                raise ValueError(f"lr values reach {top:g}; the models take [0, 1] (divide 0..255 images by 255)")
+        return lr.to(self.conv_in.weight.dtype)
+
     def _head_output(self, lr: Tensor) -> Tensor:
         """Backbone + head on (padded) LR images ``[B, colors, H, W]`` in ``[0, 1]``: the raw
         ``[B, K * P, H, W]`` (``conv_in``, ``body``, ``conv_body`` and ``head`` are the subclass's)."""
-        c = self.config.colors
-        if lr.dim() != 4 or lr.shape[1] != c:
-            raise ValueError(f"lr must be [B, {c}, H, W] floats in [0, 1], got {tuple(lr.shape)}")
         if lr.device.type == "cpu":  # oneDNN's convolutions run faster channels-last (~1.2x here)
             lr = lr.contiguous(memory_format=torch.channels_last)
         x = self.conv_in(lr - 0.5)

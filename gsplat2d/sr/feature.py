@@ -191,6 +191,7 @@ class GaussianFeatureSR(SuperResolver):
         ``N = K (h + 2 border) (w + 2 border)`` Gaussians with ``3 + C + 1`` channels
         ``[rgb, feature, 1]``, the config's mode, ``source_size = (w, h)``."""
         cfg = self.config
+        lr = self._check_lr(lr)
         h, w = lr.shape[-2:]
         padded = pad_border(lr, cfg.border)
         raw = per_gaussian(self._head_output(padded).float(), cfg.k)  # [B, N, P]; fp32 geometry under AMP

@@ -184,6 +184,7 @@ class Pixel2GaussianSR(SuperResolver):
         ``N = K (h + 2 border) (w + 2 border)`` Gaussians per image, in normalised coordinates
         (``[B, N, ...]``; the border ring's Gaussians lie just outside ``[0, 1]^2``)."""
         cfg = self.config
+        lr = self._check_lr(lr)
         h, w = lr.shape[-2:]
         padded = pad_border(lr, cfg.border)
         # [B, N, 6 + C]; fp32 geometry even under AMP
@@ -203,6 +204,11 @@ class Pixel2GaussianSR(SuperResolver):
         self, field: Gaussians2D, width: int, height: int, *, backend: str = "auto", tile_size: int = 16
     ) -> Tensor:
         """Render an encoded field to ``[B, C, height, width]`` (unclamped) with this model's mode."""
+        if field.channels != self.config.colors:
+            raise ValueError(
+                f"this field has {field.channels} channels, the colour model renders {self.config.colors}: "
+                "a feature field renders with the feature model that encoded it"
+            )
         image, _ = field.render(width, height, mode=self.config.mode, backend=backend, tile_size=tile_size)
         return image.permute(0, 3, 1, 2)
 
@@ -223,7 +229,12 @@ def save_checkpoint(path: Union[str, "os.PathLike[str]"], model: nn.Module, **ex
         "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         **extra,
     }
-    atomic_write(path, lambda f: torch.save(payload, f), suffix=".pth")
+    try:
+        atomic_write(path, lambda f: torch.save(payload, f), suffix=".pth")
+    except RuntimeError:  # torch's C++ writer reports a failed write (disk full, quota) this way
+        raise OSError(f"could not write {os.fspath(path)}: the write failed (disk full or over a quota?)") from None
+    except OSError as e:
+        raise OSError(f"could not write {os.fspath(path)}: {e.strerror or e}") from None
 
 
 def load_checkpoint(path: Union[str, "os.PathLike[str]"], map_location: Any = "cpu") -> Dict[str, Any]:
@@ -292,4 +303,8 @@ def load_model(
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not match its config: {e}") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 2} more" if len(bad) > 2 else ""
+        raise ValueError(f"{path}: non-finite weights in {', '.join(bad[:2])}{more} (the run that wrote it diverged)")
     return model.to(map_location).eval()

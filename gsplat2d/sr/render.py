@@ -447,7 +447,10 @@ def _run(args: argparse.Namespace) -> int:
     failed += _render_jobs(args, jobs, model, mode, device, folder_mode, say)
     n_total = len(jobs) + len([f for f in failed if f not in {j.src for j in jobs}])
     if args.save_gaussians is not None and not args.quiet:
-        print(f"re-render a field with: {_PROG} --gaussians FIELD.g2d --scale S (or --size WxH) --output_path OUT.png")
+        # a feature field decodes with the model that made it; a shipped one is found by its hash
+        needs = f" --model_path {args.model_path}" if model.arch == "feature" and args.model_path else ""
+        print(f"re-render a field with: {_PROG} --gaussians FIELD.g2d{needs} --scale S (or --size WxH) "
+              "--output_path OUT.png")
     if failed:
         print(f"{_PROG}: {len(failed)} of {n_total} images failed", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -645,6 +648,11 @@ def _run_field(args: argparse.Namespace, size: Optional[Tuple[int, int]], scale,
     decoder = _field_decoder(args, gpath, field, meta, device)
     if decoder is None and field.channels not in (1, 3):
         _fail(f"{gpath} has {field.channels} colour channels; an image needs 1 or 3")
+    if decoder is not None and args.mode == "alpha":
+        _fail(f"{gpath} is a feature field; it renders in its sum mode only (drop --mode alpha)")
+    warning = _degenerate_gaussians(field)
+    if warning:
+        print(f"{_PROG}: warning: {gpath}: {warning}", file=sys.stderr)
     field = field.to(torch.float32) if field.dtype != torch.float32 else field
     # Files record their render mode and source size when written by --save_gaussians or
     # gsplat2d fit; older files fall back to sum mode and need --size.
@@ -669,6 +677,27 @@ def _run_field(args: argparse.Namespace, size: Optional[Tuple[int, int]], scale,
     save_image_atomic(arr, out)
     say(f"{gpath}: {field.num_gaussians} Gaussians, mode {mode}, render {w}x{h} {ren_ms:.1f} ms -> {out}")
     return 0
+
+
+def _degenerate_gaussians(field: Gaussians2D) -> str:
+    """What renders as nothing or as a flat wash in ``field`` (one line; empty when all is well):
+    non-finite values, covariances that are not positive definite, or wider than 10 images."""
+    with torch.no_grad():
+        f64 = [t.detach().to(torch.float64) for t in (field.means, field.covariances, field.colors)]
+        finite = torch.isfinite(f64[0]).all(-1) & torch.isfinite(f64[1]).all(-1) & torch.isfinite(f64[2]).all(-1)
+        finite &= torch.isfinite(field.opacities.detach().to(torch.float64))
+        xx, xy, yy = f64[1].unbind(-1)
+        pd = (xx > 0) & (yy > 0) & (xx * yy - xy * xy > 0)
+        wide = (xx.abs().maximum(yy.abs()) > 100.0)  # a standard deviation over 10 image sides
+    n, parts = field.num_gaussians, []
+    for count, what in ((int((~finite).sum()), "non-finite values"),
+                        (int((finite & ~pd).sum()), "a covariance that is not positive definite"),
+                        (int((finite & pd & wide).sum()), "a covariance over 10 images wide")):
+        if count:
+            parts.append(f"{count} have {what}")
+    if not parts:
+        return ""
+    return f"of its {n} Gaussians {', '.join(parts)}: they render as nothing or as a flat wash"
 
 
 #: ``.g2d`` metadata of a feature field: which model kind decodes it and a hash of its decoder.
