@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 
 import torch
 
 from gsplat2d._validate import validate
-from gsplat2d.backends import fp32_region
+from gsplat2d.backends import fp32_region, triton_interpret
 
 __all__ = ["rasterize", "triton_available", "numba_available"]
 
@@ -19,10 +18,6 @@ def triton_available() -> bool:
     except Exception:
         return False
     return True
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 TRITON_TILE_SIZES = (8, 16, 32)
@@ -56,7 +51,7 @@ def _pick_backend(backend: str, device: torch.device, tile_size: int) -> str:
                 "backend='triton' needs the triton package (Linux x86_64/aarch64); "
                 "use backend='torch' or 'auto'"
             )
-        if device.type == "cpu" and not _interpreting():
+        if device.type == "cpu" and not triton_interpret():
             raise RuntimeError(
                 "backend='triton' on CPU tensors runs only under Triton's interpreter: set "
                 "TRITON_INTERPRET=1 before importing triton (slow, for testing), or use "

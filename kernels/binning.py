@@ -16,6 +16,7 @@ import triton.language as tl
 from gsplat2d.binning import EXTENT_ABS_PAD, EXTENT_REL_PAD, Binning, check_pair_budget
 from gsplat2d.kernels._alloc import device_guard, empty
 from gsplat2d.kernels._aot import AotSpec
+from gsplat2d.kernels._target import COMPILE_OPTIONS
 
 __all__ = ["compute_tile_bounds", "emit_intersections", "tile_ranges", "bin_gaussians", "AOT_SPECS"]
 
@@ -188,7 +189,7 @@ def compute_tile_bounds(
         with device_guard(means.device):
             _compute_tile_bounds_kernel[grid](
                 means, conics, opacities, rects, counts, params, total, tiles_x, tiles_y,
-                TILE=tile_size, BLOCK=BLOCK_BOUNDS,
+                TILE=tile_size, BLOCK=BLOCK_BOUNDS, **COMPILE_OPTIONS,
             )
     return rects, counts, params
 
@@ -212,7 +213,8 @@ def emit_intersections(
     grid = (triton.cdiv(n_pairs, BLOCK_PAIRS),)
     with device_guard(counts.device):
         _emit_intersections_kernel[grid](
-            pair_gid, starts, rects, keys, n_pairs, N, tiles_x, tiles_y, BLOCK=BLOCK_PAIRS
+            pair_gid, starts, rects, keys, n_pairs, N, tiles_x, tiles_y, BLOCK=BLOCK_PAIRS,
+            **COMPILE_OPTIONS,
         )
     return keys
 
@@ -228,7 +230,7 @@ def tile_ranges(
     if n_pairs > 0:
         grid = (triton.cdiv(n_pairs, BLOCK_PAIRS),)
         with device_guard(sorted_keys.device):
-            _tile_ranges_kernel[grid](sorted_keys, ranges, ids, n_pairs, N, BLOCK=BLOCK_PAIRS)
+            _tile_ranges_kernel[grid](sorted_keys, ranges, ids, n_pairs, N, BLOCK=BLOCK_PAIRS, **COMPILE_OPTIONS)
     return ranges, ids
 
 

@@ -24,8 +24,6 @@ grid dimension 1.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -42,6 +40,7 @@ from gsplat2d.kernels._common import (
     sum_step,
     tile_pixels,
 )
+from gsplat2d.kernels._target import COMPILE_OPTIONS, fast_math
 
 __all__ = ["rasterize_fwd", "launch_config", "launch_options", "fast_math", "AOT_SPECS", "SMALL_C_MAX"]
 
@@ -49,13 +48,6 @@ __all__ = ["rasterize_fwd", "launch_config", "launch_options", "fast_math", "AOT
 SMALL_C_MAX = 4
 #: Gaussians between two "all pixels stopped?" votes (alpha mode).
 CHUNK = 16
-
-
-def fast_math() -> bool:
-    """Whether launches use the inline-PTX ``ex2``/``rcp`` (compiled kernels). Triton's
-    interpreter cannot run inline PTX, so under ``TRITON_INTERPRET=1`` the plain ``tl.exp2`` and
-    division are used (same formula; the compiled form is checked by the AOT report)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("", "0", "false", "no", "off")
 
 
 def launch_config(tile_size: int, C: int, backward: bool = False, mode: str = "alpha") -> dict:
@@ -91,9 +83,10 @@ def launch_config(tile_size: int, C: int, backward: bool = False, mode: str = "a
 
 
 def launch_options(cfg: dict) -> dict:
-    """Compile options of a launch (``num_warps`` and, where set, ``maxnreg``)."""
-    opts = {"num_warps": cfg["num_warps"]}
-    if cfg.get("maxnreg") and fast_math():  # the interpreter takes no register cap
+    """Compile options of a launch: ``num_warps``, :data:`COMPILE_OPTIONS` and, where set and the
+    target is NVIDIA, ``maxnreg`` (neither AMD's compiler nor the interpreter takes it)."""
+    opts = {"num_warps": cfg["num_warps"], **COMPILE_OPTIONS}
+    if cfg.get("maxnreg") and fast_math():
         opts["maxnreg"] = cfg["maxnreg"]
     return opts
 

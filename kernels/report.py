@@ -2,10 +2,10 @@
 
 Compiles every :class:`~gsplat2d.kernels._aot.AotSpec` listed in ``AOT_SPECS`` of
 :mod:`gsplat2d.kernels.binning`, :mod:`gsplat2d.kernels.rasterize_fwd` and
-:mod:`gsplat2d.kernels.rasterize_bwd` for one or more CUDA targets and reads the resource usage
-of the result::
+:mod:`gsplat2d.kernels.rasterize_bwd` for NVIDIA (sm_80, sm_90) and AMD (gfx942, gfx90a) targets and reads the resource usage of
+the result::
 
-    python -m gsplat2d.kernels.report                   # table, sm_80 and sm_90
+    python -m gsplat2d.kernels.report                   # table, sm_80, sm_90, gfx942, gfx90a
     python -m gsplat2d.kernels.report --json            # JSON: {"environment": ..., "records": [...]}
     python -m gsplat2d.kernels.report --arch 90 --fail-on-spills
     python -m gsplat2d.kernels.report --cost            # + instructions per (Gaussian, pixel) pair
@@ -14,9 +14,14 @@ of the result::
 How the numbers are obtained:
 
 * ``triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", cap, 32),
-  options={"num_warps", "num_stages"})`` produces PTX and a cubin exactly as the JIT would (pointer
-  arguments get the 16-byte divisibility hint the JIT gives torch-allocated tensors; ``--no-align``
-  turns that off).
+  options={"num_warps", "num_stages", "enable_fp_fusion", "maxnreg"})`` produces PTX and a cubin
+  exactly as the JIT would: the options and the ``FAST`` constexpr are the launchers' own
+  (``kernels/_target.py``), and pointer arguments get the 16-byte divisibility hint the JIT gives
+  torch-allocated tensors (``--no-align`` turns that off).
+* AMD targets (``GPUTarget("hip", "gfx942", 64)``) compile with ``FAST=False``, the portable
+  path launches take there; registers (VGPRs + AGPRs), spills, scratch and LDS bytes come from
+  the AMDGCN metadata. They are not costed; their spills are reported but do not fail
+  ``--fail-on-spills``.
 * ``cuobjdump --dump-resource-usage`` on that cubin gives registers (``REG``), local memory
   (``LOCAL``) and stack frame (``STACK``).
 * The PTX is re-assembled with the same ``ptxas`` Triton used for that target (``ptxas`` for
@@ -53,8 +58,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from typing import Any, Iterable, Sequence
+
+from gsplat2d.backends import triton_interpret
+from gsplat2d.kernels._target import COMPILE_OPTIONS, fast_math_for
 
 KERNEL_MODULES: tuple[str, ...] = (
     "gsplat2d.kernels.binning",
@@ -62,7 +69,10 @@ KERNEL_MODULES: tuple[str, ...] = (
     "gsplat2d.kernels.rasterize_bwd",
 )
 
-DEFAULT_ARCHS: tuple[int, ...] = (80, 90)
+#: NVIDIA compute capabilities (ints) and AMD ``gfx`` targets (strings) the report compiles for.
+#: The AMD targets compile with the portable (non-PTX) fast-math path, as launches there do; only
+#: NVIDIA targets are costed and budgeted.
+DEFAULT_ARCHS: tuple[int | str, ...] = (80, 90, "gfx942", "gfx90a")
 
 # Maximum dynamic shared memory per block (opt-in), bytes.
 SHARED_LIMIT: dict[int, int] = {
@@ -75,6 +85,8 @@ SHARED_LIMIT: dict[int, int] = {
     90: 232448,
     100: 232448,
     120: 101376,
+    "gfx90a": 65536,  # LDS per workgroup
+    "gfx942": 65536,
 }
 
 MAX_REGISTERS = 255
@@ -100,19 +112,27 @@ _COLUMNS = (
 # environment helpers
 
 
-def _interpret_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "no", "off")
-
-
 def _clean_env(cached: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
     env[_CHILD_FLAG] = "1"
     if not cached:
         env["TRITON_ALWAYS_COMPILE"] = "1"
-    # Triton 3.9 warns when unset; 1 is its current default (fusion on), so this changes nothing.
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     return env
+
+
+def parse_arch(text: str | int) -> int | str:
+    """An NVIDIA compute capability (``"90"`` -> 90) or an AMD target (``"gfx942"``)."""
+    s = str(text).strip().lower()
+    if s.isdigit():
+        return int(s)
+    if s.startswith("gfx") and len(s) > 3:
+        return s
+    raise argparse.ArgumentTypeError(f"not a compute capability (80, 90) or AMD gfx target: {text!r}")
+
+
+def _is_amd(cap: int | str) -> bool:
+    return isinstance(cap, str)
 
 
 def _is_interpreted(fn: Any) -> bool:
@@ -167,7 +187,9 @@ def _ptxas_for(cap: int):
         return knobs.nvidia.ptxas if cap < 90 else knobs.nvidia.ptxas_blackwell
 
 
-def _sm_name(cap: int) -> str:
+def _sm_name(cap: int | str) -> str:
+    if _is_amd(cap):
+        return cap
     try:
         from triton.backends.nvidia.compiler import sm_arch_from_capability
 
@@ -239,11 +261,43 @@ def _specialised_ints(spec) -> list[str] | None:
             if spec.signature.get(p.name) in ("i32", "i64", "u32", "u64") and not p.do_not_specialize]
 
 
-def _options(spec) -> dict:
-    opts = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
-    if getattr(spec, "maxnreg", None):
+def _options(spec, cap: int | str) -> dict:
+    """The launch's compile options (``kernels/_target.py``): ``maxnreg`` on NVIDIA only."""
+    opts = {"num_warps": spec.num_warps, "num_stages": spec.num_stages, **COMPILE_OPTIONS}
+    if getattr(spec, "maxnreg", None) and not _is_amd(cap):
         opts["maxnreg"] = spec.maxnreg
     return opts
+
+
+def _target(cap: int | str):
+    from triton.backends.compiler import GPUTarget
+
+    return GPUTarget("hip", cap, 64) if _is_amd(cap) else GPUTarget("cuda", cap, 32)
+
+
+def _constexprs(spec, cap: int | str) -> dict:
+    """The spec's constexprs with ``FAST`` as the launchers choose it for this target."""
+    ce = dict(spec.constexprs)
+    if "FAST" in ce:
+        ce["FAST"] = fast_math_for(_target(cap).backend)
+    return ce
+
+
+_AMD_META = {k: re.compile(rf"\.{k}:\s+(\d+)") for k in (
+    "vgpr_count", "agpr_count", "vgpr_spill_count", "sgpr_spill_count", "private_segment_fixed_size",
+    "group_segment_fixed_size")}
+
+
+def _measure_amd(rec: dict[str, Any], compiled: Any) -> None:
+    """Registers (VGPRs + AGPRs), spills and memory of an AMD kernel, from its AMDGCN metadata."""
+    asm: str = compiled.asm["amdgcn"]
+    got = {k: int(m.group(1)) for k, rx in _AMD_META.items() if (m := rx.search(asm))}
+    rec["function"] = getattr(compiled.metadata, "name", None) or rec["function"]
+    rec["registers"] = got.get("vgpr_count", 0) + got.get("agpr_count", 0)
+    rec["spill_stores"] = got.get("vgpr_spill_count", 0) + got.get("sgpr_spill_count", 0)
+    rec["spill_loads"] = rec["spill_stores"]
+    rec["local_bytes"] = got.get("private_segment_fixed_size")
+    rec["shared_bytes"] = got.get("group_segment_fixed_size")
 
 
 def _blank_record(spec, cap: int, module: str) -> dict[str, Any]:
@@ -342,10 +396,10 @@ def _measure(rec: dict[str, Any], spec, cap: int, compiled: Any) -> None:
                                     tuple(spec.trips))
 
 
-def compile_spec(spec, cap: int, *, align_pointers: bool = True, module: str = "") -> dict[str, Any]:
-    """Compile one spec for compute capability ``cap`` and measure its resource usage."""
+def compile_spec(spec, cap: int | str, *, align_pointers: bool = True, module: str = "") -> dict[str, Any]:
+    """Compile one spec for compute capability ``cap`` (or AMD target) and measure its resource
+    usage."""
     import triton
-    from triton.backends.compiler import GPUTarget
 
     rec = _blank_record(spec, cap, module)
     if _is_interpreted(spec.fn):
@@ -355,19 +409,16 @@ def compile_spec(spec, cap: int, *, align_pointers: bool = True, module: str = "
         src = triton.compiler.ASTSource(
             fn=spec.fn,
             signature=dict(spec.signature),
-            constexprs=dict(spec.constexprs),
+            constexprs=_constexprs(spec, cap),
             attrs=_attrs_for(spec, align_pointers),
         )
         t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*TRITON_DEFAULT_FP_FUSION.*")
-            compiled = triton.compile(
-                src,
-                target=GPUTarget("cuda", cap, 32),
-                options=_options(spec),
-            )
+        compiled = triton.compile(src, target=_target(cap), options=_options(spec, cap))
         rec["compile_s"] = round(time.perf_counter() - t0, 3)
-        _measure(rec, spec, cap, compiled)
+        if _is_amd(cap):
+            _measure_amd(rec, compiled)
+        else:
+            _measure(rec, spec, cap, compiled)
     except Exception as exc:  # report and keep going with the other specs
         rec["error"] = f"{type(exc).__name__}: {exc}".strip()[:4000]
     return rec
@@ -441,8 +492,8 @@ def compile_report(
     ``cached=True`` lets the child reuse Triton's cache (same cubins, so the same registers and
     spills; ``compile_s`` is then not a compile time).
     """
-    archs = [int(a) for a in archs]
-    need_child = _interpret_on()
+    archs = [parse_arch(a) for a in archs]
+    need_child = triton_interpret()
     if not need_child:
         for name in modules:
             mod = sys.modules.get(name)
@@ -619,8 +670,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Compile the gsplat2d Triton kernels ahead of time and report registers, spills and shared memory.",
     )
     p.add_argument("--json", action="store_true", help="print JSON {environment, records} instead of a table")
-    p.add_argument("--arch", type=int, nargs="+", default=list(DEFAULT_ARCHS), help="compute capabilities (default: 80 90)")
-    p.add_argument("--fail-on-spills", action="store_true", help="exit 1 if any kernel spills registers")
+    p.add_argument("--arch", type=parse_arch, nargs="+", default=list(DEFAULT_ARCHS),
+                   help="NVIDIA compute capabilities and AMD gfx targets (default: 80 90 gfx942 gfx90a)")
+    p.add_argument("--fail-on-spills", action="store_true", help="exit 1 if any kernel spills registers on an NVIDIA target")
     p.add_argument("--jobs", "-j", type=int, default=None, help="parallel compile processes (default 1)")
     p.add_argument("--no-align", action="store_true", help="do not give pointer args the 16-byte divisibility hint")
     p.add_argument("--cached", action="store_true", help="allow Triton cache hits (compile_s is then not a compile time)")
@@ -632,19 +684,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--modules", nargs="+", default=list(KERNEL_MODULES), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
-    if _interpret_on() and not os.environ.get(_CHILD_FLAG):
+    if triton_interpret() and not os.environ.get(_CHILD_FLAG):
         # @triton.jit functions would be interpreter objects: re-run without TRITON_INTERPRET.
         cmd = [sys.executable, "-m", "gsplat2d.kernels.report", *(sys.argv[1:] if argv is None else argv)]
         return subprocess.call(cmd, env=_clean_env(args.cached))
-    if _interpret_on():
+    if triton_interpret():
         print("error: TRITON_INTERPRET is set; kernels cannot be compiled", file=sys.stderr)
         return 2
 
     if not args.cached:
         os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # real compile times; inherited by --jobs workers
-    # Part of Triton's cache key: the same default as the child process of the test suite, so
-    # --cached hits the cubins the tests built (1 is Triton 3.9's default; 3.10 changes it).
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     records = _in_process_report(args.arch, args.modules, args.jobs, not args.no_align)
     failed = [r for r in records if r.get("error")]
     spilled = [r for r in records if has_spills(r)]
@@ -654,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         env = environment()
         print(f"triton {env.get('triton')}, torch {env.get('torch')}; "
-              f"shared limits: " + ", ".join(f"sm_{a}: {SHARED_LIMIT.get(a, '?')} B" for a in args.arch))
+              f"shared limits: " + ", ".join(f"{_sm_name(a)}: {SHARED_LIMIT.get(a, '?')} B" for a in args.arch))
         print(format_table(records))
         if args.cost:
             print()
@@ -675,8 +724,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rc = 1
     if failed:
         return 1
-    if args.fail_on_spills and spilled:
-        return 1
+    if args.fail_on_spills and any(not _is_amd(r["arch"]) for r in spilled):
+        return 1  # AMD spills are reported, not gated: the launch configurations are NVIDIA's
     return rc
 
 

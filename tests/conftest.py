@@ -1,23 +1,40 @@
 """Shared test setup for gsplat2d.
 
-TRITON_INTERPRET must be set before anything imports triton: the Triton kernels are tested on CPU
-tensors under Triton's interpreter.
+Two tiers run the Triton kernels, chosen per machine so that one ``python -m pytest`` passes
+anywhere (``TRITON_INTERPRET`` must be decided before anything imports triton):
+
+* no CUDA device: ``TRITON_INTERPRET=1``; the kernels run under Triton's interpreter on CPU
+  tensors (every ``backend="triton"`` case of the suite, marked with ``requires_triton``).
+* a CUDA device: the interpreter stays off; the compiled kernels run on the GPU (marker
+  ``cuda``: ``tests/test_cuda.py``; ``-m cuda`` selects it) and the interpreter cases skip.
+
+An explicit ``TRITON_INTERPRET`` wins (``TRITON_INTERPRET=1`` on a GPU machine runs the
+interpreter tier there).
 """
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if "TRITON_INTERPRET" not in os.environ:
+    os.environ["TRITON_INTERPRET"] = "0" if torch.cuda.is_available() else "1"
 
 import importlib.util  # noqa: E402
 import math  # noqa: E402
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 import gsplat2d.kernels  # noqa: E402  (does not import triton)
+from gsplat2d.backends import triton_interpret  # noqa: E402
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
-requires_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not importable")
+INTERPRETING = triton_interpret()
+# CPU-tensor Triton cases: under the interpreter only (with it off they would need a GPU)
+requires_triton = pytest.mark.skipif(
+    not (HAVE_TRITON and INTERPRETING),
+    reason="triton is not importable" if not HAVE_TRITON else
+    "Triton's interpreter is off (a CUDA machine: tests/test_cuda.py runs the compiled kernels)",
+)
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 requires_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not importable")

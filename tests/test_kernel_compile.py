@@ -1,9 +1,13 @@
-"""Ahead-of-time compile check of every Triton kernel variant for sm_80 and sm_90 (no GPU needed).
+"""Ahead-of-time compile check of every Triton kernel variant for sm_80, sm_90 and the AMD targets
+gfx942 (MI300) and gfx90a (MI200), no GPU needed.
 
 The conftest sets TRITON_INTERPRET=1, under which ``@triton.jit`` functions cannot be compiled, so
 the report (``python -m gsplat2d.kernels.report --json``) runs once per session in a child process
-with TRITON_INTERPRET removed. Each (spec, arch) is one test: it compiled, uses 1..255 registers,
-spills nothing and fits the arch's shared memory; rasterizer variants also stay within their
+with TRITON_INTERPRET removed. Each (spec, arch) is one test: it compiled and fits the arch's shared
+memory; on NVIDIA it uses 1..255 registers and spills nothing. On the AMD targets the test is that
+the launchers' portable fast-math path compiles (the inline PTX would not); their registers and
+spills are reported, not gated (the C = 96 backward spills there: its launch configuration is
+NVIDIA's). NVIDIA rasterizer variants also stay within their
 stored per-pair instruction and register budget (``kernels/cost_budget.json``, a regression gate)
 and their main loop evaluates exactly one exponential per (Gaussian, pixel) pair it claims.
 """
@@ -19,8 +23,8 @@ import pytest
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
 
-ARCHS = (80, 90)
-SHARED_LIMIT = {80: 166912, 90: 232448}
+ARCHS = (80, 90, "gfx942", "gfx90a")
+SHARED_LIMIT = {80: 166912, 90: 232448, "gfx942": 65536, "gfx90a": 65536}
 KERNEL_MODULES = (
     "gsplat2d.kernels.binning",
     "gsplat2d.kernels.rasterize_fwd",
@@ -46,7 +50,7 @@ def _module_specs():
 
 _SPECS, _IMPORT_ERRORS = _module_specs()
 _CASES = [
-    pytest.param(mod, name, cap, id=f"{name}-sm{cap}")
+    pytest.param(mod, name, cap, id=f"{name}-{cap if isinstance(cap, str) else f'sm{cap}'}")
     for mod, names in _SPECS.items()
     for name in names
     for cap in ARCHS
@@ -86,18 +90,21 @@ def test_kernel_compiles_without_spills(report, mod, kernel, arch):
     assert rec is not None, f"{kernel} was not compiled for sm_{arch}"
     assert rec["error"] is None, f"{kernel} failed to compile for sm_{arch}:\n{rec['error']}"
     where = f"{kernel} on {rec['target']} ({rec['num_warps']} warps)"
+    assert rec["shared_bytes"] <= SHARED_LIMIT[arch], (
+        f"{where}: {rec['shared_bytes']} B shared memory > {SHARED_LIMIT[arch]} B limit"
+    )
+    if isinstance(arch, str):  # AMD: compiles, and has registers; spills are reported only
+        assert rec["registers"] > 0, where
+        return
     assert 0 < rec["registers"] <= 255, f"{where}: {rec['registers']} registers"
     assert rec["spill_stores"] == 0 and rec["spill_loads"] == 0, (
         f"{where} spills: {rec['spill_stores']} B stored, {rec['spill_loads']} B loaded "
         f"({rec['registers']} registers, stack frame {rec['stack_bytes']} B)"
     )
-    assert rec["shared_bytes"] <= SHARED_LIMIT[arch], (
-        f"{where}: {rec['shared_bytes']} B shared memory > {SHARED_LIMIT[arch]} B limit"
-    )
 
 
 def _costed_cases():
-    return [c for c in _CASES if "rasterize_" in c.values[1]]
+    return [c for c in _CASES if "rasterize_" in c.values[1] and not isinstance(c.values[2], str)]
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,21 @@
 """
 
 import contextlib
+import os
 
 import torch
 
-__all__ = ["fp32_region", "fp32_backward", "input_grads", "compute_dtype"]
+__all__ = ["fp32_region", "fp32_backward", "input_grads", "compute_dtype", "triton_interpret"]
+
+#: The values Triton's own ``getenv_bool`` reads as true (any case); anything else is false.
+_TRUE = ("1", "true", "yes", "on", "y")
+
+
+def triton_interpret() -> bool:
+    """Whether ``TRITON_INTERPRET`` turns Triton's interpreter on, read exactly as Triton reads it
+    (``tests/test_api.py`` compares with Triton's parser), without importing triton. The one
+    check of the whole package."""
+    return os.environ.get("TRITON_INTERPRET", "").lower() in _TRUE
 
 
 def compute_dtype(*tensors) -> torch.dtype:
