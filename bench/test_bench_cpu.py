@@ -207,6 +207,37 @@ def test_sr_render_rasterize(benchmark, field256, scale, request):
         benchmark.extra_info["output_mpix_per_s"] = W * W / benchmark.extra_info["numba_mean_s"] / 1e6
 
 
+def test_binning_reused(benchmark, field256):
+    """Three renders of one x4 field (its channels, its colour base, its weight channel), sum
+    mode, numba: ``bin_gaussians`` once + three ``rasterize_binned`` against three
+    ``rasterize`` calls (each bins again), interleaved. Results must be identical."""
+    import gsplat2d
+
+    name, _m, field = field256
+    W = 256 * 4
+    means, conics = field.to_pixels(W, W)
+    sets = [field.colors, field.colors[..., :3].contiguous(), field.colors[..., -1:].contiguous()]
+
+    def staged():
+        with torch.no_grad():
+            scene = gsplat2d.bin_gaussians(means, conics, field.opacities, W, W, backend="numba")
+            return [gsplat2d.rasterize_binned(scene, c, mode="sum")[0] for c in sets]
+
+    def separate():
+        with torch.no_grad():
+            return [gsplat2d.rasterize(means, conics, c, field.opacities, W, W, mode="sum",
+                                       backend="numba")[0] for c in sets]
+
+    for a, b in zip(staged(), separate()):
+        assert torch.equal(a, b), "refusing to time: staged and one-call renders differ"
+    benchmark.group = "cpu binning reused (3 renders of one x4 field)"
+    t0 = time.perf_counter()
+    staged()
+    sep_s = _interleaved(benchmark, staged, separate, est_s=time.perf_counter() - t0)
+    _info(benchmark, model=name, out_w=W, out_h=W, gaussians=field.num_gaussians, renders=len(sets))
+    _record(benchmark, _pairs(means, conics, field.opacities, W, W), sep_s, "separate_rasterize")
+
+
 @pytest.mark.parametrize("scale", SCALES, ids=lambda s: f"x{s}")
 def test_sr_encode_and_render(benchmark, model, lr256, scale, request):
     """What ``gsplat2d render`` times: encode the 256 x 256 image, then render it windowed (and

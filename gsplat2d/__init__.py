@@ -10,12 +10,15 @@ apply_command_defaults()  # before torch loads: OpenMP's wait policy for the com
 
 from gsplat2d.conics import conics_from_cholesky, conics_from_scale_rotation  # noqa: E402
 from gsplat2d.gaussians import Gaussians2D  # noqa: E402
-from gsplat2d.rasterize import rasterize  # noqa: E402
+from gsplat2d.rasterize import BinnedScene, bin_gaussians, rasterize, rasterize_binned  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BinnedScene",
     "Gaussians2D",
+    "bin_gaussians",
+    "rasterize_binned",
     "conics_from_cholesky",
     "conics_from_scale_rotation",
     "rasterize",

@@ -1,14 +1,18 @@
-"""The public rasterizer: :func:`rasterize`."""
+"""The public rasterizer: :func:`rasterize`, and its two stages :func:`bin_gaussians` and
+:func:`rasterize_binned` for rendering one scene's geometry several times (other colour or
+feature sets, both modes) without binning it again."""
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
 
 import torch
 
 from gsplat2d._validate import validate
 from gsplat2d.backends import fp32_region, triton_interpret
 
-__all__ = ["rasterize", "triton_available", "numba_available"]
+__all__ = ["rasterize", "bin_gaussians", "rasterize_binned", "BinnedScene", "triton_available",
+           "numba_available"]
 
 
 def triton_available() -> bool:
@@ -108,9 +112,10 @@ def _rasterize_flat(
     height: int,
     tile_size: int,
     mode: str,
+    binning: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render with ``backend`` on the inputs flattened to ``B`` images: ``image [B, H, W, C]``,
-    ``alpha [B, H, W, 1]``."""
+    ``alpha [B, H, W, 1]`` (on ``binning``, the backend's binning of this geometry, when given)."""
     N = means.shape[-2]
     m = means.reshape(B, N, 2)
     q = conics.reshape(B, N, 3)
@@ -124,15 +129,15 @@ def _rasterize_flat(
         if backend == "triton":
             from gsplat2d.backends.triton_function import rasterize_triton
 
-            return rasterize_triton(m, q, c, o, bg, width, height, tile_size, mode)
+            return rasterize_triton(m, q, c, o, bg, width, height, tile_size, mode, binning)
         if backend == "numba":
             from gsplat2d.backends.numba_function import rasterize_numba
 
-            return rasterize_numba(m, q, c, o, bg, width, height, tile_size, mode)
+            return rasterize_numba(m, q, c, o, bg, width, height, tile_size, mode, binning)
         from gsplat2d.backends.torch_function import rasterize_torch
 
         m, q, c, o = (t.contiguous() for t in (m, q, c, o))
-        return rasterize_torch(m, q, c, o, bg, width, height, tile_size, mode)
+        return rasterize_torch(m, q, c, o, bg, width, height, tile_size, mode, binning)
 
 
 def rasterize(
@@ -199,3 +204,112 @@ def rasterize(
         image.reshape(*batch_shape, height, width, C),
         alpha.reshape(*batch_shape, height, width, 1),
     )
+
+
+class BinnedScene(NamedTuple):
+    """A scene's geometry binned into tiles for one output size and backend
+    (:func:`bin_gaussians`); :func:`rasterize_binned` renders it with any colours.
+
+    ``means``, ``conics``, ``opacities`` are the tensors given to :func:`bin_gaussians`, flattened to
+    ``[B, N, *]`` (views: gradients of a render still reach the originals). ``binning`` is the
+    backend's own (:class:`gsplat2d.binning.Binning`; the numba backend's adds pixel windows and
+    records in its compute dtype); None for an empty scene. The binning describes the geometry as
+    it was when binned: change the tensors and bin again.
+    """
+
+    backend: str
+    width: int
+    height: int
+    tile_size: int
+    batch_shape: tuple
+    means: torch.Tensor
+    conics: torch.Tensor
+    opacities: torch.Tensor
+    binning: Any
+
+
+def bin_gaussians(
+    means: torch.Tensor,
+    conics: torch.Tensor,
+    opacities: torch.Tensor,
+    width: int,
+    height: int,
+    *,
+    tile_size: int = 16,
+    backend: str = "auto",
+) -> BinnedScene:
+    """The binning stage of :func:`rasterize` on its own: which Gaussians reach which
+    ``tile_size x tile_size`` tile of a ``height x width`` image, in index order.
+
+    Args as :func:`rasterize`: ``means [..., N, 2]`` (pixels), ``conics [..., N, 3]``
+    (1/pixel^2), ``opacities [..., N]``. The backend is chosen here (``"auto"`` as in
+    :func:`rasterize`); the numba backend computes in float64 when any of the three is float64.
+
+    Returns a :class:`BinnedScene` for :func:`rasterize_binned`. Rendering ``k`` colour sets costs
+    one binning instead of ``k`` (``bench/test_bench_cpu.py::test_binning_reused``).
+    """
+    ones = opacities[..., None] if isinstance(opacities, torch.Tensor) else opacities
+    width, height, _, batch_shape = validate(
+        means, conics, ones, opacities, width, height, "sum", None, tile_size, backend
+    )
+    backend = _select_backend(backend, means.device, tile_size)
+    B = 1
+    for s in batch_shape:
+        B *= s
+    N = means.shape[-2]
+    m, q, o = means.reshape(B, N, 2), conics.reshape(B, N, 3), opacities.reshape(B, N)
+    binning = None
+    if N > 0 and B > 0:
+        with fp32_region(means.device):
+            if backend == "triton":
+                from gsplat2d.backends.triton_function import bin_triton
+
+                binning = bin_triton(m, q, o, width, height, tile_size)
+            elif backend == "numba":
+                from gsplat2d.backends.numba_function import bin_numba
+
+                binning = bin_numba(m, q, o, width, height, tile_size)
+            else:
+                from gsplat2d.backends import torch_backend
+
+                with torch.no_grad():
+                    binning = torch_backend.bin_gaussians(
+                        *(t.detach().contiguous() for t in (m, q, o)), width, height, tile_size)
+    return BinnedScene(backend, width, height, tile_size, tuple(batch_shape), m, q, o, binning)
+
+
+def rasterize_binned(
+    scene: BinnedScene,
+    colors: torch.Tensor,
+    *,
+    mode: str = "alpha",
+    background: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rasterization stage of :func:`rasterize` on a :class:`BinnedScene`: equal to
+    ``rasterize(means, conics, colors, opacities, width, height, mode=mode, ...)`` with the
+    scene's geometry, size, tile size and backend, and differentiable in ``colors``,
+    ``background`` and the scene's ``means``, ``conics`` and ``opacities``.
+
+    Args: ``colors [..., N, C]`` with the scene's ``...`` and ``N``; ``mode`` and
+    ``background`` as in :func:`rasterize`. Returns ``image [..., H, W, C]`` and
+    ``alpha [..., H, W, 1]``.
+    """
+    if not isinstance(scene, BinnedScene):
+        raise TypeError(f"scene must be a BinnedScene from gsplat2d.bin_gaussians, got {type(scene).__name__}")
+    bshape = scene.batch_shape
+    N = scene.means.shape[1]
+    if not isinstance(colors, torch.Tensor) or colors.dim() < 1 or tuple(colors.shape[:-1]) != (*bshape, N):
+        got = tuple(colors.shape) if isinstance(colors, torch.Tensor) else type(colors).__name__
+        raise ValueError(f"colors must have shape {(*bshape, N)} + (C,) to match the binned scene, got {got}")
+    means = scene.means.reshape(*bshape, N, 2)
+    conics = scene.conics.reshape(*bshape, N, 3)
+    opacities = scene.opacities.reshape(*bshape, N)
+    width, height, C, _ = validate(means, conics, colors, opacities, scene.width, scene.height, mode,
+                                   background, scene.tile_size, scene.backend)
+    B = scene.means.shape[0]
+    if scene.binning is None:
+        return _render_empty(means, conics, colors, opacities, background, width, height, C, bshape,
+                             scene.backend)
+    image, alpha = _rasterize_flat(scene.backend, means, conics, colors, opacities, background, B, C,
+                                   width, height, scene.tile_size, mode, scene.binning)
+    return image.reshape(*bshape, height, width, C), alpha.reshape(*bshape, height, width, 1)

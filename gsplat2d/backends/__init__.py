@@ -55,10 +55,10 @@ def fp32_backward(body):
 
 def input_grads(ctx, grads):
     """A Function's return value from backward: each input gradient in its input's dtype
-    (``ctx.dtypes``) where ``ctx.needs_input_grad`` asks for it, else None; None for the four
-    non-tensor arguments (width, height, tile_size, mode)."""
+    (``ctx.dtypes``) where ``ctx.needs_input_grad`` asks for it, else None; None for the five
+    non-tensor arguments (width, height, tile_size, mode, binning)."""
     need = ctx.needs_input_grad
     return (
         *(g.to(dt) if need[i] and g is not None else None for i, (g, dt) in enumerate(zip(grads, ctx.dtypes))),
-        None, None, None, None,
+        None, None, None, None, None,
     )

@@ -10,7 +10,7 @@ import torch
 
 from gsplat2d.backends import compute_dtype, fp32_backward, input_grads, numba_backend
 
-__all__ = ["RasterizeNumba", "rasterize_numba"]
+__all__ = ["RasterizeNumba", "rasterize_numba", "bin_numba"]
 
 
 class RasterizeNumba(torch.autograd.Function):
@@ -21,12 +21,12 @@ class RasterizeNumba(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, means, conics, colors, opacities, background, width, height, tile_size, mode):
+    def forward(ctx, means, conics, colors, opacities, background, width, height, tile_size, mode,
+                binning=None):
         inputs = (means, conics, colors, opacities, background)
         ctx.dtypes = [None if t is None else t.dtype for t in inputs]
-        dt = compute_dtype(*inputs)
         m, q, c, o, bg = (None if t is None else t.detach() for t in inputs)
-        nb = numba_backend.bin_gaussians(m, q, o, width, height, tile_size, dt)
+        nb = binning if binning is not None else bin_numba(m, q, o, width, height, tile_size, compute_dtype(*inputs))
         image, alpha, t_final = numba_backend.rasterize_fwd(c, bg, nb, width, height, tile_size, mode)
         ctx.nb = nb  # intermediates (no input or output of the Function)
         ctx.args = (bg is not None, width, height, tile_size, mode)
@@ -50,11 +50,21 @@ def _backward(ctx, grad_image, grad_alpha):
     return input_grads(ctx, grads)
 
 
-def rasterize_numba(means, conics, colors, opacities, background, width, height, tile_size, mode):
-    """Differentiable numba-backend rasterization of flattened CPU inputs ``[B, N, *]``.
+def bin_numba(means, conics, opacities, width, height, tile_size, dtype=None):
+    """The numba binning of flattened geometry ``[B, N, *]`` (computed in ``dtype``: by default
+    float64 when any input is float64, else float32)."""
+    dt = dtype or compute_dtype(means, conics, opacities)
+    return numba_backend.bin_gaussians(means.detach(), conics.detach(), opacities.detach(), width, height,
+                                       tile_size, dt)
 
-    Returns ``image [B, H, W, C]`` and ``alpha [B, H, W, 1]``, float64 for float64 inputs, else
-    float32.
+
+def rasterize_numba(means, conics, colors, opacities, background, width, height, tile_size, mode,
+                    binning=None):
+    """Differentiable numba-backend rasterization of flattened CPU inputs ``[B, N, *]``, on
+    ``binning`` (from :func:`bin_numba` of the same geometry) when given.
+
+    Returns ``image [B, H, W, C]`` and ``alpha [B, H, W, 1]``, float64 for float64 inputs (or a
+    float64 binning), else float32.
     """
     return RasterizeNumba.apply(means, conics, colors, opacities, background, width, height,
-                                tile_size, mode)
+                                tile_size, mode, binning)

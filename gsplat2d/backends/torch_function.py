@@ -23,12 +23,14 @@ class RasterizeTorch(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, means, conics, colors, opacities, background, width, height, tile_size, mode):
+    def forward(ctx, means, conics, colors, opacities, background, width, height, tile_size, mode,
+                binning=None):
         inputs = (means, conics, colors, opacities, background)
         ctx.dtypes = [None if t is None else t.dtype for t in inputs]
         m, q, c, o, bg = (None if t is None else t.detach().contiguous() for t in inputs)
         with torch.no_grad():
-            binning = torch_backend.bin_gaussians(m, q, o, width, height, tile_size)
+            if binning is None:
+                binning = torch_backend.bin_gaussians(m, q, o, width, height, tile_size)
             image, alpha, t_final = torch_backend.rasterize_fwd(
                 m, q, c, o, bg, binning, width, height, tile_size, mode
             )
@@ -57,19 +59,21 @@ def _backward(ctx, grad_image, grad_alpha):
 
 
 def rasterize_torch_autograd(means, conics, colors, opacities, background, width, height,
-                             tile_size, mode):
+                             tile_size, mode, binning=None):
     """Reference path: torch binning + ``rasterize_fwd`` differentiated by plain autograd.
 
     Inputs flattened ``[B, N, *]``; returns ``image [B, H, W, C]``, ``alpha [B, H, W, 1]``.
     """
-    binning = torch_backend.bin_gaussians(means, conics, opacities, width, height, tile_size)
+    if binning is None:
+        binning = torch_backend.bin_gaussians(means, conics, opacities, width, height, tile_size)
     image, alpha, _ = torch_backend.rasterize_fwd(
         means, conics, colors, opacities, background, binning, width, height, tile_size, mode
     )
     return image, alpha
 
 
-def rasterize_torch(means, conics, colors, opacities, background, width, height, tile_size, mode):
+def rasterize_torch(means, conics, colors, opacities, background, width, height, tile_size, mode,
+                    binning=None):
     """Differentiable torch-backend rasterization of flattened inputs ``[B, N, *]``.
 
     Uses :class:`RasterizeTorch`; scenes with NaN/Inf colours take the autograd reference path
@@ -78,8 +82,8 @@ def rasterize_torch(means, conics, colors, opacities, background, width, height,
     """
     if not bool(torch.isfinite(colors.detach()).all()):
         return rasterize_torch_autograd(
-            means, conics, colors, opacities, background, width, height, tile_size, mode
+            means, conics, colors, opacities, background, width, height, tile_size, mode, binning
         )
     return RasterizeTorch.apply(
-        means, conics, colors, opacities, background, width, height, tile_size, mode
+        means, conics, colors, opacities, background, width, height, tile_size, mode, binning
     )

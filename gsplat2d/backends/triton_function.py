@@ -7,7 +7,7 @@ import torch
 from gsplat2d.backends import fp32_backward
 from gsplat2d.binning import Binning
 
-__all__ = ["RasterizeTriton", "rasterize_triton"]
+__all__ = ["RasterizeTriton", "rasterize_triton", "bin_triton"]
 
 
 class RasterizeTriton(torch.autograd.Function):
@@ -18,20 +18,15 @@ class RasterizeTriton(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, means, conics, colors, opacities, background, width, height, tile_size, mode):
-        from gsplat2d.kernels.binning import bin_gaussians
+    def forward(ctx, means, conics, colors, opacities, background, width, height, tile_size, mode,
+                binning=None):
         from gsplat2d.kernels.rasterize_fwd import rasterize_fwd
 
-        # The kernels compute in float32 and exist as float32 variants only (the AOT report
-        # compiles exactly those): fp16/bf16 widen exactly; float64 geometry keeps its precision
-        # through the float64 binning stage, which rounds the per-Gaussian record once.
-        geo = torch.float64 if torch.float64 in (means.dtype, conics.dtype, opacities.dtype) else torch.float32
-        means_c, conics_c, opac_c = (
-            t.detach().to(geo).contiguous() for t in (means, conics, opacities)
-        )
+        means_c, conics_c, opac_c = _geometry(means, conics, opacities)
         colors_c = colors.detach().float().contiguous()
         bg_c = background.detach().float().contiguous() if background is not None else None
-        binning = bin_gaussians(means_c, conics_c, opac_c, width, height, tile_size)
+        if binning is None:
+            binning = bin_triton(means_c, conics_c, opac_c, width, height, tile_size)
         image, alpha, t_final = rasterize_fwd(
             means_c, conics_c, colors_c, opac_c, bg_c, binning, width, height, tile_size, mode
         )
@@ -72,7 +67,7 @@ def _backward(ctx, grad_image, grad_alpha):
     out = []
     for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad[:5]):
         out.append(g.to(dt) if (need and g is not None) else None)
-    return (*out, None, None, None, None)
+    return (*out, None, None, None, None, None)
 
 
 def rasterize_triton(
@@ -85,11 +80,28 @@ def rasterize_triton(
     height: int,
     tile_size: int,
     mode: str,
+    binning: Binning | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Differentiable Triton rasterization of flattened inputs ``[B, N, *]``.
+    """Differentiable Triton rasterization of flattened inputs ``[B, N, *]``, on ``binning``
+    (from :func:`bin_triton` of the same geometry) when given.
 
     Returns ``image [B, H, W, C]`` and ``alpha [B, H, W, 1]`` (float32).
     """
     return RasterizeTriton.apply(
-        means, conics, colors, opacities, background, width, height, tile_size, mode
+        means, conics, colors, opacities, background, width, height, tile_size, mode, binning
     )
+
+
+def _geometry(means, conics, opacities):
+    """The geometry as the kernels take it. They compute in float32 and exist as float32 variants
+    only (the AOT report compiles exactly those): fp16/bf16 widen exactly; float64 geometry keeps
+    its precision through the float64 binning stage, which rounds the per-Gaussian record once."""
+    geo = torch.float64 if torch.float64 in (means.dtype, conics.dtype, opacities.dtype) else torch.float32
+    return tuple(t.detach().to(geo).contiguous() for t in (means, conics, opacities))
+
+
+def bin_triton(means, conics, opacities, width, height, tile_size) -> Binning:
+    """The Triton binning of flattened geometry ``[B, N, *]``."""
+    from gsplat2d.kernels.binning import bin_gaussians
+
+    return bin_gaussians(*_geometry(means, conics, opacities), width, height, tile_size)
