@@ -112,7 +112,6 @@ def _rasterize_bwd_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
     NC: tl.constexpr,
-    NUM_CB: tl.constexpr,
     SMALL_C: tl.constexpr,
     CHUNK: tl.constexpr,
     FAST: tl.constexpr,
@@ -255,13 +254,10 @@ def _rasterize_bwd_kernel(
 
 
 def rasterize_bwd(
-    means: torch.Tensor,
-    conics: torch.Tensor,
     colors: torch.Tensor,
-    opacities: torch.Tensor,
     has_background: bool,
     binning: Binning,
-    image: torch.Tensor,
+    image: torch.Tensor | None,
     t_final: torch.Tensor | None,
     grad_image: torch.Tensor,
     grad_alpha: torch.Tensor,
@@ -270,8 +266,9 @@ def rasterize_bwd(
     tile_size: int,
     mode: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Launch the backward kernel. Cotangents ``grad_image [B, H, W, C]``, ``grad_alpha
-    [B, H, W, 1]`` (contiguous). Returns float32 gradients for means ``[B, N, 2]``, conics
+    """Launch the backward kernel. ``image`` and ``t_final`` are the forward's (alpha mode; sum
+    mode reads neither: None), the geometry is ``binning.params``. Cotangents ``grad_image
+    [B, H, W, C]``, ``grad_alpha [B, H, W, 1]`` (contiguous). Returns float32 gradients for means ``[B, N, 2]``, conics
     ``[B, N, 3]``, colors ``[B, N, C]``, opacities ``[B, N]`` and background ``[B, C]`` (None
     without a background). The first three geometry outputs are views of one ``[B, N, 8]``
     accumulation record.
@@ -296,13 +293,13 @@ def rasterize_bwd(
     with device_guard(dev):
         _rasterize_bwd_kernel[grid](
             binning.params, colors, binning.ranges, binning.gauss_ids,
-            image, t_final if t_final is not None else grad_alpha,
+            image if image is not None else grad_image, t_final if t_final is not None else grad_alpha,
             grad_image, grad_alpha,
             g_geo, g_colors, g_bg if (g_bg is not None and cfg["SMALL_C"]) else g_colors,
             N, C, width, height, binning.tiles_x, n_tiles,
             ALPHA_MODE=alpha_mode, TAPER=mode == "sum_taper", HAS_BG=has_background and cfg["SMALL_C"], TILE=tile_size,
             BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], NC=cfg["NC"],
-            NUM_CB=triton.cdiv(C, cfg["BLOCK_C"]), SMALL_C=cfg["SMALL_C"], CHUNK=cfg["CHUNK"],
+            SMALL_C=cfg["SMALL_C"], CHUNK=cfg["CHUNK"],
             FAST=fast_math(), **launch_options(cfg),
         )
     return g_geo[..., 0:2], g_geo[..., 2:5], g_colors, g_geo[..., 5], g_bg
@@ -314,7 +311,7 @@ SIGNATURE = {
     "ggeo_ptr": "*fp32", "gcolors_ptr": "*fp32", "gbg_ptr": "*fp32",
     "N": "i32", "C": "i32", "W": "i32", "H": "i32", "tiles_x": "i32", "n_tiles": "i32",
     "ALPHA_MODE": "constexpr", "TAPER": "constexpr", "HAS_BG": "constexpr", "TILE": "constexpr",
-    "BLOCK_P": "constexpr", "BLOCK_C": "constexpr", "NC": "constexpr", "NUM_CB": "constexpr", "SMALL_C": "constexpr",
+    "BLOCK_P": "constexpr", "BLOCK_C": "constexpr", "NC": "constexpr", "SMALL_C": "constexpr",
     "CHUNK": "constexpr", "FAST": "constexpr",
 }
 
@@ -338,7 +335,7 @@ def _aot_specs() -> list[AotSpec]:
                         "ALPHA_MODE": mode == "alpha", "TAPER": mode == "sum_taper",
                         "HAS_BG": mode == "alpha", "TILE": tile,
                         "BLOCK_P": cfg["BLOCK_P"], "BLOCK_C": cfg["BLOCK_C"], "NC": cfg["NC"],
-                        "NUM_CB": triton.cdiv(C, cfg["BLOCK_C"]), "SMALL_C": cfg["SMALL_C"],
+                        "SMALL_C": cfg["SMALL_C"],
                         "CHUNK": cfg["CHUNK"], "FAST": True,
                     },
                     num_warps=cfg["num_warps"],

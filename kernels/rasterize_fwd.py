@@ -215,10 +215,7 @@ def _rasterize_fwd_kernel(
 
 
 def rasterize_fwd(
-    means: torch.Tensor,
-    conics: torch.Tensor,
     colors: torch.Tensor,
-    opacities: torch.Tensor,
     background: torch.Tensor | None,
     binning: Binning,
     width: int,
@@ -226,9 +223,9 @@ def rasterize_fwd(
     tile_size: int,
     mode: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Launch the forward kernel. Inputs ``[B, N, *]`` contiguous; ``binning.params`` is the
-    per-Gaussian record of the binning stage (``means``, ``conics`` and ``opacities`` are read
-    through it). See ``docs/design.md``.
+    """Launch the forward kernel. ``colors [B, N, C]``, ``background [B, C]`` or None, float32
+    contiguous; the geometry is read from ``binning.params``, the per-Gaussian record of the
+    binning stage (the numba launcher's argument order). See ``docs/design.md``.
 
     Returns ``image [B, H, W, C]``, ``alpha [B, H, W, 1]`` and (alpha mode) ``T_final [B, H, W]``
     (sum mode: None), all float32.

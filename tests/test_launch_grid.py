@@ -42,8 +42,8 @@ def test_batch_goes_to_grid_dimension_0(monkeypatch, C):
     monkeypatch.setattr(rasterize_bwd, "_rasterize_bwd_kernel", b)
     bins = _binning(B, 1, 1, N)
     colors = torch.zeros(B, N, C)
-    img, alp, tf = rasterize_fwd.rasterize_fwd(None, None, colors, None, None, bins, W, H, tile, "alpha")
-    rasterize_bwd.rasterize_bwd(None, None, colors, None, False, bins, img, tf, torch.zeros(B, H, W, C),
+    img, alp, tf = rasterize_fwd.rasterize_fwd(colors, None, bins, W, H, tile, "alpha")
+    rasterize_bwd.rasterize_bwd(colors, False, bins, img, tf, torch.zeros(B, H, W, C),
                                 torch.zeros(B, H, W, 1), W, H, tile, "alpha")
     for grids, cfg_bwd in ((f.grids, False), (b.grids, True)):
         (grid, kw), = grids

@@ -323,16 +323,18 @@ def test_stage_rasterize_fwd_final_transmittance(backend, mode):
 
         nb = numba_backend.bin_gaussians(s["means"], s["conics"], s["opacities"], w, h, 16)
         img, alp, T = numba_backend.rasterize_fwd(s["colors"], bg, nb, w, h, 16, mode)
-    else:
-        if backend == "torch":
-            from gsplat2d.backends import torch_backend as impl
-            from gsplat2d.backends.torch_backend import bin_gaussians
-        else:
-            from gsplat2d.kernels import rasterize_fwd as impl
-            from gsplat2d.kernels.binning import bin_gaussians
-        binning = bin_gaussians(s["means"], s["conics"], s["opacities"], w, h, 16)
+    elif backend == "torch":
+        from gsplat2d.backends import torch_backend as impl
+
+        binning = impl.bin_gaussians(s["means"], s["conics"], s["opacities"], w, h, 16)
         img, alp, T = impl.rasterize_fwd(s["means"], s["conics"], s["colors"], s["opacities"], bg,
                                          binning, w, h, 16, mode)
+    else:  # the Triton launcher reads the geometry from the binning's record
+        from gsplat2d.kernels.binning import bin_gaussians
+        from gsplat2d.kernels.rasterize_fwd import rasterize_fwd
+
+        binning = bin_gaussians(s["means"], s["conics"], s["opacities"], w, h, 16)
+        img, alp, T = rasterize_fwd(s["colors"], bg, binning, w, h, 16, mode)
     ref = dense_rasterize(s["means"], s["conics"], s["colors"], s["opacities"], w, h, mode, bg,
                           return_final_T=(mode == "alpha"))
     amb = ambiguous_pixels(s["means"], s["conics"], s["opacities"], w, h, mode)[..., None]

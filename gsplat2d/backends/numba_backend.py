@@ -164,13 +164,14 @@ def _channel_major(t: Tensor, dt: torch.dtype) -> np.ndarray:
 
 
 def rasterize_bwd(
-    conics: Tensor, colors: Tensor, has_background: bool, nb: NumbaBinning, image: Tensor,
+    conics: Tensor, colors: Tensor, has_background: bool, nb: NumbaBinning, image: Optional[Tensor],
     t_final: Optional[Tensor], grad_image: Tensor, grad_alpha: Tensor, width: int, height: int,
     tile_size: int, mode: str,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:
     """Backward (stage 5): gradients for means ``[B, N, 2]``, conics ``[B, N, 3]``, colours
     ``[B, N, C]``, opacities ``[B, N]`` and background ``[B, C]`` (None without one), in
-    ``nb.rec``'s dtype. ``image``/``t_final`` are the forward's outputs, ``grad_image
+    ``nb.rec``'s dtype. ``image``/``t_final`` are the forward's outputs (alpha mode; sum mode
+    needs neither: None), ``grad_image
     [B, H, W, C]`` and ``grad_alpha [B, H, W, 1]`` the cotangents (any layout).
 
     Each (tile, Gaussian) pair's sums go to its own row of a ``[P, 6 + C]`` buffer, then are
@@ -187,7 +188,8 @@ def rasterize_bwd(
         nb.rec.numpy(), nb.win.numpy(), _np(conics.reshape(B * N, 3), dt),
         _np(colors.reshape(B * N, C), dt), nb.binning.ranges.numpy(), nb.binning.gauss_ids.numpy(),
         _pixel_centres(width, height, dt), k.kernel_constants(_NP[dt], mode), N, width, height,
-        nb.binning.tiles_x, tile_size, alpha_mode, _channel_major(image, dt), tf.reshape(-1).numpy(),
+        nb.binning.tiles_x, tile_size, alpha_mode,
+        _channel_major(image, dt) if alpha_mode else np.zeros(1, dtype=_NP[dt]), tf.reshape(-1).numpy(),
         _channel_major(grad_image, dt), _np(grad_alpha.reshape(-1), dt), gpair.numpy(),
     )
     acc = torch.zeros((B * N, 6 + C), dtype=dt)

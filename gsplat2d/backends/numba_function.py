@@ -30,7 +30,8 @@ class RasterizeNumba(torch.autograd.Function):
         image, alpha, t_final = numba_backend.rasterize_fwd(c, bg, nb, width, height, tile_size, mode)
         ctx.nb = nb  # intermediates (no input or output of the Function)
         ctx.args = (bg is not None, width, height, tile_size, mode)
-        ctx.save_for_backward(q, c, image, t_final)
+        # the backward reads the image only in alpha mode (the sum-mode gradient needs none)
+        ctx.save_for_backward(q, c, image if mode == "alpha" else None, t_final)
         return image, alpha
 
     backward = fp32_backward(lambda ctx, gi, ga: _backward(ctx, gi, ga))
@@ -40,10 +41,11 @@ def _backward(ctx, grad_image, grad_alpha):
     """The Function's backward (see its class docstring), run with autocast off."""
     q, c, image, t_final = ctx.saved_tensors
     has_bg, width, height, tile_size, mode = ctx.args
+    B, C, dt = c.shape[0], c.shape[-1], ctx.nb.rec.dtype
     if grad_image is None:
-        grad_image = torch.zeros_like(image)
+        grad_image = torch.zeros((B, height, width, C), dtype=dt)
     if grad_alpha is None:
-        grad_alpha = image.new_zeros((*image.shape[:-1], 1))
+        grad_alpha = torch.zeros((B, height, width, 1), dtype=dt)
     grads = numba_backend.rasterize_bwd(
         q, c, has_bg, ctx.nb, image, t_final, grad_image, grad_alpha, width, height, tile_size, mode,
     )

@@ -585,8 +585,8 @@ def rasterize_bwd_kernel(rec, win, conics, colors, ranges, ids, xs, consts, N, W
 
     Inputs as :func:`rasterize_fwd_kernel`, plus ``conics [B*N, 3]`` (the compute dtype),
     the forward's ``image`` (channel-major ``[B, C, H, W]``, flat, background included) and
-    ``tfinal [B*H*W]`` (alpha mode), and the cotangents ``gimage`` (channel-major, as
-    ``image``) and ``galpha [B*H*W]``.
+    ``tfinal [B*H*W]`` (alpha mode; sum mode reads neither), and the cotangents ``gimage``
+    (channel-major, as ``image``) and ``galpha [B*H*W]``.
 
     alpha mode, front to back as the forward (no division of transmittances): per pixel
     ``k = g_alpha T_final - g . S_i`` where ``g . S_i = g . image - sum_{j <= i} a_j T_j (g . c_j)``
@@ -597,7 +597,7 @@ def rasterize_bwd_kernel(rec, win, conics, colors, ranges, ids, xs, consts, N, W
     ``dmx = a Sx + b Sy``, ``dmy = b Sx + c Sy``, ``da = -Sxx/2``, ``db = -Sxy``, ``dc = -Syy/2``,
     ``do = S / o``.
     """
-    n_tiles = ranges.shape[0] // (image.shape[0] // (colors.shape[1] * H * W))
+    n_tiles = ranges.shape[0] // (gimage.shape[0] // (colors.shape[1] * H * W))
     for gt in prange(ranges.shape[0]):
         if ranges[gt, 0] < ranges[gt, 1]:
             _bwd_tile(gt, rec, win, conics, colors, ranges, ids, xs, consts, N, W, H, tiles_x,

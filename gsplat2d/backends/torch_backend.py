@@ -747,7 +747,7 @@ def rasterize_bwd(
     opacities: Tensor,
     has_background: bool,
     binning: Binning,
-    image: Tensor,
+    image: Optional[Tensor],
     t_final: Optional[Tensor],
     grad_image: Tensor,
     grad_alpha: Tensor,
@@ -760,7 +760,8 @@ def rasterize_bwd(
 
     Args:
         means, conics, colors, opacities: as :func:`rasterize_fwd`; has_background: whether the
-        forward had a background; binning: the forward's; image ``[B, H, W, C]`` and
+        forward had a background; binning: the forward's; image ``[B, H, W, C]`` (alpha mode;
+        None in the sum modes, which do not read it) and
         ``t_final [B, H, W]`` (alpha mode; None in sum mode): the forward's outputs;
         grad_image ``[B, H, W, C]``, grad_alpha ``[B, H, W, 1]``: cotangents.
 

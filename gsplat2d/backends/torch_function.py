@@ -37,7 +37,9 @@ class RasterizeTorch(torch.autograd.Function):
         # the binning is an intermediate (no input or output of the Function): kept on ctx
         ctx.binning = binning
         ctx.args = (bg is not None, width, height, tile_size, mode)
-        ctx.save_for_backward(m, q, c, o, image, t_final)
+        # the backward reads the image only in alpha mode
+        ctx.save_for_backward(m, q, c, o, image if mode == "alpha" else None, t_final)
+        ctx.out_dtype = image.dtype
         return image, alpha
 
     backward = fp32_backward(lambda ctx, gi, ga: _backward(ctx, gi, ga))
@@ -47,10 +49,11 @@ def _backward(ctx, grad_image, grad_alpha):
     """The Function's backward (see its class docstring), run with autocast off."""
     m, q, c, o, image, t_final = ctx.saved_tensors
     has_bg, width, height, tile_size, mode = ctx.args
+    B, C = c.shape[0], c.shape[-1]
     if grad_image is None:
-        grad_image = torch.zeros_like(image)
+        grad_image = torch.zeros((B, height, width, C), dtype=ctx.out_dtype, device=c.device)
     if grad_alpha is None:
-        grad_alpha = image.new_zeros((*image.shape[:-1], 1))
+        grad_alpha = torch.zeros((B, height, width, 1), dtype=ctx.out_dtype, device=c.device)
     grads = torch_backend.rasterize_bwd(
         m, q, c, o, has_bg, ctx.binning, image, t_final, grad_image, grad_alpha,
         width, height, tile_size, mode,

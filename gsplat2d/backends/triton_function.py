@@ -22,17 +22,15 @@ class RasterizeTriton(torch.autograd.Function):
                 binning=None):
         from gsplat2d.kernels.rasterize_fwd import rasterize_fwd
 
-        means_c, conics_c, opac_c = _geometry(means, conics, opacities)
         colors_c = colors.detach().float().contiguous()
         bg_c = background.detach().float().contiguous() if background is not None else None
         if binning is None:
-            binning = bin_triton(means_c, conics_c, opac_c, width, height, tile_size)
-        image, alpha, t_final = rasterize_fwd(
-            means_c, conics_c, colors_c, opac_c, bg_c, binning, width, height, tile_size, mode
-        )
+            binning = bin_triton(means, conics, opacities, width, height, tile_size)
+        image, alpha, t_final = rasterize_fwd(colors_c, bg_c, binning, width, height, tile_size, mode)
+        # the backward reads the geometry from binning.params, and the image only in alpha mode
         ctx.save_for_backward(
-            means_c, conics_c, colors_c, opac_c, binning.ranges, binning.gauss_ids,
-            binning.counts, binning.params, image, t_final,
+            colors_c, binning.ranges, binning.gauss_ids, binning.counts, binning.params,
+            image if mode == "alpha" else None, t_final,
         )
         ctx.meta = (binning.tiles_x, binning.tiles_y, width, height, tile_size, mode)
         ctx.has_bg = background is not None
@@ -49,7 +47,7 @@ def _backward(ctx, grad_image, grad_alpha):
     """The Function's backward (see its class docstring), run with autocast off."""
     from gsplat2d.kernels.rasterize_bwd import rasterize_bwd
 
-    means, conics, colors, opac, ranges, ids, counts, params, image, t_final = ctx.saved_tensors
+    colors, ranges, ids, counts, params, image, t_final = ctx.saved_tensors
     tiles_x, tiles_y, width, height, tile_size, mode = ctx.meta
     B, N, C = colors.shape
     dev = colors.device
@@ -59,7 +57,7 @@ def _backward(ctx, grad_image, grad_alpha):
         grad_alpha = torch.zeros((B, height, width, 1), dtype=torch.float32, device=dev)
     binning = Binning(tiles_x, tiles_y, ranges, ids, counts, params)
     g_means, g_conics, g_colors, g_opac, g_bg = rasterize_bwd(
-        means, conics, colors, opac, ctx.has_bg, binning, image, t_final,
+        colors, ctx.has_bg, binning, image, t_final,
         grad_image.float().contiguous(), grad_alpha.float().contiguous(),
         width, height, tile_size, mode,
     )
