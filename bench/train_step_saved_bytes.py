@@ -1,9 +1,12 @@
 """Bytes the autograd graph holds for backward during one SR training step (feature and colour
 models, batch 8, LR 48 -> HR 144), per backend: everything packed by saved-tensor hooks, unique
 storages counted once; the rasterizer Functions' own share separately."""
-import sys, json, torch
+import sys
+
+import torch
+
 from gsplat2d.sr.model import load_model
-import gsplat2d.backends.numba_function as nf, gsplat2d.backends.torch_function as tf, gsplat2d.backends.triton_function as trf
+
 
 def step_bytes(name, backend):
     m = load_model(name).train()
@@ -16,9 +19,8 @@ def step_bytes(name, backend):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         sr = m(lr, (144, 144), backend=backend)
     total = sum(seen.values())
-    # the rasterizer Function's saved tensors: find the node
-    fn = sr.grad_fn
-    stack, rast = [fn], 0
+    # the rasterizer Function's own saved tensors: walk the graph to its node
+    stack, rast = [sr.grad_fn], 0
     visited = set()
     while stack:
         f = stack.pop()
@@ -31,8 +33,8 @@ def step_bytes(name, backend):
     sr.sum().backward()
     return total, rast
 
-out = {}
-for name in ("feature", "tiny"):
-    for backend in sys.argv[1:]:
-        out[f"{name}-{backend}"] = step_bytes(name, backend)
-        print(name, backend, "graph saved %.1f MB, rasterizer saved %.2f MB" % (out[f"{name}-{backend}"][0] / 1e6, out[f"{name}-{backend}"][1] / 1e6), flush=True)
+if __name__ == "__main__":
+    for name in ("feature", "tiny"):
+        for backend in sys.argv[1:] or ["numba", "torch"]:
+            total, rast = step_bytes(name, backend)
+            print(f"{name} {backend}: graph saved {total / 1e6:.1f} MB, rasterizer saved {rast / 1e6:.2f} MB", flush=True)
