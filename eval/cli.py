@@ -2,7 +2,8 @@
 
 Two protocols:
 
-``brief`` (default; the project brief's test command)::
+``crops`` (default; the test command of the original project brief, which called it ``brief``:
+that name is still accepted)::
 
     python -m gsplat2d.eval --model_path models/my_model.pth --data_path ./DIV2K_valid_HR --batch_size 1
 
@@ -121,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=_PROG,
         description=(
-            "Validate a gsplat2d super-resolution model. Default protocol 'brief': centre crops, "
+            "Validate a gsplat2d super-resolution model. Default protocol 'crops': centre crops, "
             "comparison/GT/render PNGs and an average PSNR/SSIM report. '--benchmark': full images "
             "at several scales, bicubic vs model table (Set5/Set14 conventions). "
             f"Metric: {METRIC}."
@@ -134,22 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one or more image folders: HR images directly (e.g. DIV2K_valid_HR) or the "
                         "Set5/Set14 layout with HR/ and LR_bicubic/X{s}/ subfolders")
     p.add_argument("--batch_size", type=_positive_int, default=1,
-                   help="crops super-resolved per model call in the brief protocol (crops of equal size "
+                   help="crops super-resolved per model call in the crops protocol (crops of equal size "
                         "are batched; the benchmark runs full images one at a time) [1]")
     p.add_argument("--scale", type=_scale_value, default=None,
-                   help="upscaling factor of the brief protocol (non-integer allowed) [4]; with "
+                   help="upscaling factor of the crops protocol (non-integer allowed) [4]; with "
                         "--benchmark and no --scales, the single benchmark scale")
     p.add_argument("--crop", type=_nonneg_int, default=256,
-                   help="brief protocol: centre crop size in HR pixels (square; images smaller than "
+                   help="crops protocol: centre crop size in HR pixels (square; images smaller than "
                         "the crop are used whole), then mod-cropped to the scale; 0 = whole images [256]")
     p.add_argument("--output_dir", default="./validation_output",
-                   help="brief protocol: GT | bicubic | SR comparison PNGs [./validation_output]")
-    p.add_argument("--gt_dir", default="./validationGT", help="brief protocol: HR crops [./validationGT]")
+                   help="crops protocol: GT | bicubic | SR comparison PNGs [./validation_output]")
+    p.add_argument("--gt_dir", default="./validationGT", help="crops protocol: HR crops [./validationGT]")
     p.add_argument("--ren_dir", default="./validationRen",
-                   help="brief protocol: the model's SR renders [./validationRen]")
+                   help="crops protocol: the model's SR renders [./validationRen]")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
-    p.add_argument("--protocol", choices=("brief", "benchmark"), default="brief",
-                   help="brief (crops + images + report) or benchmark (full images, table) [brief]")
+    p.add_argument("--protocol", choices=("crops", "benchmark"), default="crops",
+                   type=lambda s: "crops" if s == "brief" else s,  # the name of earlier releases
+                   help="crops (centre crops + images + report) or benchmark (full images, table) [crops]")
     p.add_argument("--benchmark", dest="protocol", action="store_const", const="benchmark",
                    help="same as --protocol benchmark")
     p.add_argument("--scales", type=_scale_list, default=None,
@@ -268,7 +270,7 @@ def _pair_metrics(sr: torch.Tensor, hr: torch.Tensor, scale: float, grey: bool) 
     return psnr_y(sr, hr, _shave(scale), **kw), ssim_y(sr, hr, _shave(scale), **kw)
 
 
-# ----------------------------------------------------------------------------- brief protocol
+# ----------------------------------------------------------------------------- crops protocol
 def _centre_crop(hr: np.ndarray, crop: int) -> np.ndarray:
     if crop <= 0:
         return hr
@@ -325,7 +327,7 @@ def _make_dirs(*dirs: str) -> None:
 
 @dataclass
 class _BriefItem:
-    """One brief-protocol crop ready for the model."""
+    """One crops-protocol crop ready for the model."""
 
     name: str  # output file stem, unique across datasets
     hr: np.ndarray
@@ -335,7 +337,7 @@ class _BriefItem:
 
 
 class _BriefPlan:
-    """Iterates the brief-protocol crops of all datasets and counts the files skipped."""
+    """Iterates the crops-protocol crops of all datasets and counts the files skipped."""
 
     def __init__(self, datasets: List[Dataset], crop: int, scale: float) -> None:
         self.datasets = datasets
@@ -368,7 +370,7 @@ class _BriefPlan:
                 yield _BriefItem(name, hr, lr, grey, index)
 
 
-def _score_and_write_brief_item(
+def _score_and_write_crop(
     it: _BriefItem, sr: torch.Tensor, scale: float, args: argparse.Namespace, n_files: int
 ) -> Tuple[float, float, float, float]:
     """Scores one super-resolved crop against bicubic, writes its GT, render and comparison PNGs and
@@ -425,11 +427,11 @@ class _BriefBatcher:
         srs = _super_resolve(self.model, [it.lr for it in self.pending], hw, self.device)
         _make_dirs(self.args.output_dir, self.args.gt_dir, self.args.ren_dir)
         for it, sr in zip(self.pending, srs):
-            self.results.append(_score_and_write_brief_item(it, sr, self.scale, self.args, self.n_files))
+            self.results.append(_score_and_write_crop(it, sr, self.scale, self.args, self.n_files))
         self.pending.clear()
 
 
-def _print_brief_report(
+def _print_crops_report(
     args: argparse.Namespace, shown_model: str, results: List[Tuple[float, float, float, float]],
     n_files: int, skipped: int,
 ) -> None:
@@ -448,8 +450,8 @@ def _print_brief_report(
     print("---------------------------")
 
 
-def run_brief(args: argparse.Namespace) -> int:
-    """The brief protocol: centre crops, comparison/GT/render PNGs and the average PSNR/SSIM report."""
+def run_crops(args: argparse.Namespace) -> int:
+    """The crops protocol: centre crops, comparison/GT/render PNGs and the average PSNR/SSIM report."""
     scale = 4.0 if args.scale is None else args.scale
     datasets = [find_dataset(a, args.max_images) for a in args.data_path]
     device = _device(args.device)
@@ -468,7 +470,7 @@ def run_brief(args: argparse.Namespace) -> int:
     batcher.flush()
     if not batcher.results:
         raise UserError("no image could be evaluated (all were unreadable or too small)")
-    _print_brief_report(args, shown_model, batcher.results, n_files, plan.skipped)
+    _print_crops_report(args, shown_model, batcher.results, n_files, plan.skipped)
     return 0
 
 
@@ -712,7 +714,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.protocol == "benchmark":
         return run_benchmark(args)
-    return run_brief(args)
+    return run_crops(args)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,11 +1,10 @@
-"""The bad-input table of issue 9, one test per row: each case ends with a clear one-line error
-(or correct handling) and no leftover or destroyed file.
+"""Bad input, one test per case: each ends with a clear one-line error (or correct handling) and
+no leftover or destroyed file.
 
-Rows 4 (README Quick start on a fresh venv) and 17 (``pip install -e .`` without triton) are
-install steps: CI runs ``pip install -e ".[test]"`` as the README says; row 17's dependency
-split is checked on ``pyproject.toml`` below. Row 13 is
-``test_gaussians_io.test_every_written_file_has_a_checksum``; row 14's model-level test (with its
-``border=0`` mutant) is ``test_sr_model.test_shipped_model_renders_a_flat_image_flat``.
+Two cases are install steps: CI runs ``pip install -e ".[test]"`` as the README says, and the
+dependency split (triton optional) is checked on ``pyproject.toml`` below. Files written with a
+checksum: ``test_gaussians_io.test_every_written_file_has_a_checksum``; a flat image rendering
+flat, with its ``border=0`` mutant: ``test_sr_model.test_shipped_model_renders_a_flat_image_flat``.
 """
 
 from __future__ import annotations
@@ -51,7 +50,6 @@ def images(tmp_path):
     return d
 
 
-# 1 -------------------------------------------------------------------------------------------
 def test_train_refuses_a_folder_as_save_path_before_any_step(tmp_path, images, capsys):
     models = tmp_path / "models"
     models.mkdir()
@@ -64,7 +62,6 @@ def test_train_refuses_a_folder_as_save_path_before_any_step(tmp_path, images, c
     assert list(models.iterdir()) == []
 
 
-# 2 -------------------------------------------------------------------------------------------
 def test_render_folder_skips_a_bad_image_and_reports_it(tmp_path, images, capsys):
     (images / "zz_truncated.png").write_bytes((images / "im0.png").read_bytes()[:60])
     (images / "not_an_image.png").write_bytes(b"hello")
@@ -78,7 +75,6 @@ def test_render_folder_skips_a_bad_image_and_reports_it(tmp_path, images, capsys
     assert sorted(p.name for p in out.iterdir()) == [f"im{i}.png" for i in range(4)]  # the rest rendered
 
 
-# 3 -------------------------------------------------------------------------------------------
 def test_fit_folder_skips_an_unreadable_image_and_writes_the_results(tmp_path, images, capsys):
     (images / "im1.png").write_bytes(b"not a png")
     out = tmp_path / "fit"
@@ -90,7 +86,6 @@ def test_fit_folder_skips_an_unreadable_image_and_writes_the_results(tmp_path, i
     assert sorted(p.name for p in out.glob("*.g2d")) == ["im0.g2d", "im2.g2d", "im3.g2d"]
 
 
-# 4, 17 ---------------------------------------------------------------------------------------
 def test_quick_start_installs_the_test_tools_and_triton_is_optional():
     readme = (ROOT / "README.md").read_text()
     quick = readme.split("## Quick start", 1)[1].split("##", 1)[0]
@@ -103,12 +98,11 @@ def test_quick_start_installs_the_test_tools_and_triton_is_optional():
     assert "pytest>=7" in meta["optional-dependencies"]["test"]
 
 
-# 14 ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", ["feature", "tiny"])
 @pytest.mark.parametrize("size,scale", [((1, 1), "2"), ((1, 1), "100"), ((9, 6), "2"), ((9, 6), "3.7")],
                          ids=["1x1-x2", "1x1-x100", "9x6-x2", "9x6-x3.7"])
 def test_render_of_a_flat_image_is_flat_to_its_corners(tmp_path, size, scale, model):
-    """Row 14: a 1x1 image rendered at half brightness and flat images ~10% dark at the corners
+    """Before the border ring, a 1x1 image rendered at half brightness and flat images ~10% dark at the corners
     (the colour model, before its border ring); both shipped models."""
     src, out = tmp_path / "flat.png", tmp_path / "out.png"
     Image.new("RGB", size, (200, 30, 40)).save(src)
@@ -120,7 +114,6 @@ def test_render_of_a_flat_image_is_flat_to_its_corners(tmp_path, size, scale, mo
     assert np.abs(got - (200, 30, 40)).max() <= 5
 
 
-# 5 -------------------------------------------------------------------------------------------
 def test_resuming_a_finished_run_says_so(tmp_path, images, capsys):
     save = tmp_path / "m.pth"
     common = ["--dataset_path", str(images), "--save_path", str(save), "--epochs", "1", "--batch_size", "2",
@@ -134,7 +127,6 @@ def test_resuming_a_finished_run_says_so(tmp_path, images, capsys):
     assert "is complete" in out and "--epochs" in out
 
 
-# 6 -------------------------------------------------------------------------------------------
 def test_train_on_a_folder_of_unreadable_images_fails_before_training(tmp_path, capsys):
     d = tmp_path / "bad"
     d.mkdir()
@@ -150,7 +142,6 @@ def test_train_on_a_folder_of_unreadable_images_fails_before_training(tmp_path, 
     assert not (tmp_path / "m.pth").exists()
 
 
-# 7 -------------------------------------------------------------------------------------------
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("main,prog,extra", [
     (fit_main, "gsplat2d fit", ["--num_gaussians", "10", "--steps", "1"]),
@@ -166,7 +157,6 @@ def test_device_cuda_without_cuda_is_one_line(tmp_path, capsys, main, prog, extr
     assert "no CUDA device" in err
 
 
-# 8, 9 ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n", [1_000_000, 10_000_000])
 def test_fit_refuses_more_gaussians_than_pixels_up_front(tmp_path, capsys, n):
     src = _png(tmp_path / "a.png", 96, 64)
@@ -190,7 +180,6 @@ def test_fit_never_returns_a_field_worse_than_its_start(tmp_path):
     assert res.psnr >= res.init_psnr - 1e-6, (res.psnr, res.init_psnr)
 
 
-# 10 ------------------------------------------------------------------------------------------
 def test_fit_refuses_an_image_too_small_to_fit(tmp_path, capsys):
     src = _png(tmp_path / "dot.png", 1, 1)
     rc = fit_main(["--input_path", str(src), "--num_gaussians", "1", "--steps", "5", "--no_progress",
@@ -201,7 +190,6 @@ def test_fit_refuses_an_image_too_small_to_fit(tmp_path, capsys):
     assert "at least 11x11" in err and "nan" not in err
 
 
-# 11 ------------------------------------------------------------------------------------------
 def test_sigterm_during_render_leaves_no_temporary_file(tmp_path):
     src = _png(tmp_path / "a.png", 64, 48)
     out = tmp_path / "out"
@@ -243,7 +231,6 @@ def test_a_temporary_file_of_a_killed_writer_is_removed_by_the_next_write(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([other.name, "f.g2d"])
 
 
-# 12 ------------------------------------------------------------------------------------------
 def test_replacing_an_output_keeps_its_permission_bits(tmp_path):
     src = _png(tmp_path / "a.png")
     out = tmp_path / "o.png"
@@ -255,7 +242,6 @@ def test_replacing_an_output_keeps_its_permission_bits(tmp_path):
     assert Image.open(out).size == (48, 40)
 
 
-# 15 ------------------------------------------------------------------------------------------
 def test_test_command_creates_no_empty_output_folders(tmp_path, capsys):
     from gsplat2d.eval.cli import main as test_main
 
@@ -271,7 +257,6 @@ def test_test_command_creates_no_empty_output_folders(tmp_path, capsys):
     assert not any(p.exists() for p in outs)
 
 
-# 16 ------------------------------------------------------------------------------------------
 def test_messages_say_exact_limits_and_the_command(tmp_path, capsys):
     src = _png(tmp_path / "a.png")
     assert render_main(["--input_path", str(src), "--output_path", str(tmp_path / "o.png"),

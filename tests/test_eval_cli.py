@@ -81,7 +81,7 @@ def _report(stdout: str) -> dict:
     return got
 
 
-def _brief_args(tmp_path: Path, data: Path, model: Path, *extra: str) -> list:
+def _crops_args(tmp_path: Path, data: Path, model: Path, *extra: str) -> list:
     return [
         "--model_path", str(model), "--data_path", str(data), "--batch_size", "1",
         "--output_dir", str(tmp_path / "cmp"), "--gt_dir", str(tmp_path / "gt"), "--ren_dir", str(tmp_path / "ren"),
@@ -89,9 +89,9 @@ def _brief_args(tmp_path: Path, data: Path, model: Path, *extra: str) -> list:
     ]
 
 
-# ----------------------------------------------------------------------------- brief protocol
+# ----------------------------------------------------------------------------- crops protocol
 def test_brief_report_block_and_outputs(tmp_path, capsys, hr_folder, model_path):
-    rc = main(_brief_args(tmp_path, hr_folder, model_path, "--crop", "32"))
+    rc = main(_crops_args(tmp_path, hr_folder, model_path, "--crop", "32"))
     out = capsys.readouterr().out
     assert rc == 0
     rep = _report(out)
@@ -115,12 +115,12 @@ def test_brief_report_block_and_outputs(tmp_path, capsys, hr_folder, model_path)
 
 def test_brief_small_images_used_whole_and_batched(tmp_path, capsys, hr_folder, model_path):
     # default crop 256 > image: the whole image, mod-cropped to 3 -> 39 x 36
-    rc = main(_brief_args(tmp_path / "b1", hr_folder, model_path, "--scale", "3"))
+    rc = main(_crops_args(tmp_path / "b1", hr_folder, model_path, "--scale", "3"))
     rep1 = _report(capsys.readouterr().out)
     assert rc == 0
     assert Image.open(tmp_path / "b1" / "gt" / "a.png").size == (39, 36)
     assert Image.open(tmp_path / "b1" / "ren" / "b.png").size == (39, 36)
-    args = _brief_args(tmp_path / "b3", hr_folder, model_path, "--scale", "3")
+    args = _crops_args(tmp_path / "b3", hr_folder, model_path, "--scale", "3")
     args[args.index("--batch_size") + 1] = "3"
     assert main(args) == 0
     rep3 = _report(capsys.readouterr().out)
@@ -128,7 +128,7 @@ def test_brief_small_images_used_whole_and_batched(tmp_path, capsys, hr_folder, 
 
 
 def test_brief_non_integer_scale(tmp_path, capsys, hr_folder, model_path):
-    assert main(_brief_args(tmp_path, hr_folder, model_path, "--scale", "3.5", "--crop", "0")) == 0
+    assert main(_crops_args(tmp_path, hr_folder, model_path, "--scale", "3.5", "--crop", "0")) == 0
     _report(capsys.readouterr().out)
     # LR = floor(36/3.5) x floor(40/3.5) = 10 x 11 -> HR 35 x 39 (round(38.5) = 39)
     assert Image.open(tmp_path / "gt" / "a.png").size == (39, 35)
@@ -226,7 +226,7 @@ def test_errors_are_clear(tmp_path, capsys, hr_folder, model_path):
     assert "no image" in _err(capsys, ["--data_path", str(tiny), "--model_path", str(model_path)])
 
 
-@pytest.mark.parametrize("protocol", ["brief", "benchmark"])
+@pytest.mark.parametrize("protocol", ["crops", "benchmark"])
 def test_an_image_too_small_for_the_border_shave_is_skipped(tmp_path, capsys, model_path, protocol):
     """An image that gives an LR image but nothing left after the ``ceil(scale)`` border shave
     (9x9 at x4: 8x8 HR, 4 px shaved each side) is skipped with a warning naming it; it used to
@@ -237,12 +237,12 @@ def test_an_image_too_small_for_the_border_shave_is_skipped(tmp_path, capsys, mo
     Image.fromarray(_smooth_rgb(6, 9, 9)).save(d / "b_small.png")
     Image.fromarray(_smooth_rgb(7)).save(d / "c_ok.png")
     js = tmp_path / "b.json"
-    extra = ["--scale", "4"] if protocol == "brief" else ["--benchmark", "--scales", "4", "--json", str(js)]
-    rc = main(_brief_args(tmp_path, d, model_path, *extra))
+    extra = ["--scale", "4"] if protocol == "crops" else ["--benchmark", "--scales", "4", "--json", str(js)]
+    rc = main(_crops_args(tmp_path, d, model_path, *extra))
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "b_small.png" in cap.err and "too small to score at x4" in cap.err
-    if protocol == "brief":
+    if protocol == "crops":
         assert sorted(p.name for p in (tmp_path / "gt").iterdir()) == ["a_ok.png", "c_ok.png"]
         assert "Evaluated 2 of 3 images (1 skipped)" in cap.out
     else:
@@ -255,7 +255,7 @@ def test_unreadable_image_is_skipped_with_warning(tmp_path, capsys, model_path):
     d.mkdir()
     Image.fromarray(_smooth_rgb(5)).save(d / "ok.png")
     (d / "bad.png").write_bytes(b"garbage")
-    rc = main(_brief_args(tmp_path, d, model_path))
+    rc = main(_crops_args(tmp_path, d, model_path))
     cap = capsys.readouterr()
     assert rc == 0 and "bad.png" in cap.err
     _report(cap.out)
@@ -279,3 +279,15 @@ def test_benchmark_constant_image_json_is_valid(tmp_path, capsys, model_path):
     capsys.readouterr()
     row = json.loads(jp.read_text())["results"][0]  # strict JSON: bicubic PSNR is inf -> null
     assert row["per_image"][0]["bicubic"]["psnr"] is None or row["per_image"][0]["bicubic"]["psnr"] > 40
+
+
+def test_the_crops_protocol_keeps_its_old_name(tmp_path, capsys, model_path):
+    """``--protocol brief`` (its name in earlier releases) still runs the crops protocol."""
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(_smooth_rgb(5)).save(d / "a.png")
+    for name in ("brief", "crops"):
+        assert main(_crops_args(tmp_path, d, model_path, "--scale", "2", "--protocol", name)) == 0
+        assert "--- Validation Complete ---" in capsys.readouterr().out
+    assert main(_crops_args(tmp_path, d, model_path, "--protocol", "cropped")) == 2
+    assert "invalid choice: 'cropped'" in capsys.readouterr().err

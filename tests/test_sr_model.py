@@ -109,12 +109,12 @@ def test_untrained_field_is_a_partition_of_unity(k):
             assert rel < 1.5e-2 * k + 5e-3, (size, float(rel))
 
 
-FLAT = (200, 30, 40)  # the colour of the bad-input table's row 14
+FLAT = (200, 30, 40)  # the flat colour of test_bad_input.test_render_of_a_flat_image_is_flat_to_its_corners
 
 
 @pytest.mark.parametrize("border", [None, 0], ids=["shipped", "mutant-border0"])
 def test_shipped_model_renders_a_flat_image_flat(border):
-    """Bad-input row 14: a flat image (1x1 included) renders flat to its corners at x2, x4 and x100.
+    """A flat image (1x1 included) renders flat to its corners at x2, x4 and x100.
     Without the border ring (the ``border=0`` mutant) corners came out ~10% dark at x2 and a 1x1
     image at half brightness; the test must fail for it."""
     m = load_model("tiny")
