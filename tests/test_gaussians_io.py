@@ -212,7 +212,7 @@ def test_fitted_and_sr_fields_render_through_the_api_like_the_cli(tmp_path):
     assert render_main(["--input_path", str(src), "--output_path", str(sr_png), "--scale", "3",
                         "--save_gaussians", str(sr_field), "--device", "cpu", "--quiet"]) == 0
     field = Gaussians2D.load(sr_field)
-    assert field.mode == "sum" and field.source_size == (28, 20) and field.channels == 16
+    assert field.mode == "sum_taper" and field.source_size == (28, 20) and field.channels == 16
     with torch.no_grad():
         api = _as_png_values(load_model().pixel_decoder(field, 84, 60)(field.render(84, 60)[0]))
     cli = np.asarray(Image.open(sr_png).convert("RGB")).astype(int)
