@@ -248,9 +248,10 @@ def bin_gaussians(
     Returns a :class:`BinnedScene` for :func:`rasterize_binned`. Rendering ``k`` colour sets costs
     one binning instead of ``k`` (``bench/test_bench_cpu.py::test_binning_reused``).
     """
-    ones = opacities[..., None] if isinstance(opacities, torch.Tensor) else opacities
+    # the rasterizer's checks, with a stand-in one-channel colour (colours come with each render)
+    stand_in = opacities[..., None] if isinstance(opacities, torch.Tensor) else opacities
     width, height, _, batch_shape = validate(
-        means, conics, ones, opacities, width, height, "sum", None, tile_size, backend
+        means, conics, stand_in, opacities, width, height, "sum", None, tile_size, backend
     )
     backend = _select_backend(backend, means.device, tile_size)
     B = 1
