@@ -69,7 +69,7 @@ def test_shipped_weights_match_the_model_card_hash(name):
 CARD_SET5 = {"feature": (36.763, 30.920), "tiny": (36.538, 30.198)}
 
 
-@pytest.mark.skipif(not (DATA / "Set5" / "HR").is_dir(), reason="shared Set5 data not present")
+@pytest.mark.skipif(not (DATA / "Set5" / "HR").is_dir(), reason=f"needs the shared data: {DATA / 'Set5'} not present")
 @pytest.mark.parametrize("name", sorted(SHIPPED_MODELS))
 def test_shipped_model_beats_bicubic_on_set5(tmp_path, capsys, name):
     out = tmp_path / "set5.json"

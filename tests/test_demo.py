@@ -31,6 +31,18 @@ def test_demo_quick(tmp_path, capsys):
     assert Image.open(out / "lr_x3.5.png").size == (16, 16)
     assert Image.open(out / "sr_2x3_of_x2.png").size == (56, 84)
     assert "bicubic PSNR/SSIM" in text and "x3.5" in text and "dB" not in text.split("\n")[0]
+    # each SR image is the model's render of the LR image beside it (not bicubic, not another scale)
+    import numpy as np
+
+    from gsplat2d.sr.model import load_model
+
+    m = load_model(model)
+    for s in ("2", "3.5", "4"):
+        lr = torch.from_numpy(np.array(Image.open(out / f"lr_x{s}.png").convert("RGB"))).permute(2, 0, 1)
+        with torch.no_grad():
+            want = m(lr[None].float() / 255, (56, 56))[0].clamp(0, 1).mul(255).round().permute(1, 2, 0)
+        got = torch.from_numpy(np.array(Image.open(out / f"sr_x{s}.png").convert("RGB"))).float()
+        assert (got - want).abs().max() <= 1, s
 
 
 def test_demo_missing_model(tmp_path, capsys):

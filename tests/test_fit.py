@@ -17,7 +17,7 @@ from conftest import requires_numba, requires_triton
 
 KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "Kodak"
 KODIM23 = KODAK / "kodim23.png"
-needs_kodak = pytest.mark.skipif(not KODIM23.is_file(), reason=f"{KODIM23} not present")
+needs_kodak = pytest.mark.skipif(not KODIM23.is_file(), reason=f"needs the shared data: {KODIM23} not present")
 
 
 def _crop(size=48):

@@ -294,6 +294,11 @@ def test_console_command(tmp_path, model_path, lr_path):
     assert r.returncode == 0, r.stderr
     assert _size(out) == (round(LR_W * 2.5), round(LR_H * 2.5))
     assert "encode" in r.stdout and "render" in r.stdout
+    # the dispatcher ran the render command with this model: the in-process command's image
+    ref = tmp_path / "ref.png"
+    assert main(["--model_path", model_path, "--input_path", lr_path, "--output_path", str(ref), "--scale", "2.5",
+                 "--quiet"]) == 0
+    assert np.abs(_read(out) - _read(ref)).max() <= 1
 
 
 def test_warm_up_renders_before_anything_is_timed(tmp_path, model_path, lr_path, monkeypatch):
