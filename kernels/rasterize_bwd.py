@@ -34,9 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from gsplat2d.binning import MODES, Binning
+from gsplat2d.binning import Binning
 from gsplat2d.kernels._alloc import device_guard
-from gsplat2d.kernels._aot import AotSpec
 from gsplat2d.kernels._common import (
     ALPHA_MIN,
     LOG2_ALPHA_MIN_LOOSE,
@@ -56,7 +55,7 @@ from gsplat2d.kernels.rasterize_fwd import (
     fast_math,
     launch_config,
     launch_options,
-    pairs_per_iteration,
+    rasterizer_aot_specs,
 )
 
 __all__ = ["rasterize_bwd", "AOT_SPECS"]
@@ -315,37 +314,4 @@ SIGNATURE = {
     "CHUNK": "constexpr", "FAST": "constexpr",
 }
 
-AOT_VARIANTS = ((8, 3), (16, 1), (16, 2), (16, 3), (16, 4), (16, 8), (16, 16), (16, 32), (16, 64),
-                (16, 96), (32, 3))
-#: ``"sum_taper"`` variants compiled by the report: the feature SR model's C (3 + 12 + 1) and C = 3.
-AOT_VARIANTS_TAPER = ((16, 3), (16, 16))
-
-
-def _aot_specs() -> list[AotSpec]:
-    specs = []
-    for mode in MODES:
-        for tile, C in (AOT_VARIANTS if mode != "sum_taper" else AOT_VARIANTS_TAPER):
-            cfg = launch_config(tile, C, backward=True, mode=mode)
-            specs.append(
-                AotSpec(
-                    f"rasterize_bwd[{mode},TILE={tile},C={C}]",
-                    _rasterize_bwd_kernel,
-                    SIGNATURE,
-                    {
-                        "ALPHA_MODE": mode == "alpha", "TAPER": mode == "sum_taper",
-                        "HAS_BG": mode == "alpha", "TILE": tile,
-                        "BLOCK_P": cfg["BLOCK_P"], "BLOCK_C": cfg["BLOCK_C"], "NC": cfg["NC"],
-                        "SMALL_C": cfg["SMALL_C"],
-                        "CHUNK": cfg["CHUNK"], "FAST": True,
-                    },
-                    num_warps=cfg["num_warps"],
-                    maxnreg=cfg["maxnreg"],
-                    pairs_per_iter=pairs_per_iteration(cfg),
-                    trips=(cfg["CHUNK"],),
-                    cost_key=f"bwd-{mode}" if C == 3 and tile == 16 else None,
-                )
-            )
-    return specs
-
-
-AOT_SPECS = _aot_specs()
+AOT_SPECS = rasterizer_aot_specs("bwd", _rasterize_bwd_kernel, SIGNATURE)

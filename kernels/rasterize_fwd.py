@@ -42,7 +42,8 @@ from gsplat2d.kernels._common import (
 )
 from gsplat2d.kernels._target import COMPILE_OPTIONS, fast_math
 
-__all__ = ["rasterize_fwd", "launch_config", "launch_options", "fast_math", "AOT_SPECS", "SMALL_C_MAX"]
+__all__ = ["rasterize_fwd", "launch_config", "launch_options", "fast_math", "rasterizer_aot_specs", "AOT_SPECS",
+           "SMALL_C_MAX"]
 
 #: Up to this many channels use named per-channel accumulators.
 SMALL_C_MAX = 4
@@ -264,23 +265,26 @@ SIGNATURE = {
     "FAST": "constexpr",
 }
 
-#: (tile, C) variants compiled by the AOT report for each mode.
+#: (tile, C) variants compiled by the AOT report for each mode, both kernels.
 AOT_VARIANTS = ((8, 3), (16, 1), (16, 2), (16, 3), (16, 4), (16, 8), (16, 16), (16, 32), (16, 64),
                 (16, 96), (32, 3))
 #: ``"sum_taper"`` variants compiled by the report: the feature SR model's C (3 + 12 + 1) and C = 3.
 AOT_VARIANTS_TAPER = ((16, 3), (16, 16))
 
 
-def _aot_specs() -> list[AotSpec]:
+def rasterizer_aot_specs(kind: str, kernel, signature: dict) -> list[AotSpec]:
+    """The AOT specs of the forward (``kind="fwd"``) or backward (``"bwd"``) rasterizer kernel:
+    every mode and (tile, C) variant, with the launcher's own :func:`launch_config`, so the
+    report compiles exactly what the launches do (``FAST`` is set per target by the report)."""
     specs = []
     for mode in MODES:
-        for tile, C in (AOT_VARIANTS if mode != "sum_taper" else AOT_VARIANTS_TAPER):
-            cfg = launch_config(tile, C, mode=mode)
+        for tile, C in (AOT_VARIANTS_TAPER if mode == "sum_taper" else AOT_VARIANTS):
+            cfg = launch_config(tile, C, backward=kind == "bwd", mode=mode)
             specs.append(
                 AotSpec(
-                    f"rasterize_fwd[{mode},TILE={tile},C={C}]",
-                    _rasterize_fwd_kernel,
-                    SIGNATURE,
+                    f"rasterize_{kind}[{mode},TILE={tile},C={C}]",
+                    kernel,
+                    signature,
                     {
                         "ALPHA_MODE": mode == "alpha", "TAPER": mode == "sum_taper",
                         "HAS_BG": mode == "alpha", "TILE": tile,
@@ -291,10 +295,10 @@ def _aot_specs() -> list[AotSpec]:
                     maxnreg=cfg["maxnreg"],
                     pairs_per_iter=pairs_per_iteration(cfg),
                     trips=(cfg["CHUNK"],),
-                    cost_key=f"fwd-{mode}" if C == 3 and tile == 16 else None,
+                    cost_key=f"{kind}-{mode}" if C == 3 and tile == 16 else None,
                 )
             )
     return specs
 
 
-AOT_SPECS = _aot_specs()
+AOT_SPECS = rasterizer_aot_specs("fwd", _rasterize_fwd_kernel, SIGNATURE)
