@@ -53,7 +53,7 @@ def _best(fn, repeats: int) -> float:
 
 
 def e2e(models, repeats: int) -> dict:
-    from gsplat2d.sr.render import encode_image, render_to_array
+    from gsplat2d.sr.rendering import encode_image, render_to_array
 
     img = _photo().crop((100, 30, 356, 286))
     lr = _tensor(img)

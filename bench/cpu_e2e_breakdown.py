@@ -26,7 +26,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     from gsplat2d.sr.model import load_model
-    from gsplat2d.sr.render import encode_image, render_to_array
+    from gsplat2d.sr.rendering import encode_image, render_to_array
 
     rz = importlib.import_module("gsplat2d.rasterize")
     acc: collections.Counter = collections.Counter()

@@ -27,7 +27,7 @@ def main() -> None:
     args = p.parse_args()
     from gsplat2d.backends import numba_backend, torch_backend
     from gsplat2d.sr import load_model
-    from gsplat2d.sr.render import encode_image
+    from gsplat2d.sr.rendering import encode_image
 
     m = load_model("feature").eval()
     field = encode_image(m, _tensor(_photo().crop((100, 30, 356, 286))))

@@ -65,7 +65,8 @@ def _model_facts(path: str) -> dict:
 _COST_CHILD = r"""
 import json, os, sys, threading, time, torch
 from gsplat2d.sr.model import load_model
-from gsplat2d.sr.render import encode_image, load_image_file, render_to_array
+from gsplat2d.sr.render import load_image_file
+from gsplat2d.sr.rendering import encode_image, render_to_array
 path, image, scale, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 torch.manual_seed(0)
 model = load_model(path)

@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     args = p.parse_args()
     from gsplat2d.sr.model import load_model
-    from gsplat2d.sr.render import encode_image, render_to_array
+    from gsplat2d.sr.rendering import encode_image, render_to_array
 
     src = KODIM05 if KODIM05.is_file() else BUNDLED
     photo = Image.open(src).convert("RGB")

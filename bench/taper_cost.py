@@ -3,7 +3,7 @@ import time, statistics, torch, numpy as np
 from PIL import Image
 import gsplat2d
 from gsplat2d.sr.model import load_model
-from gsplat2d.sr.render import encode_image
+from gsplat2d.sr.rendering import encode_image
 img = Image.open('/work/main/gsplat2d/assets/kodim23_crop.png').convert('RGB')
 lr = torch.from_numpy(np.array(img.resize((256, 256)))).permute(2, 0, 1).float() / 255
 m = load_model()

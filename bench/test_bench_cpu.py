@@ -171,7 +171,7 @@ SCALES = [4, 8]
 
 @pytest.fixture(scope="module")
 def field256(model, lr256):
-    from gsplat2d.sr.render import encode_image
+    from gsplat2d.sr.rendering import encode_image
 
     name, m = model
     return name, m, encode_image(m, _tensor(lr256))
@@ -242,7 +242,7 @@ def test_binning_reused(benchmark, field256):
 def test_sr_encode_and_render(benchmark, model, lr256, scale, request):
     """What ``gsplat2d render`` times: encode the 256 x 256 image, then render it windowed (and
     decode, for the feature model) to uint8 pixels; against PIL bicubic to the same size."""
-    from gsplat2d.sr.render import encode_image, render_to_array
+    from gsplat2d.sr.rendering import encode_image, render_to_array
 
     if request.config.getoption("benchmark_disable", default=False) and scale != 4:
         pytest.skip("smoke run: x4 only")

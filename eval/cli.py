@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from gsplat2d.cli.images import IMAGE_EXTENSIONS, list_images
+from gsplat2d.image_files import IMAGE_EXTENSIONS, list_images
 from gsplat2d._io import atomic_write
 from gsplat2d.cli.common import UserError, check_folder_creatable, check_output_file, pick_device, run_command
 from gsplat2d.eval.metrics import load_image_uint8, ms_ssim_y, psnr_y, ssim_y
@@ -59,7 +59,7 @@ from gsplat2d.eval.resize import bicubic_sr, is_integer_scale, lr_size_for, make
 
 __all__ = ["main", "build_parser", "METRIC", "IMAGE_EXTS"]
 
-IMAGE_EXTS = IMAGE_EXTENSIONS  # one list for every command (gsplat2d.cli.images)
+IMAGE_EXTS = IMAGE_EXTENSIONS  # one list for every command (gsplat2d.image_files)
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 DEFAULT_SCALES = "2,3,4,6,3.5"
 METRIC = (

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 # torchmetrics.functional.peak_signal_noise_ratio / ...structural_similarity_index_measure are
 # deprecated wrappers (FutureWarning in torchmetrics 1.9) around these implementations.
-from gsplat2d.cli.images import read_image_uint8
+from gsplat2d.image_files import read_image_uint8
 from torchmetrics.functional.image import (
     multiscale_structural_similarity_index_measure,
     peak_signal_noise_ratio,
@@ -185,7 +185,7 @@ def load_image_uint8(path: str | Path) -> np.ndarray:
     expanded, 16/32-bit integer images scaled from their full range to 8 bit.
 
     Raises ``ValueError`` naming the file when pillow cannot read it (also truncated files).
-    The decoder lives in :func:`gsplat2d.cli.images.read_image_uint8` (no torchmetrics import, for the CLIs).
+    The decoder lives in :func:`gsplat2d.image_files.read_image_uint8` (no torchmetrics import, for the CLIs).
     """
     return read_image_uint8(path)
 

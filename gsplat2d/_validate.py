@@ -8,9 +8,24 @@ from gsplat2d.binning import MODES
 
 #: Largest accepted output side, in pixels (a 30x upscale of a 2K image is ~60k).
 MAX_SIDE = 65536
+#: Largest whole-image output of the applications, in pixels (a uint8 RGB result alone is 3 bytes
+#: per pixel: 768 MiB); rasterizing is windowed there, so this bounds the result, not a launch.
+MAX_PIXELS = 2**28
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 BACKENDS = ("auto", "numba", "triton", "torch")
+
+
+def check_output_pixels(width: int, height: int) -> None:
+    """ValueError for an output side outside ``[1, MAX_SIDE]`` or more than :data:`MAX_PIXELS`
+    pixels in all (exact numbers in the message)."""
+    if width < 1 or height < 1:
+        raise ValueError(f"output size {width}x{height} is empty (each side must be >= 1 px)")
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise ValueError(f"output size {width}x{height} exceeds the largest side, {MAX_SIDE} px")
+    if width * height > MAX_PIXELS:
+        raise ValueError(f"output size {width}x{height} = {width * height:,} pixels exceeds the "
+                         f"limit of {MAX_PIXELS:,} pixels")
 
 
 def device_memory_bytes(device: torch.device) -> int | None:

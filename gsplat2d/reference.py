@@ -31,6 +31,10 @@ import torch
 ALPHA_MAX = 0.99
 MIN_WEIGHT = 1.0 / 255.0
 T_STOP = 1e-4
+#: Sum-mode weights are clamped at this.
+SUM_MAX = 1.0
+#: Pixel ``(x, y)`` is sampled at ``(x + PIXEL_CENTRE, y + PIXEL_CENTRE)``.
+PIXEL_CENTRE = 0.5
 
 
 def taper(w):
@@ -49,18 +53,7 @@ def gaussian_valid(means: torch.Tensor, conics: torch.Tensor, opacities: torch.T
     return finite & (a > 0) & (c > 0) & (det > 0) & (255.0 * opacities >= 1.0)
 
 
-#: Deliberately wrong variants of the definition (``dense_rasterize(..., mutant=...)``), each
-#: breaking one rule; ``tests/test_mutations.py`` proves the suite's tolerances catch every one.
-MUTANTS = (
-    "stop_off_by_one",  # also composite the Gaussian whose factor takes T to <= 1e-4
-    "no_min_weight",  # no 1/255 cutoff
-    "no_alpha_clamp",  # alpha mode without the 0.99 clamp
-    "no_sum_clamp",  # sum mode without the clamp of a weight at 1
-    "pixel_corner",  # sample pixel (x, y) at its corner, not at (x + 0.5, y + 0.5)
-)
-
-
-def _pixel_terms(means, conics, opacities, width, height, centre=0.5):
+def _pixel_terms(means, conics, opacities, width, height):
     """Return ``(valid [...,N], sigma [...,N,H,W], raw weight o*exp(-sigma) [...,N,H,W])``.
 
     Non-contributing Gaussians are replaced by harmless finite values before any arithmetic so
@@ -75,8 +68,8 @@ def _pixel_terms(means, conics, opacities, width, height, centre=0.5):
     conics = torch.where(valid[..., None], conics, conics.new_tensor([1.0, 0.0, 1.0]).expand_as(conics))
     opacities = torch.where(valid, opacities, torch.ones_like(opacities))
 
-    xs = torch.arange(width, dtype=f64, device=means.device) + centre
-    ys = torch.arange(height, dtype=f64, device=means.device) + centre
+    xs = torch.arange(width, dtype=f64, device=means.device) + PIXEL_CENTRE
+    ys = torch.arange(height, dtype=f64, device=means.device) + PIXEL_CENTRE
     dx = xs.view(1, width) - means[..., 0, None, None]  # [..., N, 1, W]
     dy = ys.view(height, 1) - means[..., 1, None, None]  # [..., N, H, 1]
     a = conics[..., 0, None, None]
@@ -87,26 +80,34 @@ def _pixel_terms(means, conics, opacities, width, height, centre=0.5):
     return valid, sigma, raw
 
 
+def _stopped(a, n_dim):
+    """Bool, like ``a``: the Gaussians a pixel no longer composites. The stop rule removes a
+    suffix: T only falls, so once the inclusive product is <= 1e-4 it stays there (skipped
+    Gaussians have a = 0 and keep it)."""
+    return torch.cumprod(1.0 - a, dim=n_dim) <= T_STOP
+
+
 def dense_rasterize(means, conics, colors, opacities, width, height, mode="alpha", background=None,
-                    return_final_T=False, mutant=None):
+                    return_final_T=False):
     """Float64 dense rasterization. Shapes as the public API; returns ``(image, alpha)``
     (``[..., H, W, C]``, ``[..., H, W, 1]``, float64), plus ``T_final [..., H, W]`` in alpha mode
-    when ``return_final_T``. ``mutant`` (tests of the tests only): one of :data:`MUTANTS`."""
+    when ``return_final_T``.
+
+    The rules are this module's constants and :func:`_stopped`, read at each call, so that a
+    test can break one rule at a time (``tests/reference_mutants.py``) and show that the suite
+    notices."""
     if mode not in ("alpha", "sum", "sum_taper"):
         raise ValueError(mode)
-    if mutant is not None and mutant not in MUTANTS:
-        raise ValueError(mutant)
     f64 = torch.float64
-    valid, sigma, raw = _pixel_terms(means, conics, opacities, width, height,
-                                     centre=0.0 if mutant == "pixel_corner" else 0.5)
-    min_weight = 0.0 if mutant == "no_min_weight" else MIN_WEIGHT
+    valid, sigma, raw = _pixel_terms(means, conics, opacities, width, height)
+    min_weight = MIN_WEIGHT
     colors = colors.to(f64)
     colors = torch.where(valid[..., None], colors, torch.zeros_like(colors))
     batch = means.shape[:-2]
     n_dim = -3  # the Gaussian axis of [..., N, H, W]
 
     if mode != "alpha":
-        w = raw if mutant == "no_sum_clamp" else raw.clamp(max=1.0)
+        w = raw.clamp(max=SUM_MAX)
         live = valid[..., None, None] & (sigma >= 0) & (w >= min_weight)
         if mode == "sum_taper":  # where(live) below also drops the log of a zero weight
             w = taper(torch.where(live, w, torch.ones_like(w)))
@@ -115,16 +116,11 @@ def dense_rasterize(means, conics, colors, opacities, width, height, mode="alpha
         alpha = w.sum(n_dim)[..., None]
         return image, alpha
 
-    a = raw.clamp(max=0.999999 if mutant == "no_alpha_clamp" else ALPHA_MAX)
+    a = raw.clamp(max=ALPHA_MAX)
     live = valid[..., None, None] & (sigma >= 0) & (a >= min_weight)
     a = torch.where(live, a, torch.zeros_like(a))
     with torch.no_grad():
-        # The stop rule removes a suffix: T only falls, so once the inclusive product is
-        # <= 1e-4 it stays there (skipped Gaussians have a = 0 and keep it).
-        stopped = torch.cumprod(1.0 - a, dim=n_dim) <= T_STOP
-        if mutant == "stop_off_by_one":  # the Gaussian crossing the threshold still composites
-            stopped = torch.cat([torch.zeros_like(stopped[..., :1, :, :]), stopped[..., :-1, :, :]],
-                                dim=n_dim)
+        stopped = _stopped(a, n_dim)
     a = torch.where(stopped, torch.zeros_like(a), a)
     one_minus = 1.0 - a  # >= 0.01, never 0
     T_incl = torch.cumprod(one_minus, dim=n_dim)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from gsplat2d.sr.model import load_model
-from gsplat2d.sr.render import encode_image, footprint_supersampling, render_to_array
+from gsplat2d.sr.rendering import encode_image, footprint_supersampling, render_to_array
 
 CROP = Path(__file__).resolve().parents[1] / "gsplat2d" / "assets" / "kodim23_crop.png"
 MODELS = ["feature", "tiny"]

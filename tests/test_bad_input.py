@@ -195,7 +195,7 @@ def test_sigterm_during_render_leaves_no_temporary_file(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     code = (
-        "import sys, time, gsplat2d.cli.images as im\n"
+        "import sys, time, gsplat2d.image_files as im\n"
         "real = im.write_image_atomic\n"
         "def slow(arr, path):\n"
         "    def write(f):\n"
@@ -203,8 +203,9 @@ def test_sigterm_during_render_leaves_no_temporary_file(tmp_path):
         "    from gsplat2d._io import atomic_write\n"
         "    atomic_write(path, write, suffix='.png')\n"
         "im.write_image_atomic = slow\n"
+        "import gsplat2d.cli.common as c\n"
+        "c.write_image_atomic = slow\n"
         "import gsplat2d.sr.render as r\n"
-        "r.write_image_atomic = slow\n"
         "sys.exit(r.main(sys.argv[1:]))\n"
     )
     p = subprocess.Popen([sys.executable, "-c", code, "--input_path", str(src), "--output_path",

@@ -5,7 +5,7 @@ import os
 import torch
 from PIL import Image
 
-from gsplat2d.sr.demo import ASSET, main
+from gsplat2d.eval.demo import ASSET, main
 from gsplat2d.sr.model import Pixel2GaussianSR, save_checkpoint
 
 

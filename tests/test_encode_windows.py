@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gsplat2d.sr.model import load_model
-from gsplat2d.sr.render import encode_image, receptive_radius
+from gsplat2d.sr.rendering import encode_image, receptive_radius
 
 
 @pytest.mark.parametrize("name", ["feature", "tiny"])
@@ -25,14 +25,14 @@ def test_windowed_encode_equals_the_whole(name, size, tile):
         # float32 convolutions of other sizes: worst observed 1.1e-6 (often bit-identical)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6)
     # a halo three pixels short of the receptive radius is not enough: the pieces then differ
-    import gsplat2d.sr.render as render
+    import gsplat2d.sr.rendering as rendering
 
-    real = render.receptive_radius
+    real = rendering.receptive_radius
     try:
-        render.receptive_radius = lambda model: real(model) - 3
+        rendering.receptive_radius = lambda model: real(model) - 3
         short = encode_image(m, lr, tile=tile)
     finally:
-        render.receptive_radius = real
+        rendering.receptive_radius = real
     assert float((short.colors - whole.colors).abs().max()) > 2e-5  # observed 8.5e-5 .. 4.8e-4
 
 

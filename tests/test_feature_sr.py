@@ -15,7 +15,7 @@ from gsplat2d import Gaussians2D
 from gsplat2d.sr.feature import FeatureSRConfig, GaussianFeatureSR
 from gsplat2d.sr.model import build_model, load_checkpoint, load_model, preset_config, save_checkpoint
 from gsplat2d.sr.render import main as render_main
-from gsplat2d.sr.render import render_to_array
+from gsplat2d.sr.rendering import render_to_array
 
 TINY = dict(n_feats=8, n_blocks=1, feature_dim=8, bank_size=4, decoder_hidden=16)
 
@@ -382,7 +382,7 @@ def test_bad_configs_from_the_train_cli_are_one_line(tmp_path, capsys):
 
 
 def test_demo_runs_a_feature_model(tmp_path, feature_model, capsys):
-    from gsplat2d.sr.demo import main as demo_main
+    from gsplat2d.eval.demo import main as demo_main
 
     out = tmp_path / "demo"
     assert demo_main(["--quick", "--model_path", str(feature_model), "--output_dir", str(out)]) == 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gsplat2d.cli.images import image_size, read_image_uint8
+from gsplat2d.image_files import image_size, read_image_uint8
 
 
 def _asymmetric(h: int = 8, w: int = 12) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""Tests of the tests: for every rule of the definition, a reference that breaks it (``reference.
-MUTANTS``) must make at least one real test fail. Each case runs a real test function of the suite
+"""Tests of the tests: for every rule of the definition, a reference that breaks it
+(``tests/reference_mutants.py``) must make at least one real test fail. Each case runs a real test function of the suite
 against the mutated reference (torch backend: the backends agree to ~1e-7) and expects its
 assertion to fire; the same test passes against the true reference in the normal run.
 
@@ -14,12 +14,11 @@ assertion to fire; the same test passes against the true reference in the normal
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 
 from gsplat2d import reference
 import test_rasterize_forward as fwd
+from reference_mutants import MUTANTS, mutated_dense_rasterize
 
 CASES = [
     ("stop_off_by_one", lambda: fwd.test_stop_rule_at_every_chunk_position("torch")),
@@ -32,12 +31,12 @@ CASES = [
 
 
 def test_every_rule_has_a_mutant_case():
-    assert {m for m, _ in CASES} == set(reference.MUTANTS)
+    assert {m for m, _ in CASES} == set(MUTANTS)
 
 
 @pytest.mark.parametrize("mutant,run", CASES, ids=[f"{m}-{i}" for i, (m, _) in enumerate(CASES)])
 def test_mutated_reference_fails_a_real_test(monkeypatch, mutant, run):
-    monkeypatch.setattr(fwd, "dense_rasterize", functools.partial(reference.dense_rasterize, mutant=mutant))
+    monkeypatch.setattr(fwd, "dense_rasterize", mutated_dense_rasterize(mutant))
     with pytest.raises(AssertionError, match="max err"):
         run()
 
@@ -54,7 +53,7 @@ def test_off_by_one_stop_is_far_outside_the_tolerance():
     s["colors"][40:] = 50.0
     args = (s["means"], s["conics"], s["colors"], s["opacities"], w, h, "alpha", s["background"])
     good = reference.dense_rasterize(*args)[0]
-    bad = reference.dense_rasterize(*args, mutant="stop_off_by_one")[0]
+    bad = mutated_dense_rasterize("stop_off_by_one")(*args)[0]
     gap = (good - bad).abs().max().item()
     assert fwd.ATOL_STOP < gap < 1e-4, gap
 

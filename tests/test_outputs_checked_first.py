@@ -67,7 +67,7 @@ def test_fit_checks_its_outputs_before_fitting(setup, capsys, monkeypatch, which
 
 def test_demo_and_test_check_their_outputs_first(setup, capsys, monkeypatch):
     import gsplat2d.eval.cli as ev
-    import gsplat2d.sr.demo as demo
+    import gsplat2d.eval.demo as demo
 
     tmp, img = setup
     monkeypatch.setattr(demo, "_load_hr", _never)

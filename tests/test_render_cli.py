@@ -12,7 +12,8 @@ from PIL import Image
 
 from gsplat2d import Gaussians2D
 from gsplat2d.sr.model import Pixel2GaussianSR, save_checkpoint
-from gsplat2d.sr.render import main, render_to_array
+from gsplat2d.sr.render import main
+from gsplat2d.sr.rendering import render_to_array
 
 LR_W, LR_H = 17, 13
 
@@ -305,11 +306,14 @@ def test_warm_up_renders_before_anything_is_timed(tmp_path, model_path, lr_path,
     """The first render compiles the Triton kernels (seconds on a GPU): the commands' warm-up must
     render once, not only encode, before the first timed call."""
     import gsplat2d.sr.render as r
+    import gsplat2d.sr.rendering as rendering
 
     calls = []
-    real_enc, real_ren = r.encode_image, r.render_to_array
-    monkeypatch.setattr(r, "encode_image", lambda *a, **k: (calls.append("encode"), real_enc(*a, **k))[1])
-    monkeypatch.setattr(r, "render_to_array", lambda *a, **k: (calls.append("render"), real_ren(*a, **k))[1])
+    real_enc, real_ren = rendering.encode_image, rendering.render_to_array
+    for module in (r, rendering):  # the command's calls and the warm-up's (in the library)
+        monkeypatch.setattr(module, "encode_image", lambda *a, **k: (calls.append("encode"), real_enc(*a, **k))[1])
+        monkeypatch.setattr(module, "render_to_array",
+                            lambda *a, **k: (calls.append("render"), real_ren(*a, **k))[1])
     assert main(["--input_path", str(lr_path), "--output_path", str(tmp_path / "o.png"),
                  "--model_path", str(model_path), "--scale", "2", "--device", "cpu"]) == 0
     assert calls == ["encode", "render", "encode", "render"], calls  # warm-up pair, then the timed pair

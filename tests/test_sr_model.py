@@ -271,7 +271,7 @@ def test_shipped_colour_model_loads():
     import numpy as np
     from PIL import Image
 
-    from gsplat2d.sr.demo import ASSET
+    from gsplat2d.eval.demo import ASSET
 
     m = load_model("tiny")
     assert isinstance(m, Pixel2GaussianSR)

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from gsplat2d.cli.images import IMAGE_EXTENSIONS, list_images
+from gsplat2d.image_files import IMAGE_EXTENSIONS, list_images
 from gsplat2d.eval.metrics import load_image_uint8
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 ``python -m gsplat2d <command>`` is the same. Each subcommand is also a module
 (``python -m gsplat2d.train``, ``python -m gsplat2d.sr.render``, ``python -m gsplat2d.eval``,
-``python -m gsplat2d.fitting.fit``, ``python -m gsplat2d.sr.demo``); this only dispatches.
+``python -m gsplat2d.fitting.fit``, ``python -m gsplat2d.eval.demo``); this only dispatches.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ _COMMANDS = {
     "render": ("gsplat2d.sr.render", "super-resolve an image (or re-render a .g2d field) at any size"),
     "test": ("gsplat2d.eval.cli", "validate a model: brief report or the Set5/Set14 benchmark protocol"),
     "fit": ("gsplat2d.fitting.fit", "fit an image (or a folder) with N 2D Gaussians; save a compact .g2d file"),
-    "demo": ("gsplat2d.sr.demo", "super-resolve a bundled image at several scales with the default model"),
+    "demo": ("gsplat2d.eval.demo", "super-resolve a bundled image at several scales with the default model"),
 }
 
 

@@ -16,25 +16,28 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+from pathlib import Path
 import re
 import signal
 import sys
 from typing import Callable, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
+from PIL import Image
 
-from gsplat2d._validate import BACKENDS, MAX_SIDE
+from gsplat2d.image_files import read_image_uint8, write_image_atomic
+from gsplat2d._validate import BACKENDS, MAX_PIXELS, MAX_SIDE, check_output_pixels
 
 __all__ = [
     "UserError", "EXIT_USER_ERROR", "MAX_SIDE", "MAX_PIXELS", "run_command", "add_alias",
     "add_runtime_args", "apply_runtime_args", "pick_device", "check_backend", "parse_scale",
-    "parse_size", "check_output_size", "output_size", "check_folder_creatable",
+    "parse_size", "check_output_size", "output_size", "check_folder_creatable", "load_image_file",
+    "save_image_atomic",
 ]
 
 EXIT_USER_ERROR = 2
-#: Largest output in pixels (the uint8 result alone is 3 bytes per pixel: 768 MiB); the largest
-#: side is the rasterizer's own limit (MAX_SIDE).
-MAX_PIXELS = 2**28
 
 
 class UserError(Exception):
@@ -220,15 +223,12 @@ def parse_size(text: str, flag: str = "--size") -> Tuple[int, int]:
 
 
 def check_output_size(width: int, height: int, what: str = "output") -> None:
-    """:class:`UserError` for a side outside ``[1, MAX_SIDE]`` or more than :data:`MAX_PIXELS`
-    pixels (exact numbers in the message)."""
-    if width < 1 or height < 1:
-        raise UserError(f"{what}: output size {width}x{height} is empty (each side must be >= 1 px)")
-    if width > MAX_SIDE or height > MAX_SIDE:
-        raise UserError(f"{what}: output size {width}x{height} exceeds the largest side, {MAX_SIDE} px")
-    if width * height > MAX_PIXELS:
-        raise UserError(f"{what}: output size {width}x{height} = {width * height:,} pixels exceeds the "
-                        f"limit of {MAX_PIXELS:,} pixels")
+    """:func:`gsplat2d._validate.check_output_pixels` as a :class:`UserError` prefixed with
+    ``what`` (the flag and value the size came from)."""
+    try:
+        check_output_pixels(width, height)
+    except ValueError as e:
+        raise UserError(f"{what}: {e}") from None
 
 
 def output_size(width: int, height: int, scale: Tuple[float, float]) -> Tuple[int, int]:
@@ -240,3 +240,26 @@ def output_size(width: int, height: int, scale: Tuple[float, float]) -> Tuple[in
     w, h = int(round(fw)), int(round(fh))
     check_output_size(w, h, what=f"{width}x{height} at --scale {sx:g}x{sy:g}")
     return w, h
+
+
+def load_image_file(path: "str | os.PathLike[str]") -> torch.Tensor:
+    """Decode an image to float32 ``[3, H, W]`` in ``[0, 1]`` (:func:`gsplat2d.image_files.read_image_uint8`:
+    grey replicated, alpha dropped, palette expanded, 16/32-bit scaled to 8 bit)."""
+    path = Path(path)
+    try:
+        rgb = read_image_uint8(path)
+    except Image.DecompressionBombError as e:
+        raise UserError(f"input image {path} is too large: {e}") from None
+    except ValueError as e:
+        raise UserError(f"input {path} is not a readable image: {e.__cause__ or e}") from None
+    return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)
+
+
+def save_image_atomic(array: np.ndarray, path: "str | os.PathLike[str]") -> None:
+    """:func:`gsplat2d.image_files.write_image_atomic`, with the commands' error type."""
+    try:
+        write_image_atomic(array, path)
+    except ValueError as e:
+        if "file ending" in str(e):
+            raise UserError(f"output {e}") from None
+        raise

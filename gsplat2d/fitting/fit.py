@@ -55,7 +55,7 @@ from gsplat2d.cli.common import (
     parse_size,
     run_command,
 )
-from gsplat2d.cli.images import IMAGE_EXTENSIONS, list_images
+from gsplat2d.image_files import IMAGE_EXTENSIONS, list_images
 from gsplat2d import g2d as _codec
 from gsplat2d.g2d import QuantSpec
 from gsplat2d.conics import (
@@ -83,7 +83,7 @@ PARAMS = ("cholesky", "scale_rotation")
 MODES = ("sum", "alpha")
 INITS = ("gradient", "uniform", "random")
 SCHEDULES = ("cosine", "step", "constant")
-IMAGE_EXTS = IMAGE_EXTENSIONS  # one list for every command (gsplat2d.cli.images)
+IMAGE_EXTS = IMAGE_EXTENSIONS  # one list for every command (gsplat2d.image_files)
 
 
 @dataclass

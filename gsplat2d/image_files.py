@@ -1,5 +1,7 @@
-"""Image files for every command (render, demo, fit, test, train): one extension list, one folder
-lister, one decoder and one atomic writer. The rasterizer core never imports this (nor pillow).
+"""Image files as a user sees them, for every application (render, demo, fit, test, train): one
+extension list, one folder lister, one decoder (EXIF orientation applied; 16-bit, float and
+1-bit images mapped to [0, 1] correctly) and one atomic writer. The rasterizer core never imports
+this (nor pillow).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Writes to ``--output_dir`` (default ``./demo_output``): ``lr_x*.png`` (the input
 ``gsplat2d render`` on), ``sr_x*.png`` (the model's outputs) and ``comparison.png`` (LR nearest
 | bicubic | model | HR, one row per case).
 
-Also ``python -m gsplat2d.sr.demo``. ``--image`` runs the same protocol on your own picture (centre
+Also ``python -m gsplat2d.eval.demo``. ``--image`` runs the same protocol on your own picture (centre
 crop of at most 504x504 px).
 """
 
@@ -34,23 +34,16 @@ from PIL import Image, ImageDraw, ImageFont
 
 from gsplat2d.cli.common import add_alias, add_runtime_args, apply_runtime_args, check_folder_creatable
 from gsplat2d.gaussians import Gaussians2D
-from gsplat2d.sr.render import (
-    run_command,
-    RenderError,
-    _short,
-    _sync,
-    encode_image,
-    load_image_file,
-    render_to_array,
-    save_image_atomic,
-    warm_up,
-)
+import gsplat2d
+from gsplat2d._io import short_load_error
+from gsplat2d.cli.common import UserError, load_image_file, run_command, save_image_atomic
+from gsplat2d.sr.rendering import encode_image, render_to_array, sync, warm_up
 
 __all__ = ["ASSET", "SCALES", "main"]
 
 _PROG = "gsplat2d demo"
 #: The bundled HR image (252x168: a multiple of 28, so x2, x3.5 and x4 all divide it exactly).
-ASSET = Path(__file__).resolve().parents[1] / "assets" / "kodim23_crop.png"
+ASSET = Path(gsplat2d.__file__).resolve().parent / "assets" / "kodim23_crop.png"
 SCALES = (2.0, 3.5, 4.0)
 NONUNIFORM = (2.0, 3.0)  # (horizontal, vertical) factors applied to the first scale's LR image
 _MAX_SIDE = 504  # --image is centre-cropped to at most this (keeps the demo fast)
@@ -144,14 +137,14 @@ def _load_hr(image: Optional[str], quick: bool) -> Tuple[Path, np.ndarray, bool]
     returns its path, the crop and whether cropping changed its size."""
     src = Path(image) if image else ASSET
     if not src.is_file():
-        raise RenderError(f"image not found: {src}" + ("" if image else " (the bundled demo image is missing)"))
+        raise UserError(f"image not found: {src}" + ("" if image else " (the bundled demo image is missing)"))
     hr_full = (load_image_file(src).permute(1, 2, 0) * 255.0).round().to(torch.uint8).numpy()
     unit = _lcm_numerators(SCALES)  # 28
     limit = 56 if quick else _MAX_SIDE
     H = min(hr_full.shape[0], limit) // unit * unit
     W = min(hr_full.shape[1], limit) // unit * unit
     if H < unit or W < unit:
-        raise RenderError(f"{src} is {hr_full.shape[1]}x{hr_full.shape[0]}; the demo needs at least {unit}x{unit} px")
+        raise UserError(f"{src} is {hr_full.shape[1]}x{hr_full.shape[0]}; the demo needs at least {unit}x{unit} px")
     return src, _centre_crop(hr_full, H, W), (W, H) != hr_full.shape[1::-1]
 
 
@@ -163,9 +156,9 @@ def _load_demo_model(model_path: Optional[str], device: torch.device) -> Tuple[t
     try:
         model = load_model(mpath, map_location="cpu").to(device)
     except FileNotFoundError as e:
-        raise RenderError(f"{e}" + ("" if model_path else " (the shipped default model is missing)")) from None
+        raise UserError(f"{e}" + ("" if model_path else " (the shipped default model is missing)")) from None
     except ValueError as e:
-        raise RenderError(_short(e)) from None
+        raise UserError(short_load_error(e)) from None
     return model, mpath
 
 
@@ -213,10 +206,10 @@ def _encode_scale(demo: _Demo, s: float) -> _EncodedLR:
     w, h = int(round(W / s)), int(round(H / s))
     lr = _bicubic(demo.hr, w, h)
     save_image_atomic(lr, demo.out_dir / f"lr_x{_fmt_scale(s)}.png")
-    _sync(demo.device)
+    sync(demo.device)
     t0 = time.perf_counter()
     field = encode_image(demo.model, _to_tensor(lr))
-    _sync(demo.device)
+    sync(demo.device)
     return _EncodedLR(s, lr, w, h, field, (time.perf_counter() - t0) * 1e3)
 
 
@@ -255,7 +248,7 @@ def _render_case(
     returns its table line and its comparison row (LR nearest | bicubic | model | HR)."""
     t1 = time.perf_counter()
     sr = render_to_array(enc.field, ow, oh, mode=demo.mode, backend=demo.backend, model=demo.model)
-    _sync(demo.device)
+    sync(demo.device)
     ren_ms = (time.perf_counter() - t1) * 1e3
     bic = _bicubic(enc.lr, ow, oh)
     fname = "sr_" + name.replace(" ", "_") + ".png"
