@@ -1,6 +1,6 @@
 """What a CPU user waits for, measured on whatever gsplat2d this Python imports: run it with the
 interpreter of an older checkout to get the "before" numbers on the same machine, in the same
-session (issue 14's before/after table).
+session.
 
     python bench/cpu_before_after.py --out after.json            # this checkout
     /path/to/old/venv/bin/python bench/cpu_before_after.py --out before.json
@@ -127,7 +127,7 @@ def main() -> None:
     import gsplat2d
     from gsplat2d.sr import load_model
 
-    models = {name: load_model(name).eval() for name in ("feature", "tiny")}
+    models = {name: load_model(name).eval() for name in ("feature", "colour")}
     res = {
         "gsplat2d_path": str(Path(gsplat2d.__file__).resolve().parent),
         "cpu": platform.processor() or platform.machine(),

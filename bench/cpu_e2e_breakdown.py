@@ -41,7 +41,7 @@ def main() -> None:
     rz.rasterize = timed_rasterize
     lr = _tensor(_photo().crop((100, 30, 356, 286)))
     rows = {}
-    for name in ("feature", "tiny"):
+    for name in ("feature", "colour"):
         m = load_model(name).eval()
         best: dict = {}
         for _ in range(args.repeats + 1):  # the first round warms up

@@ -1,4 +1,4 @@
-"""Tables of the CPU benchmarks (issue 14) from their JSON files.
+"""Tables of the CPU benchmarks from their JSON files.
 
     python -m pytest bench/test_bench_cpu.py --benchmark-only --benchmark-json=/tmp/cpu.json
     python bench/cpu_before_after.py --out /tmp/after.json                 # this checkout

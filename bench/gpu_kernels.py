@@ -39,7 +39,7 @@ SCENES = [
     Case("4k-500k", 3840, 2160, 500_000, 4.0),
 ]
 #: ``--device cpu`` dry run (TRITON_INTERPRET=1): checks this script's code paths without a GPU.
-DRY_RUN_SCENES = [Case("tiny", 40, 24, 60, 4.0)]
+DRY_RUN_SCENES = [Case("colour", 40, 24, 60, 4.0)]
 MODES = ("alpha", "sum")
 
 

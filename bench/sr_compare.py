@@ -3,7 +3,7 @@ feature-splatting model): Y-PSNR/SSIM from ``gsplat2d test --benchmark`` per dat
 parameter counts, the training budget each checkpoint records, and CPU encode / render times and
 render memory.
 
-    python bench/sr_compare.py --model colour=gsplat2d/weights/gaussian_sr_tiny.pth \\
+    python bench/sr_compare.py --model colour=gsplat2d/weights/gaussian_sr_colour.pth \\
         --model feature=models/gaussian_sr_feature.pth \\
         --data_path ../shared/data/Set5 ../shared/data/Set14 --scales 2,3,4,6,3.5 \\
         --out bench/results/sr-colour-vs-feature-amd-epyc-2026-12-02

@@ -1,5 +1,5 @@
-"""Renders smaller than the input, with and without the pixel-footprint anti-aliasing
-(issue 15): the 1 x 1 colour against the input's mean, and 1/2, 1/4, 1/8 downscales against PIL's
+"""Renders smaller than the input, with and without the pixel-footprint anti-aliasing:
+the 1 x 1 colour against the input's mean, and 1/2, 1/4, 1/8 downscales against PIL's
 box filter (and PIL bicubic's distance to it), for each shipped model, on a 256 x 256 crop of
 kodim05 (``../shared/data/Kodak``, else the bundled kodim23 crop), plus the mean colour of
 extreme sizes of the whole photo.
@@ -41,7 +41,7 @@ def main() -> None:
     bic = {d: _psnr(np.asarray(crop.resize((256 // d,) * 2, Image.BICUBIC)), np.asarray(crop.resize((256 // d,) * 2, Image.BOX)))
            for d in (2, 4, 8)}
     res["pil_bicubic_vs_box_db"] = bic
-    for name in ("feature", "tiny"):
+    for name in ("feature", "colour"):
         m = load_model(name).eval()
         f = encode_image(m, torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0)
         whole = encode_image(m, torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1).float() / 255.0)

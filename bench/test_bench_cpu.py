@@ -1,5 +1,5 @@
 """CPU benchmarks of the numba backend, each against the torch backend (or PIL bicubic) timed in
-the same run, interleaved round by round (issue 14).
+the same run, interleaved round by round.
 
 ``pytest bench/test_bench_cpu.py --benchmark-only`` (about 3 minutes on 2 cores). Every
 benchmark first checks the numba result against the torch backend's and refuses to time a wrong
@@ -37,7 +37,7 @@ def lr256() -> Image.Image:
     return _photo().crop((100, 30, 356, 286))
 
 
-@pytest.fixture(scope="module", params=["feature", "tiny"])
+@pytest.fixture(scope="module", params=["feature", "colour"])
 def model(request):
     from gsplat2d.sr.model import load_model
 

@@ -16,7 +16,7 @@ LR_SIZE = (480, 270) if IS_CUDA else (96, 96)
 SCALES = (2.0, 4.0, 8.0) if IS_CUDA else (2.0, 4.0)
 
 
-@pytest.fixture(scope="module", params=["feature", "tiny"])
+@pytest.fixture(scope="module", params=["feature", "colour"])
 def model_and_lr(request):
     """Each shipped model: the default feature model and the colour model."""
     from gsplat2d.sr.model import load_model

@@ -34,7 +34,7 @@ def step_bytes(name, backend):
     return total, rast
 
 if __name__ == "__main__":
-    for name in ("feature", "tiny"):
+    for name in ("feature", "colour"):
         for backend in sys.argv[1:] or ["numba", "torch"]:
             total, rast = step_bytes(name, backend)
             print(f"{name} {backend}: graph saved {total / 1e6:.1f} MB, rasterizer saved {rast / 1e6:.2f} MB", flush=True)

@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model_path", default=None,
                    help="model checkpoint (.pth from 'gsplat2d train'), or a shipped model: 'feature' (the "
-                        "default, gsplat2d/weights/gaussian_sr_feature.pth) or 'tiny' (the colour model)")
+                        "default, gsplat2d/weights/gaussian_sr_feature.pth) or 'colour' (the colour model)")
     p.add_argument("--data_path", nargs="+", required=True, metavar="DIR",
                    help="one or more image folders: HR images directly (e.g. DIV2K_valid_HR) or the "
                         "Set5/Set14 layout with HR/ and LR_bicubic/X{s}/ subfolders")

@@ -121,7 +121,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "default (or a given) model; compare with bicubic; write the outputs and a comparison picture.",
     )
     p.add_argument("--model_path",
-                   help="model checkpoint (.pth), or a shipped model: 'feature' (the default) or 'tiny' (the colour model)")
+                   help="model checkpoint (.pth), or a shipped model: 'feature' (the default) or 'colour' (the colour model)")
     p.add_argument("--output_dir", default="demo_output", help="output folder (default ./demo_output)")
     p.add_argument("--image", help=f"use this HR image instead of the bundled one (centre crop, at most "
                    f"{_MAX_SIDE}x{_MAX_SIDE})")

@@ -1,4 +1,4 @@
-"""Anti-aliased rendering (issue 15, item 1): where an output pixel is larger than a source pixel
+"""Anti-aliased rendering: where an output pixel is larger than a source pixel
 the rendered value is the average over the pixel's area, so a 1 x 1 is the mean colour and a
 downscale matches a box filter; at the trained scales (output >= source) nothing changes."""
 
@@ -15,7 +15,7 @@ from gsplat2d.sr.model import load_model
 from gsplat2d.sr.rendering import encode_image, footprint_supersampling, render_to_array
 
 CROP = Path(__file__).resolve().parents[1] / "gsplat2d" / "assets" / "kodim23_crop.png"
-MODELS = ["feature", "tiny"]
+MODELS = ["feature", "colour"]
 
 
 def _photo(size: int = 128) -> Image.Image:

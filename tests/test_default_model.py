@@ -1,4 +1,4 @@
-"""The shipped models (the default feature-splatting model and the colour model ``tiny``): load
+"""The shipped models (the default feature-splatting model and the colour model ``colour``): load
 without code execution, match the hashes the README pins, and beat bicubic on real data by the
 margins the model card reports.
 
@@ -31,11 +31,11 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def test_the_default_is_the_feature_model_and_tiny_is_selectable(tmp_path, monkeypatch):
     assert default_model_path() == shipped_model_path("feature")
     assert isinstance(load_model(None), GaussianFeatureSR)
-    assert isinstance(load_model("tiny"), Pixel2GaussianSR)
-    assert resolve_model_path("tiny") == shipped_model_path("tiny")
+    assert isinstance(load_model("colour"), Pixel2GaussianSR)
+    assert resolve_model_path("colour") == shipped_model_path("colour")
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "tiny").write_bytes(b"x")  # an existing file of that name is the user's file
-    assert resolve_model_path("tiny") == "tiny"
+    (tmp_path / "colour").write_bytes(b"x")  # an existing file of that name is the user's file
+    assert resolve_model_path("colour") == "colour"
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED_MODELS))
@@ -63,10 +63,10 @@ def test_shipped_weights_match_the_model_card_hash(name):
 
 
 # Set5 Y-PSNR at x2 / x4 as the model cards report them (feature: bench/results/sr-feature-
-# retrained-vs-previous-amd-epyc-2026-12-07.json, 2-core AMD EPYC; tiny: bench/results/sr-colour-
+# retrained-vs-previous-amd-epyc-2026-12-07.json, 2-core AMD EPYC; colour: bench/results/sr-colour-
 # vs-feature-intel-xeon-2026-12-02.json, 2-core Intel Xeon; torch 2.13 CPU). Margins leave room
 # for other CPUs' float noise.
-CARD_SET5 = {"feature": (36.763, 30.920), "tiny": (36.538, 30.198)}
+CARD_SET5 = {"feature": (36.763, 30.920), "colour": (36.538, 30.198)}
 
 
 @pytest.mark.skipif(not (DATA / "Set5" / "HR").is_dir(), reason=f"needs the shared data: {DATA / 'Set5'} not present")

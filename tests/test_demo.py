@@ -18,7 +18,7 @@ def test_bundled_image():
 def test_demo_quick(tmp_path, capsys):
     model = tmp_path / "tiny.pth"
     torch.manual_seed(0)
-    save_checkpoint(model, Pixel2GaussianSR("tiny"))
+    save_checkpoint(model, Pixel2GaussianSR("colour"))
     out = tmp_path / "demo"
     assert main(["--quick", "--model_path", str(model), "--output_dir", str(out)]) == 0
     text = capsys.readouterr().out

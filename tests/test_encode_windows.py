@@ -1,4 +1,4 @@
-"""Bounded encode memory (issue 15, item 3): a large image is encoded in pieces with a halo of the
+"""Bounded encode memory: a large image is encoded in pieces with a halo of the
 network's receptive radius, and the field equals the whole-image encode."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from gsplat2d.sr.model import load_model
 from gsplat2d.sr.rendering import encode_image, receptive_radius
 
 
-@pytest.mark.parametrize("name", ["feature", "tiny"])
+@pytest.mark.parametrize("name", ["feature", "colour"])
 @pytest.mark.parametrize("size, tile", [((53, 70), 24), ((41, 29), 16), ((33, 90), 40)],
                          ids=["53x70-tile24", "41x29-tile16", "33x90-tile40"])
 def test_windowed_encode_equals_the_whole(name, size, tile):

@@ -31,7 +31,7 @@ def _smooth_rgb(seed: int, w: int = W, h: int = H) -> np.ndarray:
 def model_path(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     p = tmp_path_factory.mktemp("model") / "m.pth"
-    save_checkpoint(p, Pixel2GaussianSR("tiny"))
+    save_checkpoint(p, Pixel2GaussianSR("colour"))
     return p
 
 
@@ -220,7 +220,7 @@ def test_errors_are_clear(tmp_path, capsys, hr_folder, model_path):
         assert "CUDA" in _err(capsys, ["--data_path", str(hr_folder), "--model_path", str(model_path),
                                        "--device", "cuda"])
     # every image too small for the scale
-    tiny = tmp_path / "tiny"
+    tiny = tmp_path / "colour"
     tiny.mkdir()
     Image.fromarray(_smooth_rgb(4, 3, 3)).save(tiny / "t.png")
     assert "no image" in _err(capsys, ["--data_path", str(tiny), "--model_path", str(model_path)])

@@ -198,7 +198,7 @@ def test_fitted_and_sr_fields_render_through_the_api_like_the_cli(tmp_path):
     # image it renders
     sr_field, sr_png = tmp_path / "sr.g2d", tmp_path / "sr.png"
     assert render_main(["--input_path", str(src), "--output_path", str(sr_png), "--scale", "3", "--model_path",
-                        "tiny", "--save_gaussians", str(sr_field), "--device", "cpu", "--quiet"]) == 0
+                        "colour", "--save_gaussians", str(sr_field), "--device", "cpu", "--quiet"]) == 0
     field = Gaussians2D.load(sr_field)
     assert field.mode == "sum" and field.source_size == (28, 20)
     api = _as_png_values(field.render(84, 60)[0])

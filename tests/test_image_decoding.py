@@ -1,4 +1,4 @@
-"""Photos decoded as a viewer shows them (issue 15, item 5), each case an image made here: the
+"""Photos decoded as a viewer shows them, each case an image made here: the
 EXIF orientation applied (pixels, header size and the render CLI's output size), float images
 from [0, 1] (or [0, 255]), 1-bit as 0/255, 16-bit from its full range."""
 
@@ -53,7 +53,7 @@ def test_a_portrait_phone_jpeg_renders_portrait(tmp_path):
     exif[0x0112] = 6
     Image.fromarray(_asymmetric()).save(src, exif=exif, quality=95)
     assert render_main(["--input_path", str(src), "--output_path", str(out), "--scale", "2",
-                        "--model_path", "tiny", "--device", "cpu", "--quiet"]) == 0
+                        "--model_path", "colour", "--device", "cpu", "--quiet"]) == 0
     assert Image.open(out).size == (16, 24)
 
 

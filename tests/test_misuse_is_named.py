@@ -1,4 +1,4 @@
-"""Misuse and broken inputs end in one line that names them (issue 15, item 8): broken fields and
+"""Misuse and broken inputs end in one line that names them: broken fields and
 checkpoints, diverging runs, time budgets, full disks, wrong inputs to the models, hints, and
 truncated files. Each test fails on the old behaviour (silent, raw or late), said beside it."""
 
@@ -39,7 +39,7 @@ def images(tmp_path) -> Path:
 
 
 def _train_args(images: Path, save: Path, *extra: str) -> list:
-    return ["--dataset_path", str(images), "--save_path", str(save), "--epochs", "2", "--batch_size", "2",
+    return ["--dataset_path", str(images), "--save_path", str(save), "--preset", "colour", "--epochs", "2", "--batch_size", "2",
             "--patch_size", "8", "--val_split", "1", "--val_scales", "2", "--model", '{"n_feats": 8, "n_blocks": 1}',
             "--no_progress", "--no_lpips", "--device", "cpu", "--backend", "torch",
             "--samples_dir", str(save.parent / "s"), *extra]
@@ -143,7 +143,7 @@ except OSError as e:
 
 
 # -- the models' inputs ---------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["feature", "tiny"])
+@pytest.mark.parametrize("name", ["feature", "colour"])
 def test_encode_names_a_wrong_input_and_takes_any_float_dtype(name):
     m = load_model(name)
     lr = torch.rand(1, 3, 9, 11)
@@ -166,7 +166,7 @@ def test_the_colour_model_refuses_a_feature_field():
     """Before: returned the field's 16 channels as an image."""
     feat = load_model("feature").encode(torch.rand(1, 3, 6, 5))
     with pytest.raises(ValueError, match="this field has 16 channels, the colour model renders 3"):
-        load_model("tiny").render(feat, 10, 12)
+        load_model("colour").render(feat, 10, 12)
 
 
 # -- hints and files ------------------------------------------------------------------------------

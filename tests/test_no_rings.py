@@ -1,4 +1,4 @@
-"""No rings at large scales (issue 15, item 2).
+"""No rings at large scales.
 
 In plain sum mode a Gaussian's weight drops from 1/255 to 0 at its cutoff ellipse, so a field
 normalised by its splatted weight (the feature model) jumps there by ``(f_i - F) / (255 W)``; the

@@ -117,7 +117,7 @@ def test_image_is_channel_major_and_cotangents_of_either_layout_agree(mode):
         assert torch.equal(grads[0][k], grads[1][k]), k
 
 
-@pytest.mark.parametrize("name", ["feature", "tiny"])
+@pytest.mark.parametrize("name", ["feature", "colour"])
 def test_a_training_step_hands_the_backward_a_channel_major_cotangent(name, monkeypatch):
     """Both shipped models take the render as NCHW, so the image's cotangent comes back
     channel-major: the layout ``bench/test_bench_cpu.py`` times the backward with."""

@@ -1,4 +1,4 @@
-"""Every command checks where its results go before any work (issue 15, item 6): an output under a
+"""Every command checks where its results go before any work: an output under a
 path that is a file is one line, exit 2, and the expensive step never ran; a folder render goes on
 past an image whose output cannot be written."""
 
@@ -40,13 +40,13 @@ def test_render_checks_its_outputs_before_encoding(setup, capsys, monkeypatch, f
     monkeypatch.setattr(render, "_render_one", _never)
     extra = ["--scale", "2"] if flag == "--output_path" else []
     rc = render.main(["--input_path", str(img), flag, str(tmp / "afile" / "out.x"), *extra, "--quiet",
-                      "--model_path", "tiny", "--device", "cpu"])
+                      "--model_path", "colour", "--device", "cpu"])
     # the file ending is checked first; a good ending under a file fails on the folder
     assert rc == 2
     capsys.readouterr()
     name = "out.png" if flag == "--output_path" else "out.g2d"
     rc = render.main(["--input_path", str(img), flag, str(tmp / "afile" / name), *extra, "--quiet",
-                      "--model_path", "tiny", "--device", "cpu"])
+                      "--model_path", "colour", "--device", "cpu"])
     assert rc == 2
     _one_line(capsys, flag, "is a file")
 
@@ -78,7 +78,7 @@ def test_demo_and_test_check_their_outputs_first(setup, capsys, monkeypatch):
     Image.open(img).save(hr / "a.png")
     monkeypatch.setattr(ev, "_measure_dataset", _never)
     assert ev.main(["--benchmark", "--data_path", str(hr), "--json", str(tmp / "afile" / "r.json"),
-                    "--model_path", "tiny", "--device", "cpu"]) == 2
+                    "--model_path", "colour", "--device", "cpu"]) == 2
     _one_line(capsys, "--json", "is a file")
 
 
@@ -93,7 +93,7 @@ def test_a_folder_render_goes_on_past_an_output_it_cannot_write(setup, capsys):
     out = tmp / "out"
     (out / "b.png").mkdir(parents=True)  # b's output slot is taken by a folder
     rc = render_main(["--input_path", str(src), "--output_path", str(out), "--scale", "2", "--quiet",
-                      "--model_path", "tiny", "--device", "cpu"])
+                      "--model_path", "colour", "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 2 and "skipped" in err and "b.png" in err and "1 of 3 images failed" in err
     assert Image.open(out / "a.png").size == (48, 40) and Image.open(out / "c.png").size == (48, 40)

@@ -29,7 +29,7 @@ def _lr_image(seed: int, w: int = LR_W, h: int = LR_H) -> np.ndarray:
 def model_path(tmp_path_factory):
     p = tmp_path_factory.mktemp("model") / "tiny.pth"
     torch.manual_seed(0)
-    save_checkpoint(p, Pixel2GaussianSR("tiny"))
+    save_checkpoint(p, Pixel2GaussianSR("colour"))
     return str(p)
 
 

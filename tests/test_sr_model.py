@@ -17,6 +17,7 @@ from gsplat2d.sr.model import (
     SRConfig,
     load_checkpoint,
     load_model,
+    preset_config,
     save_checkpoint,
 )
 
@@ -29,7 +30,7 @@ def _lr(b=1, h=7, w=9, seed=0):
 @pytest.mark.parametrize("size", [(23, 17), (40, 9), (9, 7)], ids=lambda s: f"{s[0]}x{s[1]}")
 def test_forward_renders_exact_size(size):
     torch.manual_seed(0)
-    m = Pixel2GaussianSR("tiny").eval()
+    m = Pixel2GaussianSR("colour").eval()
     with torch.no_grad():
         out = m(_lr(2), size, backend="torch")
     assert out.shape == (2, 3, size[1], size[0])
@@ -38,7 +39,7 @@ def test_forward_renders_exact_size(size):
 
 @pytest.mark.parametrize("scale", [1.0, 2.0, 3.7], ids=lambda s: f"x{s}")
 def test_forward_scale_rounds_like_the_cli(scale):
-    m = Pixel2GaussianSR("tiny").eval()
+    m = Pixel2GaussianSR("colour").eval()
     with torch.no_grad():
         out = m(_lr(1, 7, 9), scale=scale, backend="torch")
     assert out.shape[-2:] == (round(7 * scale), round(9 * scale))
@@ -46,7 +47,7 @@ def test_forward_scale_rounds_like_the_cli(scale):
 
 def test_encode_once_render_many_matches_forward():
     torch.manual_seed(1)
-    m = Pixel2GaussianSR("tiny").eval()
+    m = Pixel2GaussianSR("colour").eval()
     lr = _lr(1, 6, 8)
     with torch.no_grad():
         field = m.encode(lr)
@@ -117,7 +118,7 @@ def test_shipped_model_renders_a_flat_image_flat(border):
     """A flat image (1x1 included) renders flat to its corners at x2, x4 and x100.
     Without the border ring (the ``border=0`` mutant) corners came out ~10% dark at x2 and a 1x1
     image at half brightness; the test must fail for it."""
-    m = load_model("tiny")
+    m = load_model("colour")
     if border is not None:
         m.config.border = border
     worst = 0.0
@@ -178,12 +179,31 @@ def test_config_validation_names_the_field(bad):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="preset"):
         Pixel2GaussianSR("huge")
-    assert set(PRESETS) >= {"tiny", "base", "cholesky"}
+    assert set(PRESETS) >= {"colour", "base", "cholesky"}
+
+
+def test_one_name_per_model_with_the_old_ones_accepted():
+    """The colour model is ``colour`` everywhere users see it (preset, shipped name, weights file);
+    ``tiny`` (its earlier name) and ``color`` still select it, and old runs that recorded preset
+    ``tiny`` rebuild the same architecture. The train command's default is the default model's."""
+    from gsplat2d.sr.model import SHIPPED_MODELS, resolve_model_path
+    from gsplat2d.train.cli import build_parser
+    from gsplat2d.train.loop import TrainConfig
+
+    assert set(SHIPPED_MODELS) == {"feature", "colour"} and "tiny" not in PRESETS
+    assert SHIPPED_MODELS["colour"] == "gaussian_sr_colour.pth"
+    for alias in ("tiny", "color"):
+        assert resolve_model_path(alias) == resolve_model_path("colour")
+    assert preset_config("tiny") == preset_config("colour") == PRESETS["colour"]
+    assert build_parser().parse_args(["--preset", "tiny"]).preset == "colour"
+    assert build_parser().parse_args([]).preset == "feature" == TrainConfig().preset
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--preset", "huge"])
 
 
 def test_bad_input_shape():
     with pytest.raises(ValueError, match=r"lr must be \[B, 3, H, W\]"):
-        Pixel2GaussianSR("tiny")(torch.rand(3, 8, 8), (16, 16))
+        Pixel2GaussianSR("colour")(torch.rand(3, 8, 8), (16, 16))
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -273,7 +293,7 @@ def test_shipped_colour_model_loads():
 
     from gsplat2d.eval.demo import ASSET
 
-    m = load_model("tiny")
+    m = load_model("colour")
     assert isinstance(m, Pixel2GaussianSR)
     hr = Image.open(ASSET).convert("RGB")  # 252 x 168
     lr = hr.resize((126, 84), Image.BICUBIC)

@@ -41,6 +41,7 @@ def image_dir(tmp_path_factory) -> Path:
 
 def _cfg(tmp: Path, data: Path, **kw) -> TrainConfig:
     base = TrainConfig(
+        preset="colour",  # the loop's behaviour, not the model's: the smaller, faster-to-render one
         dataset_path=str(data),
         save_path=str(tmp / "models" / "m.pth"),
         samples_dir=str(tmp / "samples"),

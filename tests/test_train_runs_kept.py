@@ -1,4 +1,4 @@
-"""Training runs are never lost (issue 15, item 4): an existing run at --save_path is refused
+"""Training runs are never lost: an existing run at --save_path is refused
 unless resumed or --overwrite; a lock refuses a second process on the same path; --resume
 restores every recorded argument and refuses a changed one that may not change; validation images
 are never trained on."""
@@ -32,7 +32,7 @@ def images(tmp_path) -> Path:
 
 
 def _args(images: Path, save: Path, *extra: str, val_split: bool = True) -> list:
-    return ["--dataset_path", str(images), "--save_path", str(save), "--epochs", "1", "--batch_size", "2",
+    return ["--dataset_path", str(images), "--save_path", str(save), "--preset", "colour", "--epochs", "1", "--batch_size", "2",
             "--patch_size", "8", *(["--val_split", "1"] if val_split else []), "--val_scales", "2",
             "--model", '{"n_feats": 8, "n_blocks": 1}', "--no_progress", "--no_lpips", "--device", "cpu",
             "--backend", "torch", "--samples_dir", str(save.parent / "s"), *extra]

@@ -1,4 +1,4 @@
-"""``gsplat2d train`` / ``python -m gsplat2d train``: train a pixel-to-Gaussian SR model.
+"""``gsplat2d train`` / ``python -m gsplat2d train``: train an arbitrary-scale super-resolution model (the feature model by default, or the colour model).
 
 Brief's command::
 
@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 
 from gsplat2d._validate import BACKENDS
 from gsplat2d.cli.common import UserError, run_command
-from gsplat2d.sr.model import PRESETS
+from gsplat2d.sr.model import PRESET_ALIASES, PRESETS
 
 
 def _scales(text: str):
@@ -35,7 +35,7 @@ def _scales(text: str):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gsplat2d train",
-        description="Train a pixel-to-Gaussian (ContinuousSR-style) arbitrary-scale super-resolution model.",
+        description="Train an arbitrary-scale super-resolution model that maps an LR image to 2D Gaussians (--preset feature, the default, or the colour model).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("data")
@@ -66,9 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many minutes of training steps (validation not counted); the cosine "
                    "decay then follows the time spent, so runs of equal budget compare fairly (0 = off)")
     g = p.add_argument_group("model and run")
-    g.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
-                   help="model architecture: tiny/small/base/cholesky (pixel-to-Gaussian colour model) or "
-                   "feature (feature splatting + MLP decoder)")
+    g.add_argument("--preset", default="feature", type=lambda s: PRESET_ALIASES.get(s, s), choices=list(PRESETS),
+                   help="model architecture: feature (feature splatting + MLP decoder; the shipped default) or "
+                   "colour (the shipped colour model), small, base, cholesky (wider colour models, "
+                   "the Cholesky head)")
     g.add_argument("--model", default="{}",
                    help="JSON overrides of the preset's config (SRConfig or FeatureSRConfig), e.g. '{\"k\": 2}'")
     g.add_argument("--save_path", default="models/my_model.pth", help="best model (by val PSNR); *.last.pth beside it resumes")

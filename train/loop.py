@@ -67,7 +67,7 @@ class TrainConfig:
     scale_min: float = 1.0
     scale_max: float = 4.0
     repeat: int = 1  # passes over the training images per epoch
-    preset: str = "tiny"
+    preset: str = "feature"
     model: Dict[str, Any] = field(default_factory=dict)  # overrides of the preset's config
     l1_weight: float = 0.8
     ms_ssim_weight: float = 0.2

@@ -12,7 +12,7 @@ import sys
 from typing import List, Optional
 
 _COMMANDS = {
-    "train": ("gsplat2d.train.cli", "train a pixel-to-Gaussian super-resolution model"),
+    "train": ("gsplat2d.train.cli", "train a super-resolution model (feature or colour)"),
     "render": ("gsplat2d.sr.render", "super-resolve an image (or re-render a .g2d field) at any size"),
     "test": ("gsplat2d.eval.cli", "validate a model: brief report or the Set5/Set14 benchmark protocol"),
     "fit": ("gsplat2d.fitting.fit", "fit an image (or a folder) with N 2D Gaussians; save a compact .g2d file"),

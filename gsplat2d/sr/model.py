@@ -69,6 +69,8 @@ __all__ = [
     "shipped_model_path",
     "resolve_model_path",
     "SHIPPED_MODELS",
+    "MODEL_ALIASES",
+    "PRESET_ALIASES",
     "CHECKPOINT_FORMAT",
 ]
 
@@ -101,25 +103,32 @@ class SRConfig(ConfigChecks):
         return self
 
 
-#: Named architectures. ``tiny`` trains and runs on a CPU (the shipped colour model; the shipped
-#: default is ``feature``);
-#: ``base`` is EDSR-baseline width/depth for GPUs; ``cholesky`` is ``tiny`` with the Cholesky head;
-#: ``feature`` is the feature-splatting model (:class:`gsplat2d.sr.feature.GaussianFeatureSR`), its
-#: backbone 30 channels wide so that it has about ``tiny``'s parameter count (84.7k vs 86.7k).
+#: Named architectures. ``feature`` is the feature-splatting model
+#: (:class:`gsplat2d.sr.feature.GaussianFeatureSR`), the shipped default; ``colour`` is the colour
+#: model (:class:`Pixel2GaussianSR`, the pixel-to-Gaussian model of ContinuousSR) as shipped;
+#: ``small`` and ``base`` (EDSR-baseline width/depth, for GPUs) are wider colour models, and
+#: ``cholesky`` is ``colour`` with the Cholesky head. ``feature``'s backbone is 30 channels wide so
+#: that it has about ``colour``'s parameter count (84.7k vs 86.7k).
 PRESETS: Dict[str, Union[SRConfig, FeatureSRConfig]] = {
-    "tiny": SRConfig(n_feats=32, n_blocks=4, k=1),
+    "colour": SRConfig(n_feats=32, n_blocks=4, k=1),
     "small": SRConfig(n_feats=48, n_blocks=8, k=2),
     "base": SRConfig(n_feats=64, n_blocks=16, k=2, res_scale=1.0),
     "cholesky": SRConfig(n_feats=32, n_blocks=4, k=1, head="cholesky"),
     "feature": FeatureSRConfig(n_feats=30, n_blocks=4, k=1),
 }
 
-#: Checkpoint "arch" -> config class (checkpoints without "arch" hold a pixel-to-Gaussian model).
+#: Earlier names still accepted: ``tiny`` was the colour model's name.
+PRESET_ALIASES = {"tiny": "colour"}
+
+#: Checkpoint "arch" -> config class. The colour model is stored as "pixel" (pixel-to-Gaussian),
+#: and checkpoints without "arch" hold one: a key of the file format, never shown to users.
 _CONFIGS = {"pixel": SRConfig, "feature": FeatureSRConfig}
 
 
 def preset_config(name: str, overrides: Optional[Dict[str, Any]] = None) -> Union[SRConfig, "FeatureSRConfig"]:
-    """The config of preset ``name`` with ``overrides`` (field -> value) applied and validated."""
+    """The config of preset ``name`` (or an alias, :data:`PRESET_ALIASES`) with ``overrides``
+    (field -> value) applied and validated."""
+    name = PRESET_ALIASES.get(name, name)
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     base = PRESETS[name]
@@ -154,7 +163,7 @@ class Pixel2GaussianSR(SuperResolver):
     def __init__(self, config: Union[SRConfig, str, None] = None) -> None:
         super().__init__()
         if config is None:
-            config = "tiny"
+            config = "colour"
         if isinstance(config, str):
             config = preset_config(config)
         if not isinstance(config, SRConfig):  # e.g. the "feature" preset: use build_model
@@ -256,14 +265,16 @@ def load_checkpoint(path: Union[str, "os.PathLike[str]"], map_location: Any = "c
 
 
 #: Models shipped in ``gsplat2d/weights/``, by the name ``--model_path`` also accepts.
-SHIPPED_MODELS = {"feature": "gaussian_sr_feature.pth", "tiny": "gaussian_sr_tiny.pth"}
+SHIPPED_MODELS = {"feature": "gaussian_sr_feature.pth", "colour": "gaussian_sr_colour.pth"}
+#: Other names of shipped models: ``tiny`` (the colour model's earlier name) and ``color``.
+MODEL_ALIASES = {"tiny": "colour", "color": "colour"}
 #: The default of every command: the feature-splatting model, which beat the colour model at an
 #: equal training budget and size on this package's CPU runs (README model card).
 DEFAULT_MODEL = "feature"
 
 
 def shipped_model_path(name: str = DEFAULT_MODEL) -> str:
-    """Path of a shipped model (``"feature"``: the default; ``"tiny"``: the colour model)."""
+    """Path of a shipped model (``"feature"``: the default; ``"colour"``: the colour model)."""
     if name not in SHIPPED_MODELS:
         raise ValueError(f"no shipped model {name!r}; shipped: {', '.join(SHIPPED_MODELS)}")
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", SHIPPED_MODELS[name])
@@ -275,13 +286,15 @@ def default_model_path() -> str:
 
 
 def resolve_model_path(path: Union[str, "os.PathLike[str]", None]) -> str:
-    """``None`` -> the default model; a shipped model's name (``"tiny"``, ``"feature"``) that is
-    not an existing file -> that model; anything else is a file path."""
+    """``None`` -> the default model; a shipped model's name (``"feature"``, ``"colour"``, or an
+    alias from :data:`MODEL_ALIASES`) that is not an existing file -> that model; anything else is
+    a file path."""
     if path is None:
         return default_model_path()
     path = os.fspath(path)
-    if path in SHIPPED_MODELS and not os.path.exists(path):
-        return shipped_model_path(path)
+    name = MODEL_ALIASES.get(path, path)
+    if name in SHIPPED_MODELS and not os.path.exists(path):
+        return shipped_model_path(name)
     return path
 
 
@@ -289,7 +302,7 @@ def load_model(
     path: Union[str, "os.PathLike[str]", None] = None, map_location: Any = "cpu"
 ) -> nn.Module:
     """Build the model a checkpoint holds (:class:`Pixel2GaussianSR` or
-    :class:`gsplat2d.sr.feature.GaussianFeatureSR`; ``None``: the shipped default model; ``"tiny"``
+    :class:`gsplat2d.sr.feature.GaussianFeatureSR`; ``None``: the shipped default model; ``"colour"``
     / ``"feature"``: a shipped model, see :func:`resolve_model_path`), in eval mode, float32."""
     path = resolve_model_path(path)
     payload = load_checkpoint(path, map_location=map_location)

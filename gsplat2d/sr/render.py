@@ -66,7 +66,7 @@ from gsplat2d.image_files import IMAGE_EXTENSIONS, image_size, list_images
 from gsplat2d.image_files import OUTPUT_FORMATS as _OUTPUT_FORMATS
 from gsplat2d.binning import MODES
 from gsplat2d.gaussians import Gaussians2D
-# the library this command drives (also importable from here, as before)
+# the library this command drives (its public names stay importable from this module)
 from gsplat2d.sr.rendering import (
     DECODER_KIND,
     DEFAULT_WINDOW,
@@ -124,7 +124,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input_path", help="LR image file, or a folder of images")
     p.add_argument("--output_path", help="output image (.png), or a folder when --input_path is a folder")
     p.add_argument("--model_path", help="model checkpoint (.pth), or a shipped model: 'feature' (the default) or "
-                   "'tiny' (the colour model). With --gaussians: the feature model whose decoder a feature field needs")
+                   "'colour' (the colour model). With --gaussians: the feature model whose decoder a feature field needs")
     p.add_argument("--scale", help="upscaling factor: a number > 0 (4, 3.7, 12) or SXxSY (2.5x3)")
     p.add_argument("--size", help="exact output size WIDTHxHEIGHT in pixels, e.g. 3840x2160")
     p.add_argument("--save_gaussians", metavar="PATH",
