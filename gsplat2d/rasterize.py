@@ -184,8 +184,13 @@ def rasterize(
         inputs).
 
     Gaussians with a non-positive-definite conic, opacity below 1/255 or a non-finite mean,
-    conic or opacity contribute nothing. Leading dims ``...`` are independent images rendered
-    in one launch.
+    conic or opacity contribute nothing. A non-finite colour channel (NaN, Inf) of a Gaussian
+    reaches exactly the pixels that Gaussian contributes to -- that channel of those pixels is
+    non-finite, as float arithmetic makes it -- and no other pixel, on every backend; ``alpha`` is
+    unaffected. Its gradients: every colour gradient stays finite; in the sum modes only that
+    Gaussian's own mean, conic and opacity gradients become non-finite; in alpha mode also those
+    of Gaussians that share a tile with it (which ones depends on the backend). Leading dims
+    ``...`` are independent images rendered in one launch.
     """
     width, height, C, batch_shape = validate(
         means, conics, colors, opacities, width, height, mode, background, tile_size, backend

@@ -14,7 +14,9 @@ README definition literally:
   ``image = sum w_i c_i``, ``alpha = sum w_i``;
 * sum_taper mode: sum mode with ``w_i - (1/255) (1 + ln(255 w_i))`` for every kept ``w_i``;
 * degenerate Gaussians (non-PD conic, opacity < 1/255, NaN/Inf mean/conic/opacity) contribute
-  nothing.
+  nothing;
+* a non-finite colour channel reaches exactly the pixels its Gaussian contributes to (that
+  channel becomes NaN or Inf there, as float arithmetic makes it) and no other pixel.
 
 ``loop_rasterize`` is a tiny pure-Python version of the same definition used to validate the
 vectorised reference itself.
@@ -87,6 +89,19 @@ def _stopped(a, n_dim):
     return torch.cumprod(1.0 - a, dim=n_dim) <= T_STOP
 
 
+def _splat(weights, colors):
+    """``image[..., h, w, c] = sum_n weights[..., n, h, w] colors[..., n, c]`` over the Gaussians
+    that contribute to the pixel (weight != 0) only: a non-finite colour reaches exactly the
+    pixels its Gaussian contributes to (a plain einsum would spread ``0 * nan`` everywhere)."""
+    finite = torch.isfinite(colors)
+    image = torch.einsum("...nhw,...nc->...hwc", weights, torch.where(finite, colors, torch.zeros_like(colors)))
+    if not bool(finite.all()):
+        odd = torch.where(finite, torch.zeros_like(colors), colors)[..., None, None, :]  # [..., N, 1, 1, C]
+        term = torch.where((weights != 0)[..., None], weights[..., None] * odd, torch.zeros_like(odd))
+        image = image + term.sum(-4)
+    return image
+
+
 def dense_rasterize(means, conics, colors, opacities, width, height, mode="alpha", background=None,
                     return_final_T=False):
     """Float64 dense rasterization. Shapes as the public API; returns ``(image, alpha)``
@@ -112,7 +127,7 @@ def dense_rasterize(means, conics, colors, opacities, width, height, mode="alpha
         if mode == "sum_taper":  # where(live) below also drops the log of a zero weight
             w = taper(torch.where(live, w, torch.ones_like(w)))
         w = torch.where(live, w, torch.zeros_like(w))
-        image = torch.einsum("...nhw,...nc->...hwc", w, colors)
+        image = _splat(w, colors)
         alpha = w.sum(n_dim)[..., None]
         return image, alpha
 
@@ -125,7 +140,7 @@ def dense_rasterize(means, conics, colors, opacities, width, height, mode="alpha
     one_minus = 1.0 - a  # >= 0.01, never 0
     T_incl = torch.cumprod(one_minus, dim=n_dim)
     T_excl = torch.cat([torch.ones_like(T_incl[..., :1, :, :]), T_incl[..., :-1, :, :]], dim=n_dim)
-    image = torch.einsum("...nhw,...nc->...hwc", a * T_excl, colors)
+    image = _splat(a * T_excl, colors)
     if T_incl.shape[n_dim] > 0:
         T_final = T_incl[..., -1, :, :]
     else:

@@ -157,3 +157,15 @@ def opaque_zero(i, FAST: tl.constexpr):
         )
     else:
         return i * 0
+
+
+@triton.jit
+def splat_add(acc, w, c, EXACT: tl.constexpr):
+    """``acc + w c``. ``w`` is exactly 0 at the pixels a Gaussian misses, and there it must add
+    nothing even for a NaN/Inf colour: with ``EXACT`` (a launch whose colours are not all finite)
+    ``where(w != 0, w c, 0)``; otherwise one fma, the same value for finite colours."""
+    if EXACT:
+        acc = acc + tl.where(w != 0.0, w * c, 0.0)
+    else:
+        acc = tl.fma(w, c, acc)
+    return acc

@@ -30,6 +30,14 @@ BLOCK_PAIRS = 512
 
 # Sizes change with every call: never specialise on their values (an int argument equal to 1 would
 # become a constexpr, and every new "divisible by 16" pattern would be another compile).
+@triton.jit
+def _block_of(BLOCK: tl.constexpr, n):
+    """This program's ``BLOCK`` element offsets (int64: ``pid * BLOCK`` may pass 2**31) and the
+    mask of those below ``n``."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return offs, offs < n
+
+
 @triton.jit(do_not_specialize=["total", "tiles_x", "tiles_y"])
 def _compute_tile_bounds_kernel(
     means_ptr,  # [B*N, 2]
@@ -44,9 +52,7 @@ def _compute_tile_bounds_kernel(
     TILE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
-    m = offs < total
+    offs, m = _block_of(BLOCK, total)  # [BLOCK]
     # float64 on purpose: the bound must never be lost to rounding, and this is per Gaussian.
     mx = tl.load(means_ptr + offs * 2, mask=m, other=0.0).to(tl.float64)
     my = tl.load(means_ptr + offs * 2 + 1, mask=m, other=0.0).to(tl.float64)
@@ -122,9 +128,7 @@ def _emit_intersections_kernel(
     tiles_y,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
-    m = offs < n_pairs
+    offs, m = _block_of(BLOCK, n_pairs)  # [BLOCK]
     gid = tl.load(pair_gid_ptr + offs, mask=m, other=0)
     j = offs - tl.load(starts_ptr + gid, mask=m, other=0)  # pair index within its Gaussian
     tx0 = tl.load(rects_ptr + gid * 4, mask=m, other=0).to(tl.int64)
@@ -148,9 +152,7 @@ def _tile_ranges_kernel(
     N,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
-    m = offs < n_pairs
+    offs, m = _block_of(BLOCK, n_pairs)  # [BLOCK]
     key = tl.load(keys_ptr + offs, mask=m, other=0)
     tile = key // N
     tl.store(ids_ptr + offs, (key - tile * N).to(tl.int32), mask=m)
@@ -162,14 +164,8 @@ def _tile_ranges_kernel(
     tl.store(ranges_ptr + tile * 2 + 1, offs + 1, mask=last)
 
 
-def compute_tile_bounds(
-    means: torch.Tensor,
-    conics: torch.Tensor,
-    opacities: torch.Tensor,
-    width: int,
-    height: int,
-    tile_size: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def compute_tile_bounds(means: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor, width: int,
+                        height: int, tile_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Tile rectangle, tile count and rasterizer record per Gaussian. Inputs ``[B, N, 2]``,
     ``[B, N, 3]``, ``[B, N]``.
 
@@ -234,14 +230,8 @@ def tile_ranges(
     return ranges, ids
 
 
-def bin_gaussians(
-    means: torch.Tensor,
-    conics: torch.Tensor,
-    opacities: torch.Tensor,
-    width: int,
-    height: int,
-    tile_size: int,
-) -> Binning:
+def bin_gaussians(means: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor, width: int, height: int,
+                  tile_size: int) -> Binning:
     """All binning stages: bounds -> keys -> ``torch.sort`` -> ranges. See ``docs/design.md``."""
     B, N = opacities.shape
     tiles_x = triton.cdiv(width, tile_size)

@@ -37,6 +37,7 @@ from gsplat2d.kernels._common import (
     exp2_approx,
     load_record,
     log2_weight,
+    splat_add,
     sum_step,
     tile_pixels,
 )
@@ -125,6 +126,7 @@ def _rasterize_fwd_kernel(
     SMALL_C: tl.constexpr,
     CHUNK: tl.constexpr,
     FAST: tl.constexpr,
+    EXACT: tl.constexpr,  # some colour is NaN/Inf: a zero weight must add nothing (splat_add)
 ):
     pid0 = tl.program_id(0).to(tl.int64)
     cblk = tl.program_id(1)
@@ -168,16 +170,16 @@ def _rasterize_fwd_kernel(
                 wsum += w
             if SMALL_C:
                 cp = colors_ptr + gid * NC
-                acc0 = tl.fma(w, tl.load(cp).to(tl.float32), acc0)
+                acc0 = splat_add(acc0, w, tl.load(cp).to(tl.float32), EXACT)
                 if NC > 1:
-                    acc1 = tl.fma(w, tl.load(cp + 1).to(tl.float32), acc1)
+                    acc1 = splat_add(acc1, w, tl.load(cp + 1).to(tl.float32), EXACT)
                 if NC > 2:
-                    acc2 = tl.fma(w, tl.load(cp + 2).to(tl.float32), acc2)
+                    acc2 = splat_add(acc2, w, tl.load(cp + 2).to(tl.float32), EXACT)
                 if NC > 3:
-                    acc3 = tl.fma(w, tl.load(cp + 3).to(tl.float32), acc3)
+                    acc3 = splat_add(acc3, w, tl.load(cp + 3).to(tl.float32), EXACT)
             else:
                 col = tl.load(colors_ptr + gid * C + cidx, mask=cmask, other=0.0)
-                acc += w[:, None] * col.to(tl.float32)[None, :]  # [P, BLOCK_C]
+                acc = splat_add(acc, w[:, None], col.to(tl.float32)[None, :], EXACT)  # [P, BLOCK_C]
         s = s_end
         go = s < end
         if ALPHA_MODE:
@@ -223,10 +225,14 @@ def rasterize_fwd(
     height: int,
     tile_size: int,
     mode: str,
+    exact: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Launch the forward kernel. ``colors [B, N, C]``, ``background [B, C]`` or None, float32
     contiguous; the geometry is read from ``binning.params``, the per-Gaussian record of the
     binning stage (the numba launcher's argument order). See ``docs/design.md``.
+
+    ``exact``: some colour is NaN or Inf (the caller knows; it costs a device sync to find out):
+    the kernel variant in which a Gaussian adds nothing, not ``0 * nan``, to the pixels it misses.
 
     Returns ``image [B, H, W, C]``, ``alpha [B, H, W, 1]`` and (alpha mode) ``T_final [B, H, W]``
     (sum mode: None), all float32.
@@ -250,7 +256,7 @@ def rasterize_fwd(
             N, C, width, height, binning.tiles_x, n_tiles,
             ALPHA_MODE=alpha_mode, TAPER=mode == "sum_taper", HAS_BG=background is not None, TILE=tile_size,
             BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], NC=cfg["NC"], SMALL_C=cfg["SMALL_C"],
-            CHUNK=cfg["CHUNK"], FAST=fast_math(), **launch_options(cfg),
+            CHUNK=cfg["CHUNK"], FAST=fast_math(), EXACT=bool(exact), **launch_options(cfg),
         )
     return image, alpha, t_final
 
@@ -262,7 +268,7 @@ SIGNATURE = {
     "N": "i32", "C": "i32", "W": "i32", "H": "i32", "tiles_x": "i32", "n_tiles": "i32",
     "ALPHA_MODE": "constexpr", "TAPER": "constexpr", "HAS_BG": "constexpr", "TILE": "constexpr", "BLOCK_P": "constexpr",
     "BLOCK_C": "constexpr", "NC": "constexpr", "SMALL_C": "constexpr", "CHUNK": "constexpr",
-    "FAST": "constexpr",
+    "FAST": "constexpr", "EXACT": "constexpr",
 }
 
 #: (tile, C) variants compiled by the AOT report for each mode, both kernels.
@@ -270,34 +276,41 @@ AOT_VARIANTS = ((8, 3), (16, 1), (16, 2), (16, 3), (16, 4), (16, 8), (16, 16), (
                 (16, 96), (32, 3))
 #: ``"sum_taper"`` variants compiled by the report: the feature SR model's C (3 + 12 + 1) and C = 3.
 AOT_VARIANTS_TAPER = ((16, 3), (16, 16))
+#: Forward variants also compiled with ``EXACT`` (a launch with a non-finite colour): they must
+#: compile without spills; their cost is not budgeted (a rare launch, not a training step).
+AOT_VARIANTS_EXACT = (("alpha", 16, 3), ("sum_taper", 16, 16))
 
 
 def rasterizer_aot_specs(kind: str, kernel, signature: dict) -> list[AotSpec]:
     """The AOT specs of the forward (``kind="fwd"``) or backward (``"bwd"``) rasterizer kernel:
     every mode and (tile, C) variant, with the launcher's own :func:`launch_config`, so the
     report compiles exactly what the launches do (``FAST`` is set per target by the report)."""
+    variants = [(mode, tile, C, False) for mode in MODES
+                for tile, C in (AOT_VARIANTS_TAPER if mode == "sum_taper" else AOT_VARIANTS)]
+    if "EXACT" in signature:
+        variants += [(mode, tile, C, True) for mode, tile, C in AOT_VARIANTS_EXACT]
     specs = []
-    for mode in MODES:
-        for tile, C in (AOT_VARIANTS_TAPER if mode == "sum_taper" else AOT_VARIANTS):
-            cfg = launch_config(tile, C, backward=kind == "bwd", mode=mode)
-            specs.append(
-                AotSpec(
-                    f"rasterize_{kind}[{mode},TILE={tile},C={C}]",
-                    kernel,
-                    signature,
-                    {
-                        "ALPHA_MODE": mode == "alpha", "TAPER": mode == "sum_taper",
-                        "HAS_BG": mode == "alpha", "TILE": tile,
-                        "BLOCK_P": cfg["BLOCK_P"], "BLOCK_C": cfg["BLOCK_C"], "NC": cfg["NC"],
-                        "SMALL_C": cfg["SMALL_C"], "CHUNK": cfg["CHUNK"], "FAST": True,
-                    },
-                    num_warps=cfg["num_warps"],
-                    maxnreg=cfg["maxnreg"],
-                    pairs_per_iter=pairs_per_iteration(cfg),
-                    trips=(cfg["CHUNK"],),
-                    cost_key=f"{kind}-{mode}" if C == 3 and tile == 16 else None,
-                )
+    for mode, tile, C, exact in variants:
+        cfg = launch_config(tile, C, backward=kind == "bwd", mode=mode)
+        specs.append(
+            AotSpec(
+                f"rasterize_{kind}[{mode},TILE={tile},C={C}{',exact' if exact else ''}]",
+                kernel,
+                signature,
+                {
+                    "ALPHA_MODE": mode == "alpha", "TAPER": mode == "sum_taper",
+                    "HAS_BG": mode == "alpha", "TILE": tile,
+                    "BLOCK_P": cfg["BLOCK_P"], "BLOCK_C": cfg["BLOCK_C"], "NC": cfg["NC"],
+                    "SMALL_C": cfg["SMALL_C"], "CHUNK": cfg["CHUNK"], "FAST": True,
+                    **({"EXACT": exact} if "EXACT" in signature else {}),
+                },
+                num_warps=cfg["num_warps"],
+                maxnreg=cfg["maxnreg"],
+                pairs_per_iter=None if exact else pairs_per_iteration(cfg),
+                trips=(cfg["CHUNK"],),
+                cost_key=f"{kind}-{mode}" if C == 3 and tile == 16 and not exact else None,
             )
+        )
     return specs
 
 

@@ -43,7 +43,7 @@ def test_launches_and_report_compile_with_the_same_options():
     assert COMPILE_OPTIONS == {"enable_fp_fusion": True}
     for mod, backward in ((rasterize_fwd, False), (rasterize_bwd, True)):
         for spec in mod.AOT_SPECS:
-            tile, C = int(spec.constexprs["TILE"]), spec.name.split("C=")[1].rstrip("]")
+            tile, C = int(spec.constexprs["TILE"]), spec.name.split("C=")[1].rstrip("]").split(",")[0]
             mode = spec.name.split("[")[1].split(",")[0]
             cfg = rasterize_fwd.launch_config(tile, int(C), backward=backward, mode=mode)
             opts = report._options(spec, 90)

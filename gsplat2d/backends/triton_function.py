@@ -24,9 +24,13 @@ class RasterizeTriton(torch.autograd.Function):
 
         colors_c = colors.detach().float().contiguous()
         bg_c = background.detach().float().contiguous() if background is not None else None
+        # Queued before the binning, whose pair count is read on the host: by then this flag is
+        # computed too, so reading it adds a few bytes to that sync, not a sync of its own.
+        odd = (~torch.isfinite(colors_c)).any()
         if binning is None:
             binning = bin_triton(means, conics, opacities, width, height, tile_size)
-        image, alpha, t_final = rasterize_fwd(colors_c, bg_c, binning, width, height, tile_size, mode)
+        image, alpha, t_final = rasterize_fwd(colors_c, bg_c, binning, width, height, tile_size, mode,
+                                              exact=bool(odd))
         # the backward reads the geometry from binning.params, and the image only in alpha mode
         ctx.save_for_backward(
             colors_c, binning.ranges, binning.gauss_ids, binning.counts, binning.params,
