@@ -87,19 +87,21 @@ Everything this module prints is an **estimate** from a model, not a measurement
      input per kernel path: e.g. ours waits on ``ids[i]`` then on the record it indexes, two
      dependent global loads per iteration, no prefetch); ``t_lat = sum_warps serial / (132 x 4 x
      w x f)`` with ``serial = sum_iterations (n + lat)`` (+ gsplat's per-batch staging).
-   * Tail (the heaviest programs): each program's serial length (cycles, uncontended: its
-     iterations' instructions plus exposed latencies; gsplat: a block's
-     ``sum_batches (staging + slowest warp's batch time)``) is stretched by
-     ``max(1, t_issue / t_lat)`` (issue contention while the GPU is full) and the programs are
-     list-scheduled in dispatch order onto ``m = 132 x blocks per SM`` slots, each starting on
-     the first slot to free up (:func:`list_schedule`; ours: grid dimension 0 = (image, tile,
-     sub-block) fastest, channel blocks last; gsplat: grid ``(I, tiles_y, tiles_x)``, image
-     fastest, then tile row, then column). The makespan holds the tail of the heaviest programs:
+   * Schedule and tail (the heaviest programs): each program has a serial length (cycles,
+     uncontended: its iterations' instructions, one per clock, plus their exposed latencies;
+     gsplat: a block's ``sum_batches (staging + slowest warp's batch time)``) and an instruction
+     count. :func:`fluid_schedule` dispatches the programs in grid order onto
+     ``m = 132 x blocks per SM`` slots (a program starts when the first running one finishes: the
+     block scheduler) and lets them share the 528 issue slots per clock: while the running
+     programs would together issue more than that, all slow down by the same factor (fluid
+     processor sharing, pooled over the GPU). Ours: grid dimension 0 = (image, tile, sub-block)
+     fastest, channel blocks last; gsplat: grid ``(I, tiles_y, tiles_x)``, image fastest, then
+     tile row, then tile column. The heaviest programs left running at the end make the tail:
 
-         ``t = max(t_issue, t_lat, makespan)``
+         ``t = max(t_issue, t_lat, makespan)``,   reported tail = ``t - max(t_issue, t_lat)``.
 
      Also reported: ``t_graham_upper_s = max(t_issue, t_lat) + (1 - 1/m) p_max`` (Graham's bound
-     for any greedy order) and ``t_longest_program_s = p_max``.
+     for any greedy order) and ``t_longest_program_s = p_max`` (uncontended).
    * Not modelled: launch overhead, prologue/epilogue (per program: a few hundred instructions),
      MUFU/LSU pipe limits (both kernels issue 1-2 MUFU per pair, far below the 16/clk/SM pipe),
      atomics contention in the backward, bank conflicts, DRAM traffic (all loads are taken as
@@ -597,50 +599,68 @@ def warps_per_sm(registers: int, warps_per_block: int, shared_bytes: int, blocks
     return lim[why] * warps_per_block, why
 
 
-def list_schedule(durations: np.ndarray, slots: int) -> float:
-    """Makespan of greedy list scheduling: programs in grid (dispatch) order, each started on
-    the first of ``slots`` concurrent slots to free up (the block scheduler's behaviour)."""
+def fluid_schedule(serial: np.ndarray, instr: np.ndarray, slots: int, capacity: float) -> float:
+    """Makespan (cycles) of programs dispatched in order onto ``slots`` concurrent slots (each
+    starts when the first running one finishes: the block scheduler), sharing ``capacity``
+    warp-instructions per cycle. A program alone needs ``serial[i]`` cycles and issues
+    ``instr[i]`` instructions in them; while the running programs together would issue more
+    than ``capacity`` per cycle, all slow down by the same factor ``capacity / demand``.
+    ``instr = 0`` gives plain greedy list scheduling."""
     import heapq
 
-    n = len(durations)
+    n = len(serial)
     if n == 0:
         return 0.0
-    if n <= slots:
-        return float(durations.max())
-    free = [0.0] * slots
-    heapq.heapify(free)
-    end = 0.0
-    for d in durations.tolist():
-        t = heapq.heappop(free) + d
-        if t > end:
-            end = t
-        heapq.heappush(free, t)
-    return end
+    q = np.divide(instr, serial, out=np.zeros(n), where=serial > 0).tolist()
+    ser = serial.tolist()
+    heap: list = []  # (virtual finish time, program)
+    demand = 0.0
+    t = v = 0.0
+    nxt = 0
+    while nxt < n and nxt < slots:
+        heapq.heappush(heap, (ser[nxt], nxt))
+        demand += q[nxt]
+        nxt += 1
+    while heap:
+        vf, i = heapq.heappop(heap)
+        rate = min(1.0, capacity / demand) if demand > 0 else 1.0
+        t += (vf - v) / rate
+        v = vf
+        demand -= q[i]
+        if nxt < n:
+            heapq.heappush(heap, (v + ser[nxt], nxt))
+            demand += q[nxt]
+            nxt += 1
+        if not heap:
+            break
+        if demand < 1e-9:
+            demand = 0.0
+    return t
 
 
-def estimate_time(issue_slots: float, serial: np.ndarray, warps_sm: int, warps_per_block: int,
+def estimate_time(serial: np.ndarray, instr: np.ndarray, warps_sm: int, warps_per_block: int,
                   warps_per_program: Optional[float] = None, hw: dict = H100) -> dict:
-    """Estimated kernel time (seconds) from the replayed totals; see the module docstring.
+    """Estimated kernel time (seconds) from the replayed programs; see the module docstring.
 
-    ``serial``: each program's serial length in cycles, in dispatch order (a multi-warp
-    program: its slowest warp; ``warps_per_program`` warps each do that much on average).
+    ``serial``: each program's serial length in cycles (a multi-warp program: its slowest
+    warp), ``instr``: its warp-instructions (all warps), both in dispatch order;
+    ``warps_per_program``: warps each doing ``serial`` on average (default: all of the block).
     """
     f = hw["clock_hz"]
     slots = hw["sms"] * hw["schedulers_per_sm"]
     w = warps_sm / hw["schedulers_per_sm"]
     wpp = warps_per_block if warps_per_program is None else warps_per_program
+    issue_slots = float(instr.sum())
     t_issue = issue_slots / slots / f
     t_lat = float(serial.sum()) * wpp / (slots * w) / f
-    stretch = max(1.0, t_issue / t_lat) if t_lat > 0 else 1.0
     m = int(hw["sms"] * warps_sm // warps_per_block)
-    makespan = list_schedule(serial * stretch, m) / f
+    makespan = fluid_schedule(serial, instr, m, float(slots)) / f
     p_max = float(serial.max(initial=0.0)) / f
-    return {"t_issue_s": t_issue, "t_latency_s": t_lat, "t_longest_program_s": p_max,
-            "issue_stretch": stretch, "t_schedule_s": makespan,
-            "t_s": max(t_issue, t_lat, makespan),
+    t = max(t_issue, t_lat, makespan)
+    return {"issue_slots": issue_slots, "t_issue_s": t_issue, "t_latency_s": t_lat,
+            "t_longest_program_s": p_max, "t_schedule_s": makespan, "t_s": t,
             "t_graham_upper_s": max(t_issue, t_lat) + (1.0 - 1.0 / max(m, 1)) * p_max,
-            "t_tail_s": max(t_issue, t_lat, makespan) - max(t_issue, t_lat),
-            "warps_per_sm": warps_sm, "concurrent_programs": m,
+            "t_tail_s": t - max(t_issue, t_lat), "warps_per_sm": warps_sm, "concurrent_programs": m,
             "bound": "issue" if t_issue >= t_lat else "latency"}
 
 
@@ -660,7 +680,7 @@ def _our_kernel_totals(kern: OurKernel, stats: List[OurProgramStats], backward: 
     full = np.concatenate([s.bwd_full for s in stats]) if backward else iters
     cheap = iters - full
     cb = kern.channel_blocks
-    slots = cb * (full.sum() * kern.per_iter_full + cheap.sum() * kern.per_iter_cheap)
+    instr = full * kern.per_iter_full + cheap * kern.per_iter_cheap  # per program, all its warps
     # per warp of a program: its share of the instructions plus the exposed latency
     if backward:
         ser = full * (kern.per_iter_full / nw + lc["ours_bwd_full"]) + cheap * (kern.per_iter_cheap / nw + lc["ours_bwd_cheap"])
@@ -669,13 +689,13 @@ def _our_kernel_totals(kern: OurKernel, stats: List[OurProgramStats], backward: 
     n_prog = len(iters) * cb
     wsm, why = warps_per_sm(kern.registers, nw, 0, n_prog)
     # dispatch order: grid dimension 0 (batch, tile, sub-block) fastest, channel blocks in dim 1
-    est = estimate_time(slots, np.tile(ser, cb), wsm, nw)
+    est = estimate_time(np.tile(ser.astype(np.float64), cb), np.tile(instr.astype(np.float64), cb), wsm, nw)
     i = int(np.argmax(iters)) if len(iters) else 0
     return {"programs": int(n_prog), "iterations": int(iters.sum()) * cb,
             "full_iterations": int(full.sum()) * cb, "cheap_iterations": int(cheap.sum()) * cb,
             "longest_program_iterations": int(iters.max(initial=0)),
             "longest_program_list": int(np.concatenate([s.L for s in stats])[i]) if len(iters) else 0,
-            "issue_slots": float(slots), "occupancy_limit": why, **est}
+            "occupancy_limit": why, **est}
 
 
 def gsplat_dispatch_order(images: int, tiles: int, tiles_x: int) -> np.ndarray:
@@ -693,8 +713,8 @@ def _gs_totals(gc: GsplatCounts, st: List[GsBlockStats], backward: bool) -> dict
     if backward:
         full, cheap, none = cat("bwd_full"), cat("bwd_cheap"), cat("bwd_none")
         batches, serial = cat("bwd_batches"), cat("bwd_serial")
-        slots = full.sum() * gc.bwd_full + cheap.sum() * gc.bwd_cheap + none.sum() * gc.bwd_none \
-            + batches.sum() * GS_WARPS * gc.bwd_batch
+        instr = (full * gc.bwd_full + cheap * gc.bwd_cheap + none * gc.bwd_none).sum(axis=1) \
+            + batches * GS_WARPS * gc.bwd_batch
         ser_w = full * (gc.bwd_full + lc["gs_bwd_full"]) + cheap * (gc.bwd_cheap + lc["gs_bwd_cheap"]) \
             + none * (gc.bwd_none + lc["gs_bwd_none"]) + batches[:, None] * (gc.bwd_batch + lc["gs_batch"])
         regs, smem = gc.bwd_registers, gc.bwd_shared
@@ -702,7 +722,7 @@ def _gs_totals(gc: GsplatCounts, st: List[GsBlockStats], backward: bool) -> dict
         full, cheap = cat("fwd_full"), cat("fwd_cheap")
         none = np.zeros_like(full)
         batches, serial = cat("fwd_batches"), cat("fwd_serial")
-        slots = full.sum() * gc.fwd_full + cheap.sum() * gc.fwd_cheap + batches.sum() * GS_WARPS * gc.fwd_batch
+        instr = (full * gc.fwd_full + cheap * gc.fwd_cheap).sum(axis=1) + batches * GS_WARPS * gc.fwd_batch
         ser_w = full * (gc.fwd_full + lc["gs_fwd_full"]) + cheap * (gc.fwd_cheap + lc["gs_fwd_cheap"]) \
             + batches[:, None] * (gc.fwd_batch + lc["gs_batch"])
         regs, smem = gc.fwd_registers, gc.fwd_shared
@@ -710,7 +730,7 @@ def _gs_totals(gc: GsplatCounts, st: List[GsBlockStats], backward: bool) -> dict
     order = gsplat_dispatch_order(len(st), len(st[0].L), st[0].tiles_x) if st else np.zeros(0, np.int64)
     # a block's warps run side by side: the latency bound uses their mean serial length
     wpp = float(ser_w.sum()) / max(float(serial.sum()), 1e-30)
-    est = estimate_time(float(slots), serial[order], wsm, GS_WARPS, warps_per_program=wpp)
+    est = estimate_time(serial[order], instr[order].astype(np.float64), wsm, GS_WARPS, warps_per_program=wpp)
     per_block = (full + cheap + none).max(axis=1)
     i = int(np.argmax(serial)) if len(serial) else 0
     return {"programs": int(len(batches)), "iterations": int((full + cheap + none).sum()),
@@ -718,7 +738,7 @@ def _gs_totals(gc: GsplatCounts, st: List[GsBlockStats], backward: bool) -> dict
             "no_valid_lane_iterations": int(none.sum()), "batches": int(batches.sum()),
             "longest_program_iterations": int(per_block.max(initial=0)),
             "longest_program_list": int(cat("L")[i]) if len(serial) else 0,
-            "issue_slots": float(slots), "occupancy_limit": why, **est}
+            "occupancy_limit": why, **est}
 
 
 def model_launch(launch: Launch, ours: Dict[str, OurKernel], ours_alpha3: Dict[str, OurKernel],
@@ -987,7 +1007,9 @@ def detail_rows(results: Dict[str, dict]) -> List[str]:
                 if who not in r:
                     continue
                 x = r[who][k]
-                rows.append(f"| {name} | {k} | {who} | {x['warps_per_sm']} ({x['occupancy_limit']}) | {x['bound']} | "
+                lim = x["occupancy_limit"] if isinstance(x["occupancy_limit"], str) else "/".join(x["occupancy_limit"])
+                bound = x["bound"] if isinstance(x["bound"], str) else "/".join(x["bound"])
+                rows.append(f"| {name} | {k} | {who} | {x['warps_per_sm']} ({lim}) | {bound} | "
                             f"{_fmt_t(x['t_issue_s'])} | {_fmt_t(x['t_latency_s'])} | {_fmt_t(x['t_tail_s'])} | "
                             f"{_fmt_t(x['t_s'])} | {x['longest_program_iterations']} ({x['longest_program_list']}) |")
     return rows

@@ -137,14 +137,24 @@ def test_occupancy():
     assert wl.warps_per_sm(110, 1, 0, 660) == (5, "grid")
 
 
-def test_list_schedule_and_tail():
-    # the heavy program last costs its whole length after the bulk (wrong: sum / slots = 3)
-    assert wl.list_schedule(np.array([1.0, 1.0, 1.0, 3.0]), 2) == 4.0
-    assert wl.list_schedule(np.array([3.0, 1.0, 1.0, 1.0]), 2) == 3.0
-    assert wl.list_schedule(np.array([2.0, 5.0]), 8) == 5.0
-    # issue bound: 528 x 1.98e9 slots per second
-    est = wl.estimate_time(528 * 1.98e9 * 1e-3, np.full(528 * 16, 1.0), 64, 1)
-    assert est["bound"] == "issue" and est["t_s"] == pytest.approx(1e-3, rel=1e-6)
+def test_schedule_and_tail():
+    zero = np.zeros(4)
+    # pure latency (no issue contention) = greedy list scheduling in dispatch order: the heavy
+    # program dispatched last costs its whole length after the others (wrong: sum / slots = 3)
+    assert wl.fluid_schedule(np.array([1.0, 1.0, 1.0, 3.0]), zero, 2, 1.0) == 4.0
+    assert wl.fluid_schedule(np.array([3.0, 1.0, 1.0, 1.0]), zero, 2, 1.0) == 3.0
+    assert wl.fluid_schedule(np.array([2.0, 5.0]), np.zeros(2), 8, 1.0) == 5.0
+    # issue-bound: 4 programs issuing every cycle on 2 issue slots: 40 / 2 = 20
+    assert wl.fluid_schedule(np.full(4, 10.0), np.full(4, 10.0), 4, 2.0) == pytest.approx(20.0)
+    # tail: the long program runs at full speed once the short ones are done: 15 + 20 = 35 (wrong:
+    # slowing it down for the whole run by the average contention, 50 / 2 = 25 or 30 x 1.5 = 45)
+    assert wl.fluid_schedule(np.array([10.0, 10.0, 30.0]), np.array([10.0, 10.0, 30.0]), 3, 2.0) \
+        == pytest.approx(35.0)
+    # issue bound of the whole model: 528 x 1.98e9 slots per second
+    n = 528 * 16  # = 132 SMs x 64 resident one-warp programs: all start at once
+    per = 1.98e6 * 528 / n  # each issues every cycle of its serial length
+    est = wl.estimate_time(np.full(n, per), np.full(n, per), 64, 1)
+    assert est["bound"] == "issue" and est["t_s"] == pytest.approx(1e-3, rel=1e-3)
 
 
 def test_gsplat_dispatch_order():
