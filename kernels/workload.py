@@ -209,26 +209,26 @@ class OurKernel:
         return self.cheap * self.block_p / 32
 
 
-def _launch_config(C: int, backward: bool, mode: str) -> dict:
+def _launch_config(C: int, backward: bool, mode: str, tile: int = TILE) -> dict:
     from gsplat2d.kernels.rasterize_fwd import launch_config
 
-    return launch_config(TILE, C, backward=backward, mode=mode)
+    return launch_config(tile, C, backward=backward, mode=mode)
 
 
-def load_our_counts(mode: str, C: int, path=OUR_COUNTS, arch: int = 90) -> Dict[str, OurKernel]:
+def load_our_counts(mode: str, C: int, path=OUR_COUNTS, arch: int = 90, tile: int = TILE) -> Dict[str, OurKernel]:
     """Forward and backward counts of our sm_90 variant ``mode, TILE=16, C`` from the report JSON
     (``path``: one file or several searched in order)."""
     paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(x) for x in path]
     recs = [r for x in paths if x.exists() for r in json.loads(x.read_text())["records"]]
     out = {}
     for kind in ("fwd", "bwd"):
-        key = f"rasterize_{kind}[{mode},TILE={TILE},C={C}]"
+        key = f"rasterize_{kind}[{mode},TILE={tile},C={C}]"
         hit = [r for r in recs if r["kernel"] == key and r["arch"] == arch and r.get("cost")]
         if not hit:
             raise KeyError(f"{key} @sm_{arch} has no cost record in {[str(x) for x in paths]}: run "
                            "python -m gsplat2d.kernels.report --cost --cached")
         r = hit[0]
-        cfg = _launch_config(C, kind == "bwd", mode)
+        cfg = _launch_config(C, kind == "bwd", mode, tile)
         paths = r["cost"]["paths"]
         cblocks = 1 if (kind == "bwd" or cfg["SMALL_C"]) else -(-C // cfg["BLOCK_C"])
         out[kind] = OurKernel(key, paths["full"]["total"], paths["cheap"]["total"], int(r["registers"]),
@@ -286,16 +286,16 @@ class Image:
     height: int
 
 
-def our_tile_lists(img: Image) -> Tuple[np.ndarray, np.ndarray]:
+def our_tile_lists(img: Image, tile: int = TILE) -> Tuple[np.ndarray, np.ndarray]:
     """``(ranges [T, 2], ids [P])`` from the public binning stage (torch backend)."""
     from gsplat2d.rasterize import bin_gaussians
 
     m = torch.as_tensor(img.means, dtype=torch.float32)
     q = torch.as_tensor(img.conics, dtype=torch.float32)
     o = torch.as_tensor(img.opacities, dtype=torch.float32)
-    sc = bin_gaussians(m, q, o, img.width, img.height, tile_size=TILE, backend="torch")
-    tx = -(-img.width // TILE)
-    ty = -(-img.height // TILE)
+    sc = bin_gaussians(m, q, o, img.width, img.height, tile_size=tile, backend="torch")
+    tx = -(-img.width // tile)
+    ty = -(-img.height // tile)
     if sc.binning is None:
         return np.zeros((tx * ty, 2), np.int64), np.zeros(0, np.int64)
     return sc.binning.ranges.numpy().astype(np.int64), sc.binning.gauss_ids.numpy().astype(np.int64)
@@ -369,29 +369,31 @@ class GsBlockStats:
     tiles_x: int = 1
 
 
-_OFF = np.arange(TILE * TILE)
-_OX = (_OFF % TILE).astype(np.float64) + 0.5
-_OY = (_OFF // TILE).astype(np.float64) + 0.5
+def _offsets(tile: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    off = np.arange(tile * tile)
+    return off, (off % tile).astype(np.float64) + 0.5, (off // tile).astype(np.float64) + 0.5
 
 
-def _pixel_terms(img: Image, tiles: np.ndarray, g: np.ndarray):
-    """``ln w`` ([P, 256] float64, ``ln o - sigma``), ``sigma >= 0`` and inside masks for pairs
-    (tile, gaussian)."""
-    tx = -(-img.width // TILE)
-    ox = (tiles % tx) * TILE
-    oy = (tiles // tx) * TILE
-    dx = (ox[:, None] + _OX[None, :]) - img.means[g, 0][:, None]
-    dy = (oy[:, None] + _OY[None, :]) - img.means[g, 1][:, None]
+def _pixel_terms(img: Image, tiles: np.ndarray, g: np.ndarray, tile: int = TILE):
+    """``ln w`` ([P, tile^2] float64, ``ln o - sigma``) and the ``sigma >= 0`` mask for pairs
+    (tile, gaussian); pixel ``p`` of a tile is ``(p % tile, p // tile)``."""
+    _, oxs, oys = _offsets(tile)
+    tx = -(-img.width // tile)
+    ox = (tiles % tx) * tile
+    oy = (tiles // tx) * tile
+    dx = (ox[:, None] + oxs[None, :]) - img.means[g, 0][:, None]
+    dy = (oy[:, None] + oys[None, :]) - img.means[g, 1][:, None]
     a, b, c = (img.conics[g, k][:, None] for k in range(3))
     sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
     lnw = np.log(np.maximum(img.opacities[g], 1e-300))[:, None] - sigma
     return lnw, sigma >= 0.0
 
 
-def _inside(img: Image, tiles: np.ndarray) -> np.ndarray:
-    tx = -(-img.width // TILE)
-    px = (tiles % tx)[:, None] * TILE + (_OFF % TILE)[None, :]
-    py = (tiles // tx)[:, None] * TILE + (_OFF // TILE)[None, :]
+def _inside(img: Image, tiles: np.ndarray, tile: int = TILE) -> np.ndarray:
+    off = np.arange(tile * tile)
+    tx = -(-img.width // tile)
+    px = (tiles % tx)[:, None] * tile + (off % tile)[None, :]
+    py = (tiles // tx)[:, None] * tile + (off // tile)[None, :]
     return (px < img.width) & (py < img.height)
 
 
@@ -435,7 +437,7 @@ def _log_t(lnw: np.ndarray, valid: np.ndarray, alpha_max: float, seg_id: np.ndar
 
 
 def replay_ours(img: Image, ranges: np.ndarray, ids: np.ndarray, mode: str, block_p_fwd: int,
-                block_p_bwd: int, max_pairs: int = 1 << 15) -> Tuple[OurProgramStats, OurProgramStats]:
+                block_p_bwd: int, max_pairs: int = 1 << 15, tile: int = TILE) -> Tuple[OurProgramStats, OurProgramStats]:
     """Our forward and backward control flow on one image (see the module docstring).
 
     Returns per-program stats for the forward (programs of ``block_p_fwd`` pixels) and the
@@ -445,7 +447,7 @@ def replay_ours(img: Image, ranges: np.ndarray, ids: np.ndarray, mode: str, bloc
     L = (ranges[:, 1] - ranges[:, 0]).astype(np.int64)
     res = {}
     for bp in {block_p_fwd, block_p_bwd}:
-        S = TILE * TILE // bp
+        S = tile * tile // bp
         res[bp] = (np.zeros((T, S), np.int64), np.zeros((T, S), np.int64))
     ln_loose = LOG2_LOOSE * math.log(2.0)
     ln_min = math.log(MIN_WEIGHT)
@@ -453,13 +455,13 @@ def replay_ours(img: Image, ranges: np.ndarray, ids: np.ndarray, mode: str, bloc
         lens = L[t0:t1]
         tiles = np.repeat(np.arange(t0, t1), lens)
         p0, p1 = ranges[t0, 0], ranges[t1 - 1, 1]
-        inside = _inside(img, np.arange(t0, t1))  # [G, 256]
+        inside = _inside(img, np.arange(t0, t1), tile)  # [G, 256]
         if p1 == p0:
             for bp in res:
                 res[bp][0][t0:t1] = 0
             continue
         g = ids[p0:p1]
-        lnw, spos = _pixel_terms(img, tiles, g)
+        lnw, spos = _pixel_terms(img, tiles, g, tile)
         seg_len = lens
         seg_starts = np.concatenate([[0], np.cumsum(seg_len)[:-1]])
         seg_id = np.repeat(np.arange(t1 - t0), seg_len)
@@ -472,7 +474,7 @@ def replay_ours(img: Image, ranges: np.ndarray, ids: np.ndarray, mode: str, bloc
             s_first = _seg_first_stop(stopped, seg_starts, seg_len)  # [G, 256]; L = never
             pre &= k_rel[:, None] <= s_first[seg_id]  # T before this Gaussian > T_STOP
         for bp, (iters_a, full_a) in res.items():
-            S = TILE * TILE // bp
+            S = tile * tile // bp
             if alpha:
                 d = np.where(inside, np.where(s_first < seg_len[:, None], s_first + 1, -1), 0)
                 d = d.reshape(-1, S, bp)
@@ -490,7 +492,7 @@ def replay_ours(img: Image, ranges: np.ndarray, ids: np.ndarray, mode: str, bloc
     out = []
     for bp in (block_p_fwd, block_p_bwd):
         iters_a, full_a = res[bp]
-        S = TILE * TILE // bp
+        S = tile * tile // bp
         out.append(OurProgramStats(np.repeat(L, S), iters_a.reshape(-1), full_a.reshape(-1)))
     return out[0], out[1]
 
@@ -742,10 +744,11 @@ def _gs_totals(gc: GsplatCounts, st: List[GsBlockStats], backward: bool) -> dict
 
 
 def model_launch(launch: Launch, ours: Dict[str, OurKernel], ours_alpha3: Dict[str, OurKernel],
-                 gc: GsplatCounts, max_pairs: int = 1 << 15) -> dict:
+                 gc: GsplatCounts, max_pairs: int = 1 << 15,
+                 ours_alpha3_tile8: Optional[Dict[str, OurKernel]] = None) -> dict:
     """Replay one launch (all its images) for ours (its mode and C), ours in alpha mode at C = 3
     (like for like with gsplat) and gsplat; returns the per-kernel totals."""
-    ours_f, ours_b, a3_f, a3_b, gs = [], [], [], [], []
+    ours_f, ours_b, a3_f, a3_b, gs, t8_f, t8_b = [], [], [], [], [], [], []
     pairs_ours = pairs_gs = 0
     for img in launch.images:
         r, ids = our_tile_lists(img)
@@ -760,10 +763,16 @@ def model_launch(launch: Launch, ours: Dict[str, OurKernel], ours_alpha3: Dict[s
             f3, b3 = replay_ours(img, r, ids, "alpha", ours_alpha3["fwd"].block_p, ours_alpha3["bwd"].block_p, max_pairs)
             a3_f.append(f3)
             a3_b.append(b3)
+        if ours_alpha3_tile8 is not None:
+            r8, ids8 = our_tile_lists(img, 8)
+            f8, b8 = replay_ours(img, r8, ids8, "alpha", ours_alpha3_tile8["fwd"].block_p,
+                                 ours_alpha3_tile8["bwd"].block_p, max_pairs, tile=8)
+            t8_f.append(f8)
+            t8_b.append(b8)
         rg, idg = gsplat_tile_lists(img)
         pairs_gs += len(idg)
         gs.append(replay_gsplat(img, rg, idg, gc, max_pairs))
-    return {
+    out = {
         "pairs_ours": pairs_ours, "pairs_gsplat": pairs_gs,
         "ours": {"fwd": _our_kernel_totals(ours["fwd"], ours_f, False),
                  "bwd": _our_kernel_totals(ours["bwd"], ours_b, True)},
@@ -774,13 +783,27 @@ def model_launch(launch: Launch, ours: Dict[str, OurKernel], ours_alpha3: Dict[s
             "bwd": _our_kernel_totals(ours_alpha3["bwd"], a3_b, True, LATENCY_CHAIN_PREFETCHED)},
         "gsplat": {"fwd": _gs_totals(gc, gs, False), "bwd": _gs_totals(gc, gs, True)},
     }
+    if ours_alpha3_tile8 is not None:
+        k8 = ours_alpha3_tile8
+        out["ours_alpha_c3_tile8"] = {"fwd": _our_kernel_totals(k8["fwd"], t8_f, False),
+                                      "bwd": _our_kernel_totals(k8["bwd"], t8_b, True)}
+        out["ours_alpha_c3_tile8_prefetched"] = {
+            "fwd": _our_kernel_totals(k8["fwd"], t8_f, False, LATENCY_CHAIN_PREFETCHED),
+            "bwd": _our_kernel_totals(k8["bwd"], t8_b, True, LATENCY_CHAIN_PREFETCHED)}
+    return out
+
+
+#: Result columns: ours at the scene's mode and C, ours alpha C = 3 (like for like with gsplat),
+#: what-ifs (prefetched load chain; the shipped tile_size = 8 kernels), gsplat.
+WHO = ("ours", "ours_alpha_c3", "ours_alpha_c3_prefetched", "ours_alpha_c3_tile8",
+       "ours_alpha_c3_tile8_prefetched", "gsplat")
 
 
 def _sum_launches(results: List[dict]) -> dict:
     """Totals over launches run one after another: times and counts add, maxima take the max."""
     out = {"pairs_ours": sum(r["pairs_ours"] for r in results),
            "pairs_gsplat": sum(r["pairs_gsplat"] for r in results)}
-    for who in ("ours", "ours_alpha_c3", "ours_alpha_c3_prefetched", "gsplat"):
+    for who in WHO:
         if who not in results[0]:
             continue
         out[who] = {}
@@ -788,7 +811,7 @@ def _sum_launches(results: List[dict]) -> dict:
             rs = [r[who][k] for r in results]
             agg = {}
             for key, v in rs[0].items():
-                if key.startswith("longest") or key == "warps_per_sm":
+                if key.startswith("longest") or key in ("warps_per_sm", "t_longest_program_s", "concurrent_programs"):
                     agg[key] = max(r[key] for r in rs)
                 elif isinstance(v, (int, float)) and not isinstance(v, bool):
                     agg[key] = sum(r[key] for r in rs)
@@ -934,10 +957,11 @@ def build_scene(name: str, data: Path, cache: Path) -> Tuple[List[Launch], dict]
 def model_scene(launches: List[Launch], our_counts=OUR_COUNTS, gs_counts=GSPLAT_COUNTS) -> dict:
     gc = load_gsplat_counts(gs_counts)
     a3 = load_our_counts("alpha", 3, our_counts)
+    a8 = load_our_counts("alpha", 3, our_counts, tile=8)
     res = []
     for l in launches:
         ours = a3 if (l.mode == "alpha" and l.C == 3) else load_our_counts(l.mode, l.C, our_counts)
-        res.append(model_launch(l, ours, a3, gc))
+        res.append(model_launch(l, ours, a3, gc, ours_alpha3_tile8=a8))
     return _sum_launches(res)
 
 
@@ -984,17 +1008,20 @@ def notes(results: Dict[str, dict], limit: float = 0.6) -> List[str]:
         if rt <= limit:
             continue
         parts = []
+        j = lambda x: x if isinstance(x, str) else "/".join(x)  # noqa: E731 (several launches)
         for k in ("fwd", "bwd"):
             o, g = r["ours_alpha_c3"][k], r["gsplat"][k]
             parts.append(
-                f"{k}: ours {_fmt_t(o['t_s'])} us = {o['bound']}-bound bulk {_fmt_t(max(o['t_issue_s'], o['t_latency_s']))} us "
+                f"{k}: ours {_fmt_t(o['t_s'])} us = {j(o['bound'])}-bound bulk {_fmt_t(max(o['t_issue_s'], o['t_latency_s']))} us "
                 f"(issue {_fmt_t(o['t_issue_s'])}, latency {_fmt_t(o['t_latency_s'])}) + tail {_fmt_t(o['t_tail_s'])} us, "
-                f"{o['warps_per_sm']} warps/SM ({o['occupancy_limit']}-limited), longest program {o['longest_program_iterations']} "
+                f"{o['warps_per_sm']} warps/SM ({j(o['occupancy_limit'])}-limited), longest program {o['longest_program_iterations']} "
                 f"iterations ({_fmt_t(o['t_longest_program_s'])} us serial); gsplat {_fmt_t(g['t_s'])} us "
                 f"(issue {_fmt_t(g['t_issue_s'])}, tail {_fmt_t(g['t_tail_s'])}, {g['warps_per_sm']} warps/SM)")
-        rp = _ratio(r, "ours_alpha_c3_prefetched")[2] if "ours_alpha_c3_prefetched" in r else float("nan")
+        wi = lambda who: _ratio(r, who)[2] if who in r else float("nan")  # noqa: E731
         out.append(f"* **{name}**: ratio {rt:.2f} > {limit}. " + "; ".join(parts)
-                   + f". With the per-iteration load chain hidden (prefetched design, `LATENCY_CHAIN_PREFETCHED`): ratio {rp:.2f}.")
+                   + f". What-ifs (same replay): load chain hidden (prefetched, `LATENCY_CHAIN_PREFETCHED`) "
+                   f"{wi('ours_alpha_c3_prefetched'):.2f}; the shipped tile_size = 8 kernels (4x the programs, 64 pixels "
+                   f"each) {wi('ours_alpha_c3_tile8'):.2f}; both {wi('ours_alpha_c3_tile8_prefetched'):.2f}.")
     return out
 
 
@@ -1002,7 +1029,7 @@ def detail_rows(results: Dict[str, dict]) -> List[str]:
     rows = ["| scene | kernel | who | warps/SM (limit) | bound | t_issue us | t_latency us | tail us | estimate us | longest program: iterations (list) |",
             "|" + "---|" * 10]
     for name, r in results.items():
-        for who in ("ours", "ours_alpha_c3", "ours_alpha_c3_prefetched", "gsplat"):
+        for who in WHO:
             for k in ("fwd", "bwd"):
                 if who not in r:
                     continue

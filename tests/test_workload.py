@@ -160,3 +160,12 @@ def test_schedule_and_tail():
 def test_gsplat_dispatch_order():
     # grid (I, tiles_y, tiles_x), x fastest: image, then tile row, then tile column
     assert wl.gsplat_dispatch_order(2, 6, 3).tolist() == [0, 6, 3, 9, 1, 7, 4, 10, 2, 8, 5, 11]
+
+
+def test_tile8_programs():
+    # the shipped tile_size = 8 kernels: 4 programs of 64 pixels on a 16 x 16 image, one
+    # iteration each (wrong: replaying 16 x 16 pixel blocks with 8 x 8 tile lists)
+    img = _img([(8.0, 8.0, 20.0, 0.5)], 16, 16)
+    r, ids = wl.our_tile_lists(img, 8)
+    f, b = wl.replay_ours(img, r, ids, "alpha", 64, 64, tile=8)
+    assert len(r) == 4 and f.iters.tolist() == [1, 1, 1, 1] and b.bwd_full.tolist() == [1, 1, 1, 1]
