@@ -8,7 +8,7 @@ Run::
 
 Everything this module prints is an **estimate** from a model, not a measurement. What it does:
 
-1. **Scenes** are real fields (:func:`build_scenes`): the shipped SR models' x4 fields of the
+1. **Scenes** are real fields (:func:`build_scene`): the shipped SR models' x4 fields of the
    Set14 LR images, a fitted Kodak field (alpha mode), an SR training batch, random 1080p/4K
    scenes and one 512 x 512 image. Each is a list of *launches* (one rasterizer launch each; a
    launch may hold a batch of images) of Gaussians already in pixel units (``field.to_pixels``
@@ -22,9 +22,12 @@ Everything this module prints is an **estimate** from a model, not a measurement
    extent ``e = min(3.33, sqrt(2 ln(255 o)))``, integer radii ``r_x = ceil(e sqrt(Sigma_xx))``,
    ``r_y = ceil(e sqrt(Sigma_yy))``, tiles ``[floor((m - r)/16), ceil((m + r)/16))`` clamped
    to the grid, culled when ``o < 1/255``, both radii are 0 or the box misses the image; depth
-   order = index order (2D). No eps2d blur is added (the Gaussians are given in 2D).
+   order = index order (2D). No eps2d blur is added (the Gaussians are given in 2D). This rule
+   was read from copies of gsplat's CUDA sources in public repositories, not from the 1.5.3 wheel
+   itself (the rasterizer kernels whose SASS is counted do come from that wheel:
+   ``bench/gsplat_cost.py``).
 
-3. **Control flow, replayed per (Gaussian, program) iteration** (:func:`replay_launch`), in
+3. **Control flow, replayed per (Gaussian, program) iteration** (:func:`replay_ours`, :func:`replay_gsplat`), in
    float64 on the CPU, with the kernels' rules (``gsplat2d.binning``: weight ``o exp(-sigma)``
    skipped below 1/255 or for ``sigma < 0``, alpha clamp 0.99, stop when ``T' <= 1e-4``):
 
@@ -129,7 +132,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -1141,7 +1144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                "method": "gsplat2d/kernels/workload.py module docstring", "environment": environment(),
                "scenes": results}
         out.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
-        md = [f"# Workload model: ESTIMATED H100 rasterizer time, ours vs gsplat 1.5.3", "",
+        md = ["# Workload model: ESTIMATED H100 rasterizer time, ours vs gsplat 1.5.3", "",
               "**ESTIMATE**, not a measurement: binning and each kernel's control flow replayed on the CPU, multiplied by "
               "the per-path SASS counts, with the occupancy / latency / tail model of `gsplat2d/kernels/workload.py` "
               "(module docstring). Replay machine: " + doc["environment"]["replay_machine"] + ". Counts: "
