@@ -917,13 +917,15 @@ def kodak_fit_launch(cache: Path, data: Path) -> Tuple[Launch, dict]:
 
 
 def single_512_launch(data: Path) -> Tuple[Launch, dict]:
-    """The default (feature) model's x4 field of the 128 x 128 centre crop of Set14 baboon's x4 LR
-    image, rendered at 512 x 512."""
+    """The default (feature) model's x4 field of the 128 x 128 centre crop of Set14 baboon's x2 LR
+    image (250 x 240; the x4 LR image is smaller than the crop), rendered at 512 x 512."""
     from gsplat2d.sr import load_model
     from gsplat2d.sr.render import encode_image, load_image_file
 
-    lr = load_image_file(data / "Set14" / "LR_bicubic" / "X4" / "baboonx4.png")
+    lr = load_image_file(data / "Set14" / "LR_bicubic" / "X2" / "baboonx2.png")
     h, w = lr.shape[1:]
+    if h < 128 or w < 128:
+        raise ValueError(f"baboonx2.png is {w}x{h}, smaller than the 128 x 128 crop")
     y0, x0 = (h - 128) // 2, (w - 128) // 2
     lr = lr[:, y0:y0 + 128, x0:x0 + 128].contiguous()
     fld = encode_image(load_model("feature"), lr)
@@ -956,7 +958,7 @@ def build_scene(name: str, data: Path, cache: Path) -> Tuple[List[Launch], dict]
             "mode": "alpha", "C": 3}
     if name == "single-512":
         l, info = single_512_launch(data)
-        return [l], {"what": "512x512: feature model x4 of Set14 baboon's 128x128 LR centre crop",
+        return [l], {"what": "512x512: feature model x4 of the 128x128 centre crop of Set14 baboon's x2 LR image",
                      "mode": l.mode, "C": l.C, **info}
     raise KeyError(name)
 
@@ -1013,10 +1015,11 @@ DESIGN_NOTE = (
     "iteration waits on two dependent loads (the id, then the record it points to: about 300 cycles with the "
     "assumed latencies) besides issuing its own instructions. gsplat runs 8 warps per tile, each walking the list "
     "for 32 pixels out of shared memory. On large scenes (1080p, 4K) ours is issue-bound and issues about half of "
-    "gsplat's instructions, so the ratio is about 0.5. On scenes of well under a megapixel (Set14 x4 renders, the "
-    "Kodak fit, the training crops) the grid holds only one or two thousand programs, so the GPU runs few warps per "
-    "SM (grid-limited, where gsplat's 8-warp blocks fill 40) and the per-iteration latency and the heaviest tiles' "
-    "serial length (the tail) set the time, not the instruction count. The design would need shorter serial paths "
+    "gsplat's instructions, so the ratio is about 0.5. The scenes above 0.6 are small launches (Set14 x4 renders of "
+    "0.08-0.41 MP, the 768 x 512 Kodak fit, 16 training crops of 140 x 140, one 512 x 512 image): the grid holds "
+    "only a few hundred to about two thousand programs, so the GPU runs few warps per SM (grid-limited, where "
+    "gsplat's 8-warp blocks fill 40) and the per-iteration latency and the heaviest tiles' serial length (the "
+    "tail) set the time, not the instruction count. The design would need shorter serial paths "
     "and more warps in flight on small grids: the load chain off the critical path (prefetch the next id and "
     "record; `LATENCY_CHAIN_PREFETCHED`) and more, smaller programs per tile (the shipped tile_size = 8 kernels are "
     "one existing instance); the what-if columns estimate each and both, from the same replay.")
