@@ -109,7 +109,7 @@ Everything this module prints is an **estimate** from a model, not a measurement
 
      Also reported: ``t_graham_upper_s = max(t_issue, t_lat) + (1 - 1/m) p_max`` (Graham's bound
      for any greedy order) and ``t_longest_program_s = p_max`` (uncontended).
-   * Not modelled: launch overhead, prologue/epilogue (per program: a few hundred instructions),
+   * Not modelled: launch overhead, prologue/epilogue (once per program, not per iteration),
      MUFU/LSU pipe limits (both kernels issue 1-2 MUFU per pair, far below the 16/clk/SM pipe),
      atomics contention in the backward, bank conflicts, DRAM traffic (all loads are taken as
      L1/L2 hits), clock throttling.
@@ -118,9 +118,9 @@ Everything this module prints is an **estimate** from a model, not a measurement
    shuffle/vote 25. These are assumptions of the model (named parameters, not measured here), of
    the order that microbenchmark studies of Hopper report (Luo et al., "Benchmarking and
    Dissecting the Nvidia Hopper GPU Architecture", arXiv:2402.13499; Chips and Cheese, "Nvidia's
-   H100: Funny L2, and Tons of Bandwidth", 2023); for the L2 the low end of the 270-500 cycle
-   range such studies give, which favours the kernel with the longer dependent-load chain less
-   than a higher value would hurt it.
+   H100: Funny L2, and Tons of Bandwidth", 2023). L2 270 is the low end of the 270-500 cycles
+   such studies report; a higher value would make ours (an L2 load in every iteration's chain)
+   slower in this model, gsplat's (shared memory in the loop) hardly.
 """
 
 from __future__ import annotations
