@@ -10,7 +10,6 @@ the result::
     python -m gsplat2d.kernels.report --arch 90 --fail-on-spills
     python -m gsplat2d.kernels.report --cost            # + instructions per (Gaussian, pixel) pair
     python -m gsplat2d.kernels.report --cost --check-budget   # exit 1 if a kernel got costlier
-    python -m gsplat2d.kernels.report --workload        # ESTIMATED H100 time on real scenes (kernels/workload.py)
 
 How the numbers are obtained:
 
@@ -667,11 +666,6 @@ def budget_from(records: Sequence[dict[str, Any]], old: dict[str, Any] | None = 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
-    if "--workload" in args_in:
-        # the GPU-free workload model (ESTIMATED H100 time, ours vs gsplat): its own options follow
-        from gsplat2d.kernels.workload import main as workload_main
-
-        return workload_main([a for a in args_in if a != "--workload"])
     p = argparse.ArgumentParser(
         prog="python -m gsplat2d.kernels.report",
         description="Compile the gsplat2d Triton kernels ahead of time and report registers, spills and shared memory.",

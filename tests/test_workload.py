@@ -1,4 +1,4 @@
-"""The workload model (gsplat2d/kernels/workload.py) on hand-made scenes whose counts are known in
+"""The workload model (bench/workload.py) on hand-made scenes whose counts are known in
 closed form. Each test names the plausible wrong implementation it catches."""
 
 from __future__ import annotations
@@ -8,7 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from gsplat2d.kernels import workload as wl
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import workload as wl  # noqa: E402
 
 
 def _img(gaussians, W, H):

@@ -2,9 +2,8 @@
 
 Run::
 
-    python -m gsplat2d.kernels.workload            # all scenes, writes bench/results/workload-model-*.{json,md}
-    python -m gsplat2d.kernels.report --workload   # the same
-    python -m gsplat2d.kernels.workload --scenes random-1080p-100k single-512 --no-write
+    python bench/workload.py                       # all scenes, writes bench/results/workload-model-*.{json,md}
+    python bench/workload.py --scenes random-1080p-100k single-512 --no-write
 
 Everything this module prints is an **estimate** from a model, not a measurement. What it does:
 
@@ -148,12 +147,12 @@ GSPLAT_COUNTS = REPO / "bench" / "results" / "gsplat-1.5.3-cost-sm90-sm80.json"
 RESULT_STEM = REPO / "bench" / "results" / "workload-model-h100-estimate-2026-12-07"
 
 TILE = 16
-MIN_WEIGHT = 1.0 / 255.0
-T_STOP = 1e-4
-ALPHA_MAX_OURS = 0.99
+# the rasterizer's rules, from where they are defined (gsplat 1.5.3's own clamp is gsplat's)
+from gsplat2d.binning import ALPHA_MAX as ALPHA_MAX_OURS, MIN_WEIGHT, T_STOP  # noqa: E402
+from gsplat2d.kernels.rasterize_fwd import CHUNK  # noqa: E402
+
 ALPHA_MAX_GSPLAT = 0.999
 LOG2_LOOSE = math.log2(MIN_WEIGHT) - 1e-3  # the backward's conservative pre-test
-CHUNK = 16
 GS_BATCH = 256
 GS_WARPS = 8
 
@@ -861,7 +860,8 @@ def _field_image(field, W, H) -> Image:
 
 def set14_launches(model_name: str, data: Path) -> Tuple[List[Launch], str, int, List[str]]:
     from gsplat2d.sr import load_model
-    from gsplat2d.sr.render import encode_image, load_image_file
+    from gsplat2d.cli.common import load_image_file
+    from gsplat2d.sr.rendering import encode_image
 
     model = load_model(model_name)
     files = sorted((data / "Set14" / "LR_bicubic" / "X4").glob("*.png"))
@@ -920,7 +920,8 @@ def single_512_launch(data: Path) -> Tuple[Launch, dict]:
     """The default (feature) model's x4 field of the 128 x 128 centre crop of Set14 baboon's x2 LR
     image (250 x 240; the x4 LR image is smaller than the crop), rendered at 512 x 512."""
     from gsplat2d.sr import load_model
-    from gsplat2d.sr.render import encode_image, load_image_file
+    from gsplat2d.cli.common import load_image_file
+    from gsplat2d.sr.rendering import encode_image
 
     lr = load_image_file(data / "Set14" / "LR_bicubic" / "X2" / "baboonx2.png")
     h, w = lr.shape[1:]
@@ -932,13 +933,13 @@ def single_512_launch(data: Path) -> Tuple[Launch, dict]:
     return Launch([_field_image(fld, 512, 512)], fld.mode, fld.channels), {"crop": [x0, y0, 128, 128]}
 
 
-SCENES = ("set14-x4-feature", "set14-x4-tiny", "kodak-fit-alpha", "train-batch-16", "random-1080p-100k",
+SCENES = ("set14-x4-feature", "set14-x4-colour", "kodak-fit-alpha", "train-batch-16", "random-1080p-100k",
           "random-4k-500k", "single-512")
 
 
 def build_scene(name: str, data: Path, cache: Path) -> Tuple[List[Launch], dict]:
-    if name == "set14-x4-feature" or name == "set14-x4-tiny":
-        ls, mode, C, files = set14_launches("feature" if name.endswith("feature") else "tiny", data)
+    if name in ("set14-x4-feature", "set14-x4-colour"):
+        ls, mode, C, files = set14_launches("feature" if name.endswith("feature") else "colour", data)
         return ls, {"what": f"{len(files)} Set14 x4 LR images, shipped {name.split('-')[-1]} model, "
                     "one launch per image (times add)", "mode": mode, "C": C}
     if name == "kodak-fit-alpha":
@@ -1103,7 +1104,7 @@ def environment() -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gsplat2d.kernels.workload",
+    p = argparse.ArgumentParser(prog="python bench/workload.py",
                                 description="GPU-free workload model: ESTIMATED H100 rasterizer time, ours vs gsplat 1.5.3")
     p.add_argument("--scenes", nargs="+", default=list(SCENES), choices=SCENES)
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder with Set14/ and Kodak/")
@@ -1144,15 +1145,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out = Path(args.out)
         doc = {"label": "ESTIMATE: workload model (CPU replay of binning and control flow x static SASS counts x "
                         "occupancy/latency model), not a GPU measurement",
-               "method": "gsplat2d/kernels/workload.py module docstring", "environment": environment(),
+               "method": "bench/workload.py module docstring", "environment": environment(),
                "scenes": results}
         out.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
         md = ["# Workload model: ESTIMATED H100 rasterizer time, ours vs gsplat 1.5.3", "",
               "**ESTIMATE**, not a measurement: binning and each kernel's control flow replayed on the CPU, multiplied by "
-              "the per-path SASS counts, with the occupancy / latency / tail model of `gsplat2d/kernels/workload.py` "
+              "the per-path SASS counts, with the occupancy / latency / tail model of `bench/workload.py` "
               "(module docstring). Replay machine: " + doc["environment"]["replay_machine"] + ". Counts: "
               "`" + "`, `".join(doc['environment']['counts_ours']) + f"` (ours, sm_90), `{doc['environment']['counts_gsplat']}` (gsplat, sm_90, C=3).",
-              "", "Re-run: `python -m gsplat2d.kernels.workload` (or `python -m gsplat2d.kernels.report --workload`).", "",
+              "", "Re-run: `python bench/workload.py` (or `python -m gsplat2d.kernels.report --workload`).", "",
               "## Summary", "", *short_rows(results), "",
               "## Ours (alpha mode, C = 3, like for like) vs gsplat 1.5.3", "",
               "gsplat 1.5.3 has only alpha mode and its counts are for C = 3, so the criterion (ours <= 0.6 x gsplat) is "
