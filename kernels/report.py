@@ -665,7 +665,6 @@ def budget_from(records: Sequence[dict[str, Any]], old: dict[str, Any] | None = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_in = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(
         prog="python -m gsplat2d.kernels.report",
         description="Compile the gsplat2d Triton kernels ahead of time and report registers, spills and shared memory.",
