@@ -310,7 +310,7 @@ class Gaussians2D:
         *,
         mode: Optional[str] = None,
         background: Optional[Tensor] = None,
-        tile_size: int = 16,
+        tile_size: Optional[int] = None,
         backend: str = "auto",
     ) -> Tuple[Tensor, Tensor]:
         """Render at ``width x height`` pixels with :func:`gsplat2d.rasterize`, in the field's own

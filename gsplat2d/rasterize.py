@@ -4,6 +4,8 @@ feature sets, both modes) without binning it again."""
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any, NamedTuple
 
 import torch
@@ -11,7 +13,7 @@ import torch
 from gsplat2d._validate import validate
 from gsplat2d.backends import fp32_region, triton_interpret
 
-__all__ = ["rasterize", "bin_gaussians", "rasterize_binned", "BinnedScene", "triton_available",
+__all__ = ["rasterize", "bin_gaussians", "rasterize_binned", "BinnedScene", "auto_tile_size", "AUTO_TILE_WARPS_PER_SM", "triton_available",
            "numba_available"]
 
 
@@ -64,6 +66,42 @@ def _pick_backend(backend: str, device: torch.device, tile_size: int) -> str:
         if device.type not in ("cpu", "cuda"):
             raise RuntimeError(f"backend='triton' supports CUDA (or interpreted CPU) tensors, not {device}")
     return backend
+
+
+#: ``tile_size=None`` on the Triton path: 16 x 16 tiles (one one-warp program each) unless the
+#: launch has fewer of them than ``AUTO_TILE_WARPS_PER_SM`` per SM of the device -- about what an
+#: SM keeps resident at the kernels' ~110-128 registers (65,536 / (128 x 32) = 16 warps) -- then
+#: 8 x 8 tiles: four times the programs, each walking a list about a quarter as long.
+AUTO_TILE_WARPS_PER_SM = 16
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return int(torch.cuda.get_device_properties(index).multi_processor_count)
+
+
+def auto_tile_size(batch: int, width: int, height: int, sm_count: int) -> int:
+    """The tile side ``tile_size=None`` picks for a Triton launch of ``batch`` images of ``width x
+    height`` on a device with ``sm_count`` SMs: 16, or 8 when ``batch * ceil(width / 16) *
+    ceil(height / 16) < sm_count * AUTO_TILE_WARPS_PER_SM`` (a grid too small to fill the device).
+    The results do not depend on the tile size; ``bench/workload.py`` estimates what it saves."""
+    tiles16 = batch * -(-int(width) // 16) * -(-int(height) // 16)
+    return 8 if tiles16 < sm_count * AUTO_TILE_WARPS_PER_SM else 16
+
+
+def _resolve_tile_size(tile_size, backend: str, means, width, height) -> int:
+    """``tile_size`` as given, or (None) :func:`auto_tile_size` where the Triton kernels will run
+    on a CUDA device, else 16 (the CPU backends and the interpreter keep 16)."""
+    if tile_size is not None:
+        return tile_size
+    if not (isinstance(means, torch.Tensor) and means.device.type == "cuda" and backend in ("auto", "triton")
+            and triton_available() and isinstance(width, int) and isinstance(height, int)):
+        return 16
+    batch = 1
+    for s in means.shape[:-2]:
+        batch *= int(s)
+    index = means.device.index if means.device.index is not None else torch.cuda.current_device()
+    return auto_tile_size(batch, width, height, _sm_count(index))
 
 
 def _select_backend(backend: str, device: torch.device, tile_size: int) -> str:
@@ -150,7 +188,7 @@ def rasterize(
     *,
     mode: str = "alpha",
     background: torch.Tensor | None = None,
-    tile_size: int = 16,
+    tile_size: int | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render 2D Gaussians onto a ``height x width`` pixel grid. Differentiable in every tensor.
@@ -172,7 +210,9 @@ def rasterize(
             where a Gaussian ends (no rings when a field is magnified many times; see
             :data:`gsplat2d.binning.TAPER_A`).
         background: ``[..., C]`` colour behind the Gaussians (alpha mode only; default 0).
-        tile_size: tile side in pixels (triton: 8, 16 or 32).
+        tile_size: tile side in pixels (triton: 8, 16 or 32); None (the default): 16, or 8 for a
+            Triton launch too small to fill its GPU (:func:`auto_tile_size`). The image does not
+            depend on it.
         backend: ``"triton"`` (kernels; CUDA tensors, or CPU tensors under
             ``TRITON_INTERPRET=1``), ``"numba"`` (compiled CPU kernels; CPU tensors),
             ``"torch"`` (tiled PyTorch, any device) or ``"auto"`` (triton on CUDA with a
@@ -192,6 +232,7 @@ def rasterize(
     of Gaussians that share a tile with it (which ones depends on the backend). Leading dims
     ``...`` are independent images rendered in one launch.
     """
+    tile_size = _resolve_tile_size(tile_size, backend, means, width, height)
     width, height, C, batch_shape = validate(
         means, conics, colors, opacities, width, height, mode, background, tile_size, backend
     )
@@ -240,7 +281,7 @@ def bin_gaussians(
     width: int,
     height: int,
     *,
-    tile_size: int = 16,
+    tile_size: int | None = None,
     backend: str = "auto",
 ) -> BinnedScene:
     """The binning stage of :func:`rasterize` on its own: which Gaussians reach which
@@ -255,6 +296,7 @@ def bin_gaussians(
     """
     # the rasterizer's checks, with a stand-in one-channel colour (colours come with each render)
     stand_in = opacities[..., None] if isinstance(opacities, torch.Tensor) else opacities
+    tile_size = _resolve_tile_size(tile_size, backend, means, width, height)
     width, height, _, batch_shape = validate(
         means, conics, stand_in, opacities, width, height, "sum", None, tile_size, backend
     )

@@ -101,3 +101,31 @@ def test_memory_budget_counts_pytorch_cached_memory(monkeypatch):
     # 1 GiB free on the device + 15 GiB cached-but-unused inside PyTorch
     assert binning._available_bytes(torch.device("cuda", 0)) == 16 << 30
     binning.check_pair_budget(10 << 30 >> 6, 1000, 100, torch.device("cuda", 0))  # 10 GiB: fits
+
+
+def test_auto_tile_size_fills_small_grids():
+    """tile_size=None: 8 x 8 tiles when the 16 x 16 grid has fewer programs than the device keeps
+    resident (SMs x AUTO_TILE_WARPS_PER_SM), else 16; the boundary is exact (a rule that counted
+    pixels or forgot the batch would move it)."""
+    from gsplat2d.rasterize import AUTO_TILE_WARPS_PER_SM, auto_tile_size
+
+    sms = 132  # H100 SXM
+    limit = sms * AUTO_TILE_WARPS_PER_SM  # 2112 programs of 16 x 16
+    assert auto_tile_size(1, 512, 512, sms) == 8  # 1,024 tiles: an SR render, a fit
+    assert auto_tile_size(16, 144, 144, sms) == 8  # a training batch: 16 x 81 tiles
+    assert auto_tile_size(1, 1920, 1080, sms) == 16  # 8,160 tiles
+    assert auto_tile_size(3, 512, 512, sms) == 16  # the batch counts: 3,072 tiles
+    assert auto_tile_size(1, 16 * limit, 16, sms) == 16
+    assert auto_tile_size(1, 16 * limit - 1, 16, sms) == 16  # 2112 tiles (the last one partial)
+    assert auto_tile_size(1, 16 * (limit - 1), 16, sms) == 8
+
+
+def test_tile_size_none_keeps_16_off_the_gpu():
+    """On CPU tensors (numba, torch, the interpreter) None means 16, as before."""
+    import gsplat2d
+
+    m = torch.rand(5, 2) * 40
+    q = torch.tensor([[0.1, 0.0, 0.1]]).repeat(5, 1)
+    o = torch.full((5,), 0.5)
+    assert gsplat2d.bin_gaussians(m, q, o, 40, 30, backend="torch").tile_size == 16
+    assert gsplat2d.bin_gaussians(m, q, o, 40, 30, backend="torch", tile_size=8).tile_size == 8

@@ -135,7 +135,7 @@ class FitConfig:
     quant: Optional[QuantSpec] = None
     seed: int = 0
     backend: str = "auto"
-    tile_size: int = 16
+    tile_size: Optional[int] = None  # None: gsplat2d.rasterize picks (16, or 8 for small GPU launches)
     log_every: int = 10
     progress: bool = False
 

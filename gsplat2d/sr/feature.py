@@ -289,7 +289,7 @@ class GaussianFeatureSR(SuperResolver):
         return lambda splat: self.decode(splat, cell)
 
     def render(
-        self, field: Gaussians2D, width: int, height: int, *, backend: str = "auto", tile_size: int = 16
+        self, field: Gaussians2D, width: int, height: int, *, backend: str = "auto", tile_size: Optional[int] = None
     ) -> Tensor:
         """Splat an encoded field at ``width x height`` and decode: ``[B, 3, height, width]`` (unclamped)."""
         splat, _ = field.render(width, height, mode=self.config.mode, backend=backend, tile_size=tile_size)

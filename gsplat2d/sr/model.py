@@ -210,7 +210,7 @@ class Pixel2GaussianSR(SuperResolver):
         return None
 
     def render(
-        self, field: Gaussians2D, width: int, height: int, *, backend: str = "auto", tile_size: int = 16
+        self, field: Gaussians2D, width: int, height: int, *, backend: str = "auto", tile_size: Optional[int] = None
     ) -> Tensor:
         """Render an encoded field to ``[B, C, height, width]`` (unclamped) with this model's mode."""
         if field.channels != self.config.colors:

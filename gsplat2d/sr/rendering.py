@@ -207,7 +207,7 @@ def render_to_array(
     mode: Optional[str] = None,
     window: int = DEFAULT_WINDOW,
     backend: str = "auto",
-    tile_size: int = 16,
+    tile_size: Optional[int] = None,
     as_uint8: bool = True,
     decode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     model: Optional[torch.nn.Module] = None,
