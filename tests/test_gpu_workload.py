@@ -75,7 +75,10 @@ def _dry_pairs():
 
 
 class _Timer:
-    """Stand-in for do_bench: calls fn once, returns a fixed 2 ms, records every call."""
+    """Stand-in for do_bench: calls fn once, records every call, returns a time (ms) that tells
+    the timed stage apart (by the function's name in gpu_workload.measure)."""
+
+    MS = {"bin_": 1.0, "fwd_kernel": 2.0, "fwd": 3.0, "bwd": 4.0, "fwdbwd": 5.0}
 
     def __init__(self):
         self.calls = 0
@@ -83,7 +86,7 @@ class _Timer:
     def __call__(self, fn, grad_to_none=None):
         self.calls += 1
         fn()
-        return 2.0
+        return self.MS[fn.__name__]
 
 
 def _wrong_renderers(kind):
@@ -131,17 +134,19 @@ def test_right_result_is_timed_next_to_the_estimate(tmp_path):
     assert row["status"] == "ok" and row["check"]["ok"], row
     # bin, forward kernel alone, forward with binning, backward, forward+backward
     assert timer.calls == 5 and set(row["us"]) == {"bin", "fwd_kernel", "fwd", "bwd", "fwdbwd"}
-    assert all(v == pytest.approx(2000.0) for v in row["us"].values())  # ms -> us
+    assert row["us"] == pytest.approx({"bin": 1000.0, "fwd_kernel": 2000.0, "fwd": 3000.0, "bwd": 4000.0,
+                                       "fwdbwd": 5000.0})  # ms -> us, each stage its own timing
     assert row["pairs_binned"] == pairs and "gpu_us" not in row  # no profiler without CUDA
     # measured / estimated on the kernel-only forward (wrong: on the forward with binning, which
     # the model does not estimate) and the backward
     assert row["ratio_basis"] == "do_bench"
     assert row["measured_over_estimate"]["fwd"] == pytest.approx(2000.0 / 20.0)
-    assert row["measured_over_estimate"]["bwd"] == pytest.approx(2000.0 / 50.0)
+    assert row["measured_over_estimate"]["bwd"] == pytest.approx(4000.0 / 50.0)
     assert row["pairs_per_s"]["fwd_kernel"] == pytest.approx(pairs / 2e-3)
+    assert row["pairs_per_s"]["bwd"] == pytest.approx(pairs / 4e-3)
     md = gw.markdown({"environment": gw.environment(), "estimate": str(est), "timing": "t", "pairs_definition": "p",
                       "rows": [row], "skipped": [], "errors": []})
-    assert f"{pairs:,} / {pairs:,}" in md and "20.0 / 50.0; 20.0 / 50.0" in md and "100.00, 40.00" in md
+    assert f"{pairs:,} / {pairs:,}" in md and "20.0 / 50.0; 20.0 / 50.0" in md and "100.00, 80.00" in md
 
 
 def test_scene_that_bins_otherwise_is_an_error(tmp_path):
