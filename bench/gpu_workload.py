@@ -64,6 +64,7 @@ SCENES_HERE = ("random-1080p-100k", "random-4k-500k")
 DRY_RUN_SCENE = "dry-run-32x16-12"
 BACKEND = "triton"
 TIMING = "median of triton.testing.do_bench (warmup=5, rep=60 ms; CUDA events)"
+PAIRS_DEFINITION = "(tile, Gaussian) pairs of the model's binning (estimate JSON pairs_ours)"
 PAIRS_TOLERANCE = 1e-3  # relative: binning here vs the model's (float32 on another device)
 
 
@@ -187,7 +188,10 @@ def profile_device_us(fn, calls: int = 10, grad_to_none=None) -> Optional[Dict[s
                 t.grad = None
             fn()
         torch.cuda.synchronize()
-    return device_us_per_call(prof.events(), calls)
+    out = device_us_per_call(prof.events(), calls)
+    if out["total"] <= 0:  # no device events recorded (no CUPTI): no number rather than 0
+        raise RuntimeError("the profiler recorded no device time")
+    return out
 
 
 def measure(scene, W: int, H: int, mode: str, gi, ga, backend: str, timer, profile=profile_device_us) -> dict:
@@ -373,13 +377,13 @@ def main(argv=None) -> int:
     if dev == "cuda" and not torch.cuda.is_available():  # before anything else: one line, exit 1
         print("gpu_workload: no CUDA device (torch.cuda.is_available() is False): nothing measured", file=sys.stderr)
         result = {"label": "no CUDA device: nothing measured", "environment": environment(), "estimate": args.estimate,
-                  "timing": TIMING, "pairs_definition": "", "rows": [], "skipped": [], "errors": ["no CUDA device: nothing measured"]}
+                  "timing": TIMING, "pairs_definition": PAIRS_DEFINITION, "rows": [], "skipped": [], "errors": ["no CUDA device: nothing measured"]}
         _save(result, args.out, args.md)
         return 1
     result = {"label": "MEASURED on a GPU, next to the workload model's ESTIMATE (H100 SXM)",
               "environment": environment(), "estimate": args.estimate,
               "timing": TIMING if dev == "cuda" else "dry run: one call each, wall clock (times mean nothing)",
-              "pairs_definition": "(tile, Gaussian) pairs of the model's binning (estimate JSON pairs_ours)",
+              "pairs_definition": PAIRS_DEFINITION,
               "rows": [], "skipped": [], "errors": []}
 
     def save():
