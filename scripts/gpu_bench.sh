@@ -6,17 +6,23 @@
 # Steps, each under its own time limit, the whole under 8 minutes (GPU_BENCH_BUDGET_S, default
 # 470 s); a step that fails or runs out of time is recorded and the next one still runs:
 #   1. install the package without network: pip install --no-deps --no-build-isolation -e .
-#      (falls back to a symlinked import path when pip cannot)            limit  40 s
+#      (falls back to a symlinked import path when pip cannot)            limit  30 s
 #   2. CUDA correctness tier: compiled kernels vs the float64 reference
 #      (TRITON_INTERPRET=0 python3 -m pytest tests/test_cuda.py)          limit 140 s
 #   3. kernel timings: bench/gpu_kernels.py (1080p/100k and 4K/500k, alpha and sum, triton vs the
 #      torch backend on CUDA, gsplat when importable; each result checked before it is timed)
-#                                                                          limit 180 s
-#   4. super-resolution on CUDA: 60 training steps (triton backend, bf16 AMP) on the bundled
+#                                                                          limit 170 s
+#   4. workload scenes: bench/gpu_workload.py (the workload model's random 1080p/100k and 4K/500k
+#      scenes, built by bench/workload.py; our triton rasterizer checked against the torch
+#      backend, then binning, forward kernel alone, forward with binning, backward, fwd+bwd
+#      timed, next to the model's committed H100 estimate)                 limit  50 s
+#   5. super-resolution on CUDA: 60 training steps (triton backend, bf16 AMP) on the bundled
 #      crop, then `gsplat2d demo` timings and PSNR (needs nothing outside the repository)
 #                                                                          limit  90 s
-# Writes at most 8 files into RESULTS_DIR (created if missing): summary.md, cuda_tier.log,
-# kernels.json, kernels.md, kernels.log, sr.log, sr_demo.md. Never runs the CPU test suite or
+# Step limits: 30 + 140 + 170 + 50 + 60 + 30 = 480 s (install and kernel timings gave 10 s each
+# to the workload step). Writes at most 9 files into RESULTS_DIR (created if missing): summary.md,
+# cuda_tier.log, kernels.json, kernels.md, kernels.log (also the install's and the workload
+# step's log), workload.json, workload.md, sr.log, sr_demo.md. Never runs the CPU test suite or
 # the compile report (no GPU needed for those; CI runs them). Exit status: 0 when every step
 # passed, 1 otherwise. Env: PYTHON (default python3), GPU_BENCH_BUDGET_S, GPU_BENCH_SKIP_INSTALL.
 set -uo pipefail
@@ -89,7 +95,7 @@ PYEOF
 #    so expose a gsplat2d/ folder of symlinks on PYTHONPATH instead.
 if [ -n "${GPU_BENCH_SKIP_INSTALL:-}" ]; then
     note "- install: skipped (GPU_BENCH_SKIP_INSTALL is set: using the environment as it is)"
-elif ! run_step "install (pip -e, offline)" 40 "$OUT/kernels.log" \
+elif ! run_step "install (pip -e, offline)" 30 "$OUT/kernels.log" \
         "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e .; then
     SHIM=$(mktemp -d)
     mkdir -p "$SHIM/gsplat2d"
@@ -111,11 +117,17 @@ if ! tail -n 1 "$OUT/cuda_tier.log" | grep -q " passed"; then
 fi
 
 # 3. kernel timings (the script writes kernels.json/.md itself, also on failure)
-LIM=$(( $(left) < 180 ? $(left) : 180 ))
-run_step "kernel timings (bench/gpu_kernels.py)" 180 "$OUT/kernels.log" \
+LIM=$(( $(left) < 170 ? $(left) : 170 ))
+run_step "kernel timings (bench/gpu_kernels.py)" 170 "$OUT/kernels.log" \
     "$PY" bench/gpu_kernels.py --out "$OUT/kernels.json" --md "$OUT/kernels.md" --deadline $((LIM - 10))
 
-# 4. super-resolution on CUDA, data from inside the repository (nothing else is copied there)
+# 4. the workload model's scenes measured next to its estimate (writes workload.json/.md itself;
+#    without CUDA it exits 1 at once with one line)
+LIM=$(( $(left) < 50 ? $(left) : 50 ))
+run_step "workload scenes vs the model's estimate (bench/gpu_workload.py)" 50 "$OUT/kernels.log" \
+    "$PY" bench/gpu_workload.py --out "$OUT/workload.json" --md "$OUT/workload.md" --deadline $((LIM - 8))
+
+# 5. super-resolution on CUDA, data from inside the repository (nothing else is copied there)
 SRDATA=$(mktemp -d)
 "$PY" - "$SRDATA" <<'PYEOF' >>"$OUT/sr.log" 2>&1
 import sys
@@ -141,6 +153,10 @@ run_step "SR: demo (encode/render times, PSNR vs bicubic)" 30 "$OUT/sr_demo.md" 
     echo "## Kernel timings"
     echo
     [ -s "$OUT/kernels.md" ] && cat "$OUT/kernels.md" || echo "(no kernels.md: see kernels.log)"
+    echo
+    echo "## Workload scenes: measured vs the model's estimate"
+    echo
+    [ -s "$OUT/workload.md" ] && sed 's/^#/##/' "$OUT/workload.md" || echo "(no workload.md: see kernels.log)"
     echo
     echo "total $((SECONDS - T0)) s of a ${BUDGET} s budget; exit status $status"
 } >>"$SUMMARY"
