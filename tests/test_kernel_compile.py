@@ -104,7 +104,9 @@ def test_kernel_compiles_without_spills(report, mod, kernel, arch):
 
 
 def _costed_cases():
-    return [c for c in _CASES if "rasterize_" in c.values[1] and not isinstance(c.values[2], str)]
+    # the EXACT forward variants (a launch with a non-finite colour) compile but are not costed
+    return [c for c in _CASES if "rasterize_" in c.values[1] and ",exact]" not in c.values[1]
+            and not isinstance(c.values[2], str)]
 
 
 @pytest.fixture(scope="session")
