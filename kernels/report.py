@@ -617,14 +617,21 @@ def _distance(ld: dict[str, Any]) -> str:
 
 def format_load_table(records: Sequence[dict[str, Any]]) -> str:
     """Load-to-use distance of every global load in each costed main loop
-    (:func:`gsplat2d.kernels.cost.load_use`): one row per variant, one cell per load
-    (``kind:opcode:distance``), in address order."""
+    (:func:`gsplat2d.kernels.cost.load_use`): one row per variant, one cell per ``gaussian`` or
+    ``list`` load (``kind:opcode:distance``, in address order), then the ``other`` loads (the
+    per-pixel re-reads of the C > 4 backward: hundreds) as a count and their shortest distance."""
     rows = [["kernel", "arch", "loads (kind:opcode:load-to-use)"]]
     for r in records:
         c = r.get("cost")
         if not c or "loads" not in c:
             continue
-        cells = [f"{ld['kind']}:{ld['opcode']}:{_distance(ld)}" for ld in c["loads"]]
+        cells = [f"{ld['kind']}:{ld['opcode']}:{_distance(ld)}" for ld in c["loads"]
+                 if ld["kind"] != "other"]
+        other = [ld for ld in c["loads"] if ld["kind"] == "other"]
+        if other:
+            same = [ld["same_iteration"] for ld in other if ld["same_iteration"] is not None]
+            cells.append(f"other: {len(other)} loads" + (f", {len(same)} waited on in their "
+                                                          f"iteration (min same+{min(same)})" if same else ""))
         rows.append([r["kernel"], r["target"], "  ".join(cells) or "(none)"])
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     out = []
