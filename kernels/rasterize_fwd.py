@@ -159,19 +159,18 @@ def _rasterize_fwd_kernel(
     # runs, needs masks.
     last = end - 1
     has = start < end
-    gid = tl.load(ids_ptr + start, mask=has, other=0).to(tl.int64) + gbase  # int64
-    id1 = tl.load(ids_ptr + tl.minimum(start + 1, last), mask=has, other=0)  # int32, position i + 1
-    mx, my, qa, qb, qc, lo, _inv_o = load_record(params_ptr, gid, has)
+    id0 = tl.load(ids_ptr + start, mask=has, other=0)  # int32 list ids: position i
+    id1 = tl.load(ids_ptr + tl.minimum(start + 1, last), mask=has, other=0)  # position i + 1
+    mx, my, qa, qb, qc, lo, _inv_o = load_record(params_ptr, id0.to(tl.int64) + gbase, has)
     c0, c1, c2, c3 = 0.0, 0.0, 0.0, 0.0  # colours of Gaussian i (C <= 4)
     if SMALL_C:
-        c0, c1, c2, c3 = load_colours(colors_ptr, gid, has, NC)
+        c0, c1, c2, c3 = load_colours(colors_ptr, id0.to(tl.int64) + gbase, has, NC)
     if PIPE == 2:
-        gid1 = id1.to(tl.int64) + gbase
-        pmx, pmy, pqa, pqb, pqc, plo, _pinv_o = load_record(params_ptr, gid1, has)  # Gaussian i + 1
-        pc0, pc1, pc2, pc3 = 0.0, 0.0, 0.0, 0.0
+        pmx, pmy, pqa, pqb, pqc, plo, _pinv_o = load_record(params_ptr, id1.to(tl.int64) + gbase, has)
+        pc0, pc1, pc2, pc3 = 0.0, 0.0, 0.0, 0.0  # Gaussian i + 1
         if SMALL_C:
-            pc0, pc1, pc2, pc3 = load_colours(colors_ptr, gid1, has, NC)
-        id1 = tl.load(ids_ptr + tl.minimum(start + 2, last), mask=has, other=0)  # position i + 2
+            pc0, pc1, pc2, pc3 = load_colours(colors_ptr, id1.to(tl.int64) + gbase, has, NC)
+        id2 = tl.load(ids_ptr + tl.minimum(start + 2, last), mask=has, other=0)  # position i + 2
 
     s = start
     go = s < end
@@ -200,23 +199,24 @@ def _rasterize_fwd_kernel(
                 if NC > 3:
                     acc3 = tl.fma(w, c3, acc3)
             else:
+                gid = id0.to(tl.int64) + gbase  # int64: B * N may exceed 2**31 / C
                 col = tl.load(colors_ptr + gid * C + cidx, mask=cmask, other=0.0)
                 acc += w[:, None] * col.to(tl.float32)[None, :]  # [P, BLOCK_C]
             # the loads for the next iterations (see PIPE above)
             if PIPE == 2:
                 mx, my, qa, qb, qc, lo = pmx, pmy, pqa, pqb, pqc, plo
                 c0, c1, c2, c3 = pc0, pc1, pc2, pc3
-                gid = gid1
-                gid1 = id1.to(tl.int64) + gbase
-                pmx, pmy, pqa, pqb, pqc, plo, _pinv_o = load_record(params_ptr, gid1, None)
+                id0 = id1
+                id1 = id2
+                pmx, pmy, pqa, pqb, pqc, plo, _pinv_o = load_record(params_ptr, id1.to(tl.int64) + gbase, None)
                 if SMALL_C:
-                    pc0, pc1, pc2, pc3 = load_colours(colors_ptr, gid1, None, NC)
-                id1 = tl.load(ids_ptr + tl.minimum(i + 3, last))
+                    pc0, pc1, pc2, pc3 = load_colours(colors_ptr, id1.to(tl.int64) + gbase, None, NC)
+                id2 = tl.load(ids_ptr + tl.minimum(i + 3, last))
             else:
-                gid = id1.to(tl.int64) + gbase
-                mx, my, qa, qb, qc, lo, _inv_o = load_record(params_ptr, gid, None)
+                id0 = id1
+                mx, my, qa, qb, qc, lo, _inv_o = load_record(params_ptr, id0.to(tl.int64) + gbase, None)
                 if SMALL_C:
-                    c0, c1, c2, c3 = load_colours(colors_ptr, gid, None, NC)
+                    c0, c1, c2, c3 = load_colours(colors_ptr, id0.to(tl.int64) + gbase, None, NC)
                 id1 = tl.load(ids_ptr + tl.minimum(i + 2, last))
         s = s_end
         go = s < end
