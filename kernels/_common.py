@@ -87,16 +87,57 @@ def tile_pixels(pid0, tiles_x, n_tiles, W, H, TILE: tl.constexpr, BLOCK_P: tl.co
 
 
 @triton.jit
-def load_record(params_ptr, gid):
-    """The six floats of Gaussian ``gid``'s record that the per-pair math needs (scalars)."""
-    rec = params_ptr + gid * REC
-    mx = tl.load(rec)
-    my = tl.load(rec + 1)
-    qa = tl.load(rec + 2)
-    qb = tl.load(rec + 3)
-    qc = tl.load(rec + 4)
-    lo = tl.load(rec + 5)
-    return mx, my, qa, qb, qc, lo
+def load_record(params_ptr, gid, valid):
+    """Gaussian ``gid``'s record as scalars ``mx, my, qa, qb, qc, lo, inv_o`` (the eighth float
+    is padding), read with **two 16-byte vector loads**: the record is 8 floats (32 bytes) and the
+    JIT's 16-byte divisibility hint on ``params_ptr`` makes ``gid * 32`` bytes in aligned, so the
+    ``[8]`` load below becomes ``LDG.E.128`` x 2 (an unaligned ``params`` gets scalar loads, same
+    values). The ``[8]`` vector sits in one thread, so the ``tl.split`` chain only renames
+    registers. ``valid`` (scalar bool): False reads nothing and returns zeros (an empty tile's
+    pipeline prologue); None: no mask (``gid`` is always a Gaussian of the list)."""
+    k = tl.arange(0, REC)  # [8]
+    if valid is None:
+        rec = tl.load(params_ptr + gid * REC + k)  # [8]
+    else:
+        # (a comparison, not `(k < REC) & valid`: Triton's interpreter rejects that mask's dtype)
+        rec = tl.load(params_ptr + gid * REC + k, mask=k < tl.where(valid, REC, 0), other=0.0)  # [8]
+    rec = tl.reshape(rec, (2, 2, 2))  # [h, j, m] = record[4h + 2j + m]
+    even, odd = tl.split(rec)  # [2, 2]: record[4h + 2j], record[4h + 2j + 1]
+    e0, e1 = tl.split(even)  # [2]: record[4h], record[4h + 2]
+    o0, o1 = tl.split(odd)  # [2]: record[4h + 1], record[4h + 3]
+    mx, qc = tl.split(e0)  # record[0], record[4]
+    qa, inv_o = tl.split(e1)  # record[2], record[6]
+    my, lo = tl.split(o0)  # record[1], record[5]
+    qb, _pad = tl.split(o1)  # record[3], record[7]
+    return mx, my, qa, qb, qc, lo, inv_o
+
+
+@triton.jit
+def load_colours(colors_ptr, gid, valid, NC: tl.constexpr):
+    """The ``NC <= 4`` colours of Gaussian ``gid`` (``[B, N, NC]`` float), as four float32
+    scalars (0.0 beyond ``NC``, and everywhere when ``valid`` is False; ``valid`` None: no
+    mask, as in :func:`load_record`)."""
+    cp = colors_ptr + gid * NC
+    c1 = 0.0
+    c2 = 0.0
+    c3 = 0.0
+    if valid is None:
+        c0 = tl.load(cp).to(tl.float32)
+        if NC > 1:
+            c1 = tl.load(cp + 1).to(tl.float32)
+        if NC > 2:
+            c2 = tl.load(cp + 2).to(tl.float32)
+        if NC > 3:
+            c3 = tl.load(cp + 3).to(tl.float32)
+    else:
+        c0 = tl.load(cp, mask=valid, other=0.0).to(tl.float32)
+        if NC > 1:
+            c1 = tl.load(cp + 1, mask=valid, other=0.0).to(tl.float32)
+        if NC > 2:
+            c2 = tl.load(cp + 2, mask=valid, other=0.0).to(tl.float32)
+        if NC > 3:
+            c3 = tl.load(cp + 3, mask=valid, other=0.0).to(tl.float32)
+    return c0, c1, c2, c3
 
 
 @triton.jit

@@ -40,6 +40,22 @@ Method (every step can be repeated by hand on ``nvdisasm -c`` output):
 6. **Classes** (by opcode, before the first ``.``): see :data:`CLASSES`. Every issued
    instruction counts once, predicated-off ones included (they still take an issue slot).
 
+7. **Load-to-use distance** (:func:`load_use`). For every global load in the main loop
+   (``LDG``/``LD``, any width: ``LDG.E.128`` writes four registers), the fewest issued
+   instructions from the load to the first instruction that must wait for it: one that reads any
+   of its destination registers (a ``.64`` operand ``R4.64`` reads R4 and R5, the last source of
+   ``IMAD.WIDE`` is a register pair, a ``.64``/``.128`` store reads 2/4 data registers) or writes
+   one (SASS scoreboards also hold a write-after-write). The search follows every path of the
+   loop, round the back edge into the next iteration (so a value loaded at the bottom of
+   iteration ``g`` and first read at the top of ``g + 1`` is "next iteration" with the distance
+   round the back edge); paths that leave the loop end the search. ``same_iteration`` is the
+   shortest distance to a waiting instruction reached without crossing the back edge (None if
+   every path crosses it first), ``next_iteration`` the shortest one reached only after crossing
+   it. Each load is classified by a flow-sensitive taint of the loop's registers: ``gaussian``
+   when its address depends on a value loaded in the loop (the tile list's id; loop-carried
+   values included), ``list`` when it does not but the value it loads feeds a ``gaussian``
+   load's address (the id itself), ``other`` otherwise (e.g. a per-pixel re-read).
+
 Issue bound: ``H100_ISSUE_SLOTS_PER_S / instructions_per_pair`` (132 SMs x 1.98 GHz x 4
 sub-partitions x 32 threads); MUFU bound: ``H100_MUFU_PER_S / mufu_per_pair`` (16 MUFU
 results per clock per SM).
@@ -54,7 +70,7 @@ from typing import Iterable, Sequence
 
 __all__ = [
     "CLASSES", "H100_ISSUE_SLOTS_PER_S", "H100_MUFU_PER_S", "Instr", "Function", "parse_sass",
-    "loop_cost", "disassemble", "classify",
+    "loop_cost", "load_use", "disassemble", "classify",
 ]
 
 #: H100 SXM: 132 SMs x 1.98 GHz boost x 4 SMSPs x 32 lanes (one warp-instruction per SMSP per clock).
@@ -475,3 +491,203 @@ def loop_cost(
         per["issue_bound_pairs_per_s"] = H100_ISSUE_SLOTS_PER_S / tot if tot else None
         per["mufu_bound_pairs_per_s"] = H100_MUFU_PER_S / per["mufu"] if per["mufu"] else None
     return result
+
+
+# ------------------------------------------------------------------------------------------------
+# load-to-use distances
+
+#: Opcodes (base) whose first operand is not a destination (stores, branches, barriers, ...).
+_NO_DEST = frozenset((
+    "ST", "STG", "STS", "STL", "RED", "REDG", "BRA", "BRX", "JMP", "JMX", "CALL", "RET", "EXIT",
+    "BAR", "BSSY", "BSYNC", "WARPSYNC", "NOP", "MEMBAR", "FENCE", "ERRBAR", "CCTL", "DEPBAR",
+    "YIELD", "NANOSLEEP", "KILL", "BPT", "STSM", "SYNCS", "CGAERRBAR",
+))
+#: Global loads (register destination).
+_GLOBAL_LOADS = frozenset(("LDG", "LD"))
+_REG_TOKEN = re.compile(r"(?<![\w.])(U?R)(\d+)((?:\.[A-Za-z0-9_]+)*)")
+_PRED_TOKEN = re.compile(r"^!?U?P(?:[0-7]|T)$")
+
+
+def _width(opcode: str) -> int:
+    """Registers written by a wide destination (``LDG.E.128``: 4, ``.64``/``.WIDE``: 2). A type
+    modifier such as ``.U64`` is not a width: ``SHF.L.U64.HI`` writes one register."""
+    mods = opcode.split(".")[1:]
+    if "128" in mods:
+        return 4
+    if any(m in ("64", "WIDE") for m in mods):
+        return 2
+    return 1
+
+
+def _regs(token: str) -> list[str]:
+    """Registers named by one operand (``R4.64`` -> R4, R5; ``-|R7|`` -> R7; ``RZ`` -> none)."""
+    out = []
+    for m in _REG_TOKEN.finditer(token):
+        n = int(m.group(2))
+        out.append(f"{m.group(1)}{n}")
+        if ".64" in m.group(3):
+            out.append(f"{m.group(1)}{n + 1}")
+    return out
+
+
+def _split_operands(operands: str) -> list[str]:
+    return [o.strip() for o in operands.split(",") if o.strip()]
+
+
+def defs_uses(ins: Instr) -> tuple[list[str], list[str]]:
+    """(registers written, registers read) by one instruction; R and UR registers only
+    (predicates are not tracked). See the module docstring, step 7."""
+    ops = _split_operands(ins.operands)
+    base = ins.base
+    n_def = 0
+    if ops and base not in _NO_DEST and not ops[0].lstrip("desc").startswith("["):
+        n_def = 1
+        if base in ("SHFL", "ATOM", "ATOMG", "ATOMS") and len(ops) > 1 and _PRED_TOKEN.match(ops[0]):
+            n_def = 2  # "SHFL.BFLY PT, R10, R9, ...": predicate, then the register result
+        while n_def < len(ops) and _PRED_TOKEN.match(ops[n_def]):
+            n_def += 1  # carry / compare outputs ("IADD3 R4, P0, R2, ...", "ISETP P0, PT, ...")
+    defs: list[str] = []
+    for tok in ops[:n_def]:
+        for r in _regs(tok):
+            if r.startswith("UR") or r.startswith("R"):
+                n = int(r.lstrip("UR"))
+                pre = "UR" if r.startswith("UR") else "R"
+                defs += [f"{pre}{n + j}" for j in range(_width(ins.opcode))]
+    uses: list[str] = []
+    srcs = ops[n_def:]
+    wide_data = base in ("ST", "STG", "STS", "STL", "RED", "REDG", "ATOM", "ATOMG", "ATOMS")
+    for j, tok in enumerate(srcs):
+        regs = _regs(tok)
+        last = j == len(srcs) - 1
+        if regs and "[" not in tok and (
+            (base == "IMAD" and ".WIDE" in ins.opcode and last) or wide_data
+        ):
+            # a 64-bit addend of IMAD.WIDE; a wide store's data registers
+            w = 2 if base == "IMAD" else _width(ins.opcode)
+            n = int(regs[0].lstrip("UR"))
+            pre = "UR" if regs[0].startswith("UR") else "R"
+            regs = [f"{pre}{n + k}" for k in range(w)]
+        uses += regs
+    return defs, uses
+
+
+def _main_loop(fn: Function, marker: str):
+    blocks, _ = _blocks(fn)
+    loops = _loops(blocks)
+    cands = [L for L in loops if any(
+        ins.opcode.startswith(marker) for k in L.body for ins in fn.instrs[blocks[k].start:blocks[k].end])]
+    if not cands:
+        raise ValueError(f"{fn.name}: no loop contains {marker}")
+    return blocks, min(cands, key=lambda L: len(L.body))
+
+
+def _taint(fn: Function, blocks, loop: Loop) -> tuple[dict[int, bool], dict[int, set[int]]]:
+    """Flow-sensitive taint of the loop: registers holding a value loaded by a global load of the
+    loop (or computed from one), iterated to a fixed point round the back edges. Returns
+    ``{load index: its address is tainted}`` and ``{load index: indices of the loads whose address
+    its value reaches}``."""
+    body = sorted(loop.body)
+    # taint = {register: set of load indices it derives from}
+    state_in: dict[int, dict[str, frozenset]] = {k: {} for k in body}
+    addr_from: dict[int, set[int]] = {}
+    feeds: dict[int, set[int]] = {}
+    changed = True
+    while changed:
+        changed = False
+        for k in body:
+            st = dict(state_in[k])
+            for i in range(blocks[k].start, blocks[k].end):
+                ins = fn.instrs[i]
+                defs, uses = defs_uses(ins)
+                src = frozenset().union(*(st.get(r, frozenset()) for r in uses))
+                if ins.base in _GLOBAL_LOADS:
+                    addr_from.setdefault(i, set()).update(src)
+                    for j in src:
+                        feeds.setdefault(j, set()).add(i)
+                    val = frozenset((i,))
+                else:
+                    val = src
+                for r in defs:
+                    if ins.guard in (None, "@PT"):
+                        if val:
+                            st[r] = val
+                        else:
+                            st.pop(r, None)
+                    elif val:
+                        st[r] = st.get(r, frozenset()) | val
+            for s in blocks[k].succ:
+                if s not in loop.body:
+                    continue
+                cur = state_in[s]
+                for r, v in st.items():
+                    if not v <= cur.get(r, frozenset()):
+                        cur[r] = cur.get(r, frozenset()) | v
+                        changed = True
+    return {i: bool(v) for i, v in addr_from.items()}, feeds
+
+
+def load_use(sass: str, function: str | None = None, marker: str = "MUFU.EX2") -> list[dict]:
+    """Load-to-use distance of every global load in ``function``'s main loop (module docstring,
+    step 7). One dict per load, in address order: ``addr``, ``opcode``, ``dest`` (registers),
+    ``kind`` (``"gaussian"``, ``"list"``, ``"other"``), ``same_iteration`` / ``next_iteration``
+    (issued instructions from the load to the first one waiting for it, or None) and ``use``
+    (address of that instruction on the shortest path)."""
+    import heapq
+
+    funcs = parse_sass(sass)
+    if not funcs:
+        raise ValueError("no function found in the SASS listing")
+    fn = funcs[function] if function else next(iter(funcs.values()))
+    blocks, loop = _main_loop(fn, marker)
+    block_of = {}
+    for k in loop.body:
+        for i in range(blocks[k].start, blocks[k].end):
+            block_of[i] = k
+    tainted, feeds = _taint(fn, blocks, loop)
+    out = []
+    for i in sorted(block_of):
+        ins = fn.instrs[i]
+        if ins.base not in _GLOBAL_LOADS:
+            continue
+        dest = set(defs_uses(ins)[0])
+        best = {False: None, True: None}
+        use_at = {False: None, True: None}
+        # Dijkstra over (instruction index, crossed the back edge); distance = instructions issued
+        heap = [(0, False, i)]
+        seen = set()
+        while heap:
+            d, wrapped, j = heapq.heappop(heap)
+            if (j, wrapped) in seen:
+                continue
+            seen.add((j, wrapped))
+            if d > 0:
+                dj, uj = defs_uses(fn.instrs[j])
+                if dest & (set(uj) | set(dj)):
+                    if best[wrapped] is None:
+                        best[wrapped], use_at[wrapped] = d, fn.instrs[j].addr
+                    continue  # this path waits here
+            k = block_of[j]
+            if j + 1 < blocks[k].end:
+                heapq.heappush(heap, (d + 1, wrapped, j + 1))
+                continue
+            for s in blocks[k].succ:
+                if s not in loop.body:
+                    continue  # leaves the loop
+                w = wrapped or s == loop.header
+                heapq.heappush(heap, (d + 1, w, blocks[s].start))
+        kind = "gaussian" if tainted.get(i) else ("list" if any(
+            tainted.get(j) for j in feeds.get(i, ())) else "other")
+        out.append({
+            "addr": ins.addr, "opcode": ins.opcode, "dest": sorted(dest, key=lambda r: (len(r), r)),
+            "kind": kind, "same_iteration": best[False], "next_iteration": best[True],
+            "use": use_at[False] if best[False] is not None else use_at[True],
+        })
+    return out
+
+
+def load_use_violations(loads: Sequence[dict], min_distance: int,
+                        kinds: Sequence[str] = ("gaussian",)) -> list[dict]:
+    """The loads of ``kinds`` first waited on in their own iteration fewer than ``min_distance``
+    instructions after issue (the latency-tolerance gate)."""
+    return [ld for ld in loads if ld["kind"] in kinds and ld["same_iteration"] is not None
+            and ld["same_iteration"] < min_distance]

@@ -2,7 +2,7 @@
 
 Same grid and Gaussian walk as the forward (one program per pixel block of a tile, Gaussians one
 at a time, front to back, the same device functions, so every skip/stop decision is the
-forward's). Per Gaussian and pixel, with ``g`` the pixel's image cotangent:
+forward's; the same software pipeline of list ids, records and colours). Per Gaussian and pixel, with ``g`` the pixel's image cotangent:
 
 alpha mode (no division of transmittances, no back-to-front walk):
     image = sum_j a_j T_j c_j + T_final * bg
@@ -41,9 +41,9 @@ from gsplat2d.kernels._common import (
     LOG2_ALPHA_MIN_LOOSE,
     REC,
     T_STOP,
-    any_pixel_left,
     composite_step,
     exp2_approx,
+    load_colours,
     load_record,
     log2_weight,
     opaque_zero,
@@ -163,19 +163,37 @@ def _rasterize_bwd_kernel(
     # alpha mode: k = g_alpha T_final - g . S_i, updated by + a_i T_i (g . c_i) per Gaussian
     kk = ga * t_final - g_dot_img  # [P]
 
-    T = tl.full((BLOCK_P,), 1.0, dtype=tl.float32)  # [P] as in the forward
+    # [P] as in the forward; a pixel outside the image starts stopped (T = 0), so in alpha mode
+    # the stop test alone keeps it out of the vote and of the "any pixel left?" test and the loop
+    # does not hold the `inside` mask (8 registers). Its gradients are 0 either way (g = 0 there).
+    T = tl.where(inside, 1.0, 0.0)
+    # The forward's software pipeline with PIPE = 1 (kernels/rasterize_fwd.py), int32 list ids:
+    # at the top of iteration i the record (and, C <= 4, the colours) of Gaussian i are in
+    # registers, issued at the end of iteration i - 1 (on the cheap and the full path alike),
+    # and the id of i + 1 has been in flight for a whole iteration. (Two deep, measured: +2.4
+    # instructions per pair on both paths, 128 registers at C = 3, and ptxas moves the second
+    # stage into place at the top of the next iteration, 17-55 instructions after the loads.)
+    last = end - 1
+    has = start < end
+    id0 = tl.load(ids_ptr + start, mask=has, other=0)  # int32, position i
+    id1 = tl.load(ids_ptr + tl.minimum(start + 1, last), mask=has, other=0)  # position i + 1
+    mx, my, qa, qb, qc, lo, inv_o = load_record(params_ptr, id0.to(tl.int64) + gbase, has)
+    c0, c1, c2, c3 = 0.0, 0.0, 0.0, 0.0  # colours of Gaussian i (C <= 4)
+    if SMALL_C:
+        c0, c1, c2, c3 = load_colours(colors_ptr, id0.to(tl.int64) + gbase, has, NC)
     s = start
     go = s < end
     while go:
         s_end = tl.minimum(s + CHUNK, end)
         for i in range(s, s_end):
-            gid = tl.load(ids_ptr + i).to(tl.int64) + gbase
-            mx, my, qa, qb, qc, lo = load_record(params_ptr, gid)
+            gid = id0.to(tl.int64) + gbase
             dx, dy, pw = log2_weight(fx, fy, mx, my, qa, qb, qc, lo)
             # conservative vote: can any pixel of the block use this Gaussian?
-            pre = (pw >= LOG2_ALPHA_MIN_LOOSE) & (pw <= lo) & inside
+            pre = (pw >= LOG2_ALPHA_MIN_LOOSE) & (pw <= lo)
             if ALPHA_MODE:
-                pre = pre & (T > T_STOP)
+                pre = pre & (T > T_STOP)  # False outside the image (T = 0)
+            else:
+                pre = pre & inside
             if tl.max(pre.to(tl.int32), axis=0) > 0:
                 raw = exp2_approx(pw, FAST)  # [P]
                 if ALPHA_MODE:
@@ -187,17 +205,12 @@ def _rasterize_bwd_kernel(
                     live = valid & (raw <= 1.0)
                 # g . c for this Gaussian, [P]
                 if SMALL_C:
-                    cp = colors_ptr + gid * NC
-                    c0 = tl.load(cp).to(tl.float32)
                     gc = g0 * c0
                     if NC > 1:
-                        c1 = tl.load(cp + 1).to(tl.float32)
                         gc = tl.fma(g1, c1, gc)
                     if NC > 2:
-                        c2 = tl.load(cp + 2).to(tl.float32)
                         gc = tl.fma(g2, c2, gc)
                     if NC > 3:
-                        c3 = tl.load(cp + 3).to(tl.float32)
                         gc = tl.fma(g3, c3, gc)
                 else:
                     # C > 4: one pass over the channels computes g . c and the colour gradients
@@ -238,7 +251,6 @@ def _rasterize_bwd_kernel(
                 ca = qa * _A_FROM_Q
                 cb = qb * _B_FROM_Q
                 cc = qc * _A_FROM_Q
-                inv_o = tl.load(params_ptr + gid * REC + 6)
                 gv = tl.where(k8 == 0, ca * sx + cb * sy, 0.0)  # [8]
                 gv = tl.where(k8 == 1, cb * sx + cc * sy, gv)
                 gv = tl.where(k8 == 2, -0.5 * sxx, gv)
@@ -246,10 +258,16 @@ def _rasterize_bwd_kernel(
                 gv = tl.where(k8 == 4, -0.5 * syy, gv)
                 gv = tl.where(k8 == 5, ss * inv_o, gv)
                 tl.atomic_add(ggeo_ptr + gid * REC + k8, gv, mask=k8 < 6, sem="relaxed")
+            # the loads for the next iterations: i + 1's record and colours, i + 2's id
+            id0 = id1
+            mx, my, qa, qb, qc, lo, inv_o = load_record(params_ptr, id0.to(tl.int64) + gbase, None)
+            if SMALL_C:
+                c0, c1, c2, c3 = load_colours(colors_ptr, id0.to(tl.int64) + gbase, None, NC)
+            id1 = tl.load(ids_ptr + tl.minimum(i + 2, last))
         s = s_end
         go = s < end
         if ALPHA_MODE:
-            go = go & any_pixel_left(T, inside)
+            go = go & (tl.max(T, axis=0) > T_STOP)  # any_pixel_left: T = 0 outside the image
 
 
 def rasterize_bwd(

@@ -1,12 +1,13 @@
 """Forward rasterization in Triton: one program per (pixel block of a tile, channel block).
 
 A program walks its tile's Gaussians **one at a time** over a vector of pixels (a 16 x 16 tile
-is one warp, 8 pixels per thread). Each Gaussian's record is read with scalar (warp-uniform)
-loads, so per (Gaussian, pixel) pair the inner loop issues only the per-pixel math: two
-subtractions, five FMA-class instructions for ``log2(o exp(-sigma))``, one ``MUFU.EX2``, the
-clamp and 1/255 test, ``T' = T - a T``, the stop test, three selects and one FMA per channel.
-Cross-lane work (the "all pixels done?" vote of alpha mode) runs once per ``CHUNK`` Gaussians.
-Measured per pair with ``python -m gsplat2d.kernels.report --cost`` (method in
+is one warp, 8 pixels per thread). Each Gaussian's record is read with two 16-byte vector loads
+(warp-uniform), issued ahead by a software pipeline (``PIPE`` Gaussians in flight, so no
+iteration waits on a load it issued), so per (Gaussian, pixel) pair the inner loop issues only
+the per-pixel math: two subtractions, five FMA-class instructions for ``log2(o exp(-sigma))``,
+one ``MUFU.EX2``, the clamp and 1/255 test, ``T' = T - a T``, the stop test, three selects and
+one FMA per channel. Cross-lane work (the "all pixels done?" vote of alpha mode) runs once per
+``CHUNK`` Gaussians. Measured per pair with ``python -m gsplat2d.kernels.report --cost`` (method in
 ``docs/design.md``).
 
 * alpha mode: front to back in index order, exactly the dense definition: skip
@@ -35,6 +36,7 @@ from gsplat2d.kernels._common import (
     any_pixel_left,
     composite_step,
     exp2_approx,
+    load_colours,
     load_record,
     log2_weight,
     splat_add,
@@ -64,15 +66,14 @@ def launch_config(tile_size: int, C: int, backward: bool = False, mode: str = "a
     """
     if C <= SMALL_C_MAX:
         cfg = {"BLOCK_P": min(tile_size * tile_size, 256), "BLOCK_C": triton.next_power_of_2(C),
-               "NC": C, "SMALL_C": True, "num_warps": 1, "CHUNK": CHUNK, "maxnreg": None}
-        if backward and mode == "alpha" and tile_size == 32 and C <= 3:
-            cfg["maxnreg"] = 128  # ptxas picks 139 otherwise; capped: 127, no spills, +0.9/pair
+               "NC": C, "SMALL_C": True, "num_warps": 1, "CHUNK": CHUNK, "maxnreg": None,
+               "PIPE": 2 if mode == "alpha" and not backward and tile_size >= 16 else 1}
         return cfg
     if backward:
         # one warp per block; channels unrolled (NC = C), the cotangent re-read per Gaussian
         block_p = 256 if (mode == "alpha" or C <= 16 or C > 64) else 128  # sum 32/64 spill at 256
         return {"BLOCK_P": min(tile_size * tile_size, block_p), "BLOCK_C": 32, "NC": C,
-                "SMALL_C": False, "num_warps": 1, "CHUNK": CHUNK, "maxnreg": None}
+                "SMALL_C": False, "num_warps": 1, "CHUNK": CHUNK, "maxnreg": None, "PIPE": 1}
     # forward: a [BLOCK_P, BLOCK_C] accumulator, channel blocks in grid dimension 1
     if C <= 8:
         block_c, block_p, num_warps = 8, 128, 1
@@ -81,7 +82,7 @@ def launch_config(tile_size: int, C: int, backward: bool = False, mode: str = "a
     else:
         block_c, block_p, num_warps = 32, (128 if mode == "alpha" else 256), 4
     return {"BLOCK_P": min(tile_size * tile_size, block_p), "BLOCK_C": block_c, "NC": 0,
-            "SMALL_C": False, "num_warps": num_warps, "CHUNK": CHUNK, "maxnreg": None}
+            "SMALL_C": False, "num_warps": num_warps, "CHUNK": CHUNK, "maxnreg": None, "PIPE": 1}
 
 
 def launch_options(cfg: dict) -> dict:
@@ -126,6 +127,7 @@ def _rasterize_fwd_kernel(
     SMALL_C: tl.constexpr,
     CHUNK: tl.constexpr,
     FAST: tl.constexpr,
+    PIPE: tl.constexpr,
     EXACT: tl.constexpr,  # some colour is NaN/Inf: a zero weight must add nothing (splat_add)
 ):
     pid0 = tl.program_id(0).to(tl.int64)
@@ -148,13 +150,35 @@ def _rasterize_fwd_kernel(
     cmask = cidx < C
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)  # [P, BLOCK_C] (C > 4)
 
+    # Software pipeline over the tile's list (latency tolerance). PIPE = 1: at the top of
+    # iteration i the record and colours of Gaussian i are in registers (issued at the end of
+    # iteration i - 1, after the last use of i - 1's) and the list id of i + 1 has been in flight
+    # for a whole iteration; the end of iteration i issues the loads of i + 1's record and colours
+    # and of i + 2's id. PIPE = 2 keeps one more Gaussian in flight: the end of iteration i moves
+    # i + 1's values (issued one whole iteration earlier) into place and issues the loads of
+    # i + 2's record and colours and of i + 3's id. Look-ahead indices are clamped to the tile's
+    # last entry (a real Gaussian of the list), so only the prologue, which an empty tile also
+    # runs, needs masks.
+    last = end - 1
+    has = start < end
+    id0 = tl.load(ids_ptr + start, mask=has, other=0)  # int32 list ids: position i
+    id1 = tl.load(ids_ptr + tl.minimum(start + 1, last), mask=has, other=0)  # position i + 1
+    mx, my, qa, qb, qc, lo, _inv_o = load_record(params_ptr, id0.to(tl.int64) + gbase, has)
+    c0, c1, c2, c3 = 0.0, 0.0, 0.0, 0.0  # colours of Gaussian i (C <= 4)
+    if SMALL_C:
+        c0, c1, c2, c3 = load_colours(colors_ptr, id0.to(tl.int64) + gbase, has, NC)
+    if PIPE == 2:
+        pmx, pmy, pqa, pqb, pqc, plo, _pinv_o = load_record(params_ptr, id1.to(tl.int64) + gbase, has)
+        pc0, pc1, pc2, pc3 = 0.0, 0.0, 0.0, 0.0  # Gaussian i + 1
+        if SMALL_C:
+            pc0, pc1, pc2, pc3 = load_colours(colors_ptr, id1.to(tl.int64) + gbase, has, NC)
+        id2 = tl.load(ids_ptr + tl.minimum(start + 2, last), mask=has, other=0)  # position i + 2
+
     s = start
     go = s < end
     while go:
         s_end = tl.minimum(s + CHUNK, end)
         for i in range(s, s_end):
-            gid = tl.load(ids_ptr + i).to(tl.int64) + gbase
-            mx, my, qa, qb, qc, lo = load_record(params_ptr, gid)
             dx, dy, pw = log2_weight(fx, fy, mx, my, qa, qb, qc, lo)
             raw = exp2_approx(pw, FAST)  # o exp(-sigma), [P]
             if ALPHA_MODE:
@@ -169,17 +193,33 @@ def _rasterize_fwd_kernel(
                     w = tl.where(wsum >= 0.0, w, 0.0)
                 wsum += w
             if SMALL_C:
-                cp = colors_ptr + gid * NC
-                acc0 = splat_add(acc0, w, tl.load(cp).to(tl.float32), EXACT)
+                acc0 = splat_add(acc0, w, c0, EXACT)
                 if NC > 1:
-                    acc1 = splat_add(acc1, w, tl.load(cp + 1).to(tl.float32), EXACT)
+                    acc1 = splat_add(acc1, w, c1, EXACT)
                 if NC > 2:
-                    acc2 = splat_add(acc2, w, tl.load(cp + 2).to(tl.float32), EXACT)
+                    acc2 = splat_add(acc2, w, c2, EXACT)
                 if NC > 3:
-                    acc3 = splat_add(acc3, w, tl.load(cp + 3).to(tl.float32), EXACT)
+                    acc3 = splat_add(acc3, w, c3, EXACT)
             else:
+                gid = id0.to(tl.int64) + gbase  # int64: B * N may exceed 2**31 / C
                 col = tl.load(colors_ptr + gid * C + cidx, mask=cmask, other=0.0)
                 acc = splat_add(acc, w[:, None], col.to(tl.float32)[None, :], EXACT)  # [P, BLOCK_C]
+            # the loads for the next iterations (see PIPE above)
+            if PIPE == 2:
+                mx, my, qa, qb, qc, lo = pmx, pmy, pqa, pqb, pqc, plo
+                c0, c1, c2, c3 = pc0, pc1, pc2, pc3
+                id0 = id1
+                id1 = id2
+                pmx, pmy, pqa, pqb, pqc, plo, _pinv_o = load_record(params_ptr, id1.to(tl.int64) + gbase, None)
+                if SMALL_C:
+                    pc0, pc1, pc2, pc3 = load_colours(colors_ptr, id1.to(tl.int64) + gbase, None, NC)
+                id2 = tl.load(ids_ptr + tl.minimum(i + 3, last))
+            else:
+                id0 = id1
+                mx, my, qa, qb, qc, lo, _inv_o = load_record(params_ptr, id0.to(tl.int64) + gbase, None)
+                if SMALL_C:
+                    c0, c1, c2, c3 = load_colours(colors_ptr, id0.to(tl.int64) + gbase, None, NC)
+                id1 = tl.load(ids_ptr + tl.minimum(i + 2, last))
         s = s_end
         go = s < end
         if ALPHA_MODE:
@@ -256,7 +296,7 @@ def rasterize_fwd(
             N, C, width, height, binning.tiles_x, n_tiles,
             ALPHA_MODE=alpha_mode, TAPER=mode == "sum_taper", HAS_BG=background is not None, TILE=tile_size,
             BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], NC=cfg["NC"], SMALL_C=cfg["SMALL_C"],
-            CHUNK=cfg["CHUNK"], FAST=fast_math(), EXACT=bool(exact), **launch_options(cfg),
+            CHUNK=cfg["CHUNK"], FAST=fast_math(), PIPE=cfg["PIPE"], EXACT=bool(exact), **launch_options(cfg),
         )
     return image, alpha, t_final
 
@@ -268,7 +308,7 @@ SIGNATURE = {
     "N": "i32", "C": "i32", "W": "i32", "H": "i32", "tiles_x": "i32", "n_tiles": "i32",
     "ALPHA_MODE": "constexpr", "TAPER": "constexpr", "HAS_BG": "constexpr", "TILE": "constexpr", "BLOCK_P": "constexpr",
     "BLOCK_C": "constexpr", "NC": "constexpr", "SMALL_C": "constexpr", "CHUNK": "constexpr",
-    "FAST": "constexpr", "EXACT": "constexpr",
+    "FAST": "constexpr", "PIPE": "constexpr", "EXACT": "constexpr",
 }
 
 #: (tile, C) variants compiled by the AOT report for each mode, both kernels.
@@ -302,6 +342,7 @@ def rasterizer_aot_specs(kind: str, kernel, signature: dict) -> list[AotSpec]:
                     "HAS_BG": mode == "alpha", "TILE": tile,
                     "BLOCK_P": cfg["BLOCK_P"], "BLOCK_C": cfg["BLOCK_C"], "NC": cfg["NC"],
                     "SMALL_C": cfg["SMALL_C"], "CHUNK": cfg["CHUNK"], "FAST": True,
+                    **({"PIPE": cfg["PIPE"]} if kind == "fwd" else {}),
                     **({"EXACT": exact} if "EXACT" in signature else {}),
                 },
                 num_warps=cfg["num_warps"],

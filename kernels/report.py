@@ -34,6 +34,13 @@ How the numbers are obtained:
   longest ("full") and shortest ("cheap") loop path, and the issue-bound pairs/s of an H100.
   ``--check-budget`` compares with ``kernels/cost_budget.json`` (per-variant ceilings on
   instructions per pair and registers, plus the absolute targets of the C = 3 variants).
+* Load-to-use distances (same specs): every global load of the main loop, its kind
+  (``gaussian``: address from the list id loaded in the loop; ``list``: that id; ``other``) and
+  how many issued instructions later it is first waited on, in the same iteration or round the
+  back edge in the next (:func:`gsplat2d.kernels.cost.load_use`; ``--cost`` prints them).
+  ``--check-budget`` also applies the budget file's ``load_use`` gate: in the ``C <= 4`` main
+  loops no ``gaussian`` load may be waited on in its own iteration fewer than 64 instructions
+  after issue.
 
 The tools come from Triton's knobs, so ``TRITON_PTXAS_PATH``, ``TRITON_PTXAS_BLACKWELL_PATH`` and
 ``TRITON_CUOBJDUMP_PATH`` are honoured; by default they are the binaries bundled in the wheel
@@ -389,11 +396,12 @@ def _measure(rec: dict[str, Any], spec, cap: int, compiled: Any) -> None:
         if getattr(spec, "pairs_per_iter", None):
             from triton import knobs
 
-            from gsplat2d.kernels.cost import disassemble, loop_cost
+            from gsplat2d.kernels.cost import disassemble, load_use, loop_cost
 
             sass = disassemble(cubin_path, knobs.nvidia.nvdisasm.path)
             rec["cost"] = loop_cost(sass, rec["function"], spec.pairs_per_iter,
                                     tuple(spec.trips))
+            rec["cost"]["loads"] = load_use(sass, rec["function"])
 
 
 def compile_spec(spec, cap: int | str, *, align_pointers: bool = True, module: str = "") -> dict[str, Any]:
@@ -597,6 +605,69 @@ def format_cost_table(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _distance(ld: dict[str, Any]) -> str:
+    """``"same+7"`` (first waited on 7 instructions later in the same iteration), ``"next+31"``
+    (only in the next iteration, 31 instructions round the back edge) or ``"-"`` (never)."""
+    if ld["same_iteration"] is not None:
+        return f"same+{ld['same_iteration']}"
+    if ld["next_iteration"] is not None:
+        return f"next+{ld['next_iteration']}"
+    return "-"
+
+
+def format_load_table(records: Sequence[dict[str, Any]]) -> str:
+    """Load-to-use distance of every global load in each costed main loop
+    (:func:`gsplat2d.kernels.cost.load_use`): one row per variant, one cell per ``gaussian`` or
+    ``list`` load (``kind:opcode:distance``, in address order), then the ``other`` loads (the
+    per-pixel re-reads of the C > 4 backward: hundreds) as a count and their shortest distance."""
+    rows = [["kernel", "arch", "loads (kind:opcode:load-to-use)"]]
+    for r in records:
+        c = r.get("cost")
+        if not c or "loads" not in c:
+            continue
+        cells = [f"{ld['kind']}:{ld['opcode']}:{_distance(ld)}" for ld in c["loads"]
+                 if ld["kind"] != "other"]
+        other = [ld for ld in c["loads"] if ld["kind"] == "other"]
+        if other:
+            same = [ld["same_iteration"] for ld in other if ld["same_iteration"] is not None]
+            cells.append(f"other: {len(other)} loads" + (f", {len(same)} waited on in their "
+                                                          f"iteration (min same+{min(same)})" if same else ""))
+        rows.append([r["kernel"], r["target"], "  ".join(cells) or "(none)"])
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    out = []
+    for j, row in enumerate(rows):
+        out.append("  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2]]).rstrip())
+        if j == 0:
+            out.append("  ".join(["-" * widths[0], "-" * widths[1], "-" * len(row[2])]))
+    return "\n".join(out)
+
+
+_C_RE = re.compile(r",C=(\d+)\]")
+
+
+def load_use_gate(rec: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """Violations of the latency-tolerance gate ``budget["load_use"] = {"min_distance", "max_c",
+    "kinds"}``: in the main loop of a variant with ``C <= max_c``, every load of ``kinds``
+    (default ``["gaussian"]``: address computed from the list id loaded in the loop) must be first
+    waited on in the next iteration or at least ``min_distance`` instructions after issue."""
+    gate = budget.get("load_use")
+    c = rec.get("cost")
+    if not gate or not c:
+        return []
+    m = _C_RE.search(rec["kernel"])
+    if m is None or int(m.group(1)) > int(gate.get("max_c", 4)):
+        return []
+    key = f"{rec['kernel']}@sm_{rec['arch']}"
+    if "loads" not in c:
+        return [f"{key}: no load-to-use analysis in the record"]
+    from gsplat2d.kernels.cost import load_use_violations
+
+    bad = load_use_violations(c["loads"], int(gate["min_distance"]), tuple(gate.get("kinds", ["gaussian"])))
+    return [f"{key}: {ld['kind']} load {ld['opcode']} at {ld['addr']:#06x} is waited on "
+            f"{ld['same_iteration']} instructions later in the same iteration (< {gate['min_distance']})"
+            for ld in bad]
+
+
 def load_budget(path: str = BUDGET_PATH) -> dict[str, Any]:
     with open(path) as f:
         return json.load(f)
@@ -611,6 +682,7 @@ def check_budget(records: Sequence[dict[str, Any]], budget: dict[str, Any]) -> l
     absolute ceilings for the variants carrying that ``cost_key`` on ``targets_arch``;
     ``budget["registers_c3"]``: register ceiling of every ``C=3`` variant there. A costed variant
     with no budget entry is a violation too (new kernels must be budgeted).
+    ``budget["load_use"]``: the latency-tolerance gate of :func:`load_use_gate`.
     """
     bad = []
     slack = float(budget.get("slack", 0.0))
@@ -639,6 +711,7 @@ def check_budget(records: Sequence[dict[str, Any]], budget: dict[str, Any]) -> l
         c3 = budget.get("registers_c3")
         if c3 and ",C=3]" in r["kernel"] and r["arch"] == t_arch and r["registers"] > c3:
             bad.append(f"{key}: {r['registers']} registers > {c3} (every C=3 variant)")
+        bad += load_use_gate(r, budget)
         t = targets.get(r.get("cost_key") or "")
         if t and r["arch"] == t_arch:
             for what, val in (("full", full), ("cheap", cheap), ("registers", r["registers"])):
@@ -708,6 +781,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cost:
             print()
             print(format_cost_table(records))
+            print()
+            print(format_load_table(records))
         if spilled:
             print("\nspilling: " + ", ".join(f"{r['kernel']} ({r['target']})" for r in spilled))
     rc = 0
