@@ -210,3 +210,19 @@ def splat_add(acc, w, c, EXACT: tl.constexpr):
     else:
         acc = tl.fma(w, c, acc)
     return acc
+
+
+@triton.jit
+def next_gaussian(ids_ptr, params_ptr, colors_ptr, id1, i, last, gbase, SMALL_C: tl.constexpr, NC: tl.constexpr):
+    """The software pipeline's step with one Gaussian in flight (forward ``PIPE = 1`` and the
+    backward): at the end of iteration ``i``, issue the loads of Gaussian ``i + 1`` (its list id
+    ``id1`` has been in flight for a whole iteration) and of the list id at ``i + 2`` (clamped to
+    the tile's ``last`` entry). Returns ``id0, id1, record (7 scalars), colours (4; C <= 4)``."""
+    id0 = id1
+    gid = id0.to(tl.int64) + gbase
+    mx, my, qa, qb, qc, lo, inv_o = load_record(params_ptr, gid, None)
+    c0, c1, c2, c3 = 0.0, 0.0, 0.0, 0.0
+    if SMALL_C:
+        c0, c1, c2, c3 = load_colours(colors_ptr, gid, None, NC)
+    id1 = tl.load(ids_ptr + tl.minimum(i + 2, last))
+    return id0, id1, mx, my, qa, qb, qc, lo, inv_o, c0, c1, c2, c3

@@ -37,19 +37,8 @@ import triton.language as tl
 from gsplat2d.binning import Binning
 from gsplat2d.kernels._alloc import device_guard
 from gsplat2d.kernels._common import (
-    ALPHA_MIN,
-    LOG2_ALPHA_MIN_LOOSE,
-    REC,
-    T_STOP,
-    composite_step,
-    exp2_approx,
-    load_colours,
-    load_record,
-    log2_weight,
-    opaque_zero,
-    rcp_approx,
-    sum_step,
-    tile_pixels,
+    ALPHA_MIN, LOG2_ALPHA_MIN_LOOSE, REC, T_STOP, composite_step, exp2_approx, load_colours,
+    load_record, next_gaussian, log2_weight, opaque_zero, rcp_approx, sum_step, tile_pixels,
 )
 from gsplat2d.kernels.rasterize_fwd import (
     fast_math,
@@ -98,22 +87,10 @@ def _rasterize_bwd_kernel(
     ggeo_ptr,  # [B, N, 8] fp32, accumulated: dmx, dmy, da, db, dc, do, -, -
     gcolors_ptr,  # [B, N, C] fp32, accumulated
     gbg_ptr,  # [B, C] fp32, accumulated (alpha mode with background, C <= 4)
-    N,
-    C,
-    W,
-    H,
-    tiles_x,
-    n_tiles,
-    ALPHA_MODE: tl.constexpr,
-    TAPER: tl.constexpr,
-    HAS_BG: tl.constexpr,
-    TILE: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    NC: tl.constexpr,
-    SMALL_C: tl.constexpr,
-    CHUNK: tl.constexpr,
-    FAST: tl.constexpr,
+    N, C, W, H, tiles_x, n_tiles,  # sizes (never specialised)
+    ALPHA_MODE: tl.constexpr, TAPER: tl.constexpr, HAS_BG: tl.constexpr,  # the mode
+    TILE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, NC: tl.constexpr,  # blocks (launch_config)
+    SMALL_C: tl.constexpr, CHUNK: tl.constexpr, FAST: tl.constexpr,
 ):
     pid0 = tl.program_id(0).to(tl.int64)
     gtile, b, px, py, inside = tile_pixels(pid0, tiles_x, n_tiles, W, H, TILE, BLOCK_P)
@@ -259,11 +236,8 @@ def _rasterize_bwd_kernel(
                 gv = tl.where(k8 == 5, ss * inv_o, gv)
                 tl.atomic_add(ggeo_ptr + gid * REC + k8, gv, mask=k8 < 6, sem="relaxed")
             # the loads for the next iterations: i + 1's record and colours, i + 2's id
-            id0 = id1
-            mx, my, qa, qb, qc, lo, inv_o = load_record(params_ptr, id0.to(tl.int64) + gbase, None)
-            if SMALL_C:
-                c0, c1, c2, c3 = load_colours(colors_ptr, id0.to(tl.int64) + gbase, None, NC)
-            id1 = tl.load(ids_ptr + tl.minimum(i + 2, last))
+            id0, id1, mx, my, qa, qb, qc, lo, inv_o, c0, c1, c2, c3 = next_gaussian(
+                ids_ptr, params_ptr, colors_ptr, id1, i, last, gbase, SMALL_C, NC)
         s = s_end
         go = s < end
         if ALPHA_MODE:

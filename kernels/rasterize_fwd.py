@@ -38,6 +38,7 @@ from gsplat2d.kernels._common import (
     exp2_approx,
     load_colours,
     load_record,
+    next_gaussian,
     log2_weight,
     splat_add,
     sum_step,
@@ -111,22 +112,10 @@ def _rasterize_fwd_kernel(
     image_ptr,  # [B, H, W, C] fp32 out
     alpha_ptr,  # [B, H, W] fp32 out
     tfinal_ptr,  # [B, H, W] fp32 out (alpha mode)
-    N,
-    C,
-    W,
-    H,
-    tiles_x,
-    n_tiles,
-    ALPHA_MODE: tl.constexpr,
-    TAPER: tl.constexpr,
-    HAS_BG: tl.constexpr,
-    TILE: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    NC: tl.constexpr,
-    SMALL_C: tl.constexpr,
-    CHUNK: tl.constexpr,
-    FAST: tl.constexpr,
+    N, C, W, H, tiles_x, n_tiles,  # sizes (never specialised)
+    ALPHA_MODE: tl.constexpr, TAPER: tl.constexpr, HAS_BG: tl.constexpr,  # the mode
+    TILE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, NC: tl.constexpr,  # blocks (launch_config)
+    SMALL_C: tl.constexpr, CHUNK: tl.constexpr, FAST: tl.constexpr,
     PIPE: tl.constexpr,
     EXACT: tl.constexpr,  # some colour is NaN/Inf: a zero weight must add nothing (splat_add)
 ):
@@ -215,11 +204,8 @@ def _rasterize_fwd_kernel(
                     pc0, pc1, pc2, pc3 = load_colours(colors_ptr, id1.to(tl.int64) + gbase, None, NC)
                 id2 = tl.load(ids_ptr + tl.minimum(i + 3, last))
             else:
-                id0 = id1
-                mx, my, qa, qb, qc, lo, _inv_o = load_record(params_ptr, id0.to(tl.int64) + gbase, None)
-                if SMALL_C:
-                    c0, c1, c2, c3 = load_colours(colors_ptr, id0.to(tl.int64) + gbase, None, NC)
-                id1 = tl.load(ids_ptr + tl.minimum(i + 2, last))
+                id0, id1, mx, my, qa, qb, qc, lo, _inv_o, c0, c1, c2, c3 = next_gaussian(
+                    ids_ptr, params_ptr, colors_ptr, id1, i, last, gbase, SMALL_C, NC)
         s = s_end
         go = s < end
         if ALPHA_MODE:

@@ -480,15 +480,8 @@ def _in_process_report(archs, modules, jobs, align_pointers) -> list[dict[str, A
         return broken + [f.result() for f in futs]
 
 
-def compile_report(
-    archs: Sequence[int] = DEFAULT_ARCHS,
-    modules: Sequence[str] = KERNEL_MODULES,
-    *,
-    jobs: int | None = None,
-    align_pointers: bool = True,
-    timeout: float | None = None,
-    cached: bool = False,
-) -> list[dict[str, Any]]:
+def compile_report(archs: Sequence[int] = DEFAULT_ARCHS, modules: Sequence[str] = KERNEL_MODULES, *, jobs: int | None = None,
+                   align_pointers: bool = True, timeout: float | None = None, cached: bool = False) -> list[dict[str, Any]]:
     """Compile every AOT spec for every arch; one record (dict) per (spec, arch).
 
     Records: ``kernel, function, module, arch, target, num_warps, num_stages, registers,
@@ -514,15 +507,8 @@ def compile_report(
                                  cached=cached)["records"]
 
 
-def run_report_subprocess(
-    archs: Sequence[int] = DEFAULT_ARCHS,
-    modules: Sequence[str] = KERNEL_MODULES,
-    *,
-    jobs: int | None = None,
-    align_pointers: bool = True,
-    timeout: float | None = None,
-    cached: bool = False,
-) -> dict[str, Any]:
+def run_report_subprocess(archs: Sequence[int] = DEFAULT_ARCHS, modules: Sequence[str] = KERNEL_MODULES, *, jobs: int | None = None,
+                          align_pointers: bool = True, timeout: float | None = None, cached: bool = False) -> dict[str, Any]:
     """Run ``python -m gsplat2d.kernels.report --json`` with ``TRITON_INTERPRET`` removed."""
     cmd = [sys.executable, "-m", "gsplat2d.kernels.report", "--json", "--arch", *map(str, archs)]
     cmd += ["--modules", *modules]
