@@ -31,7 +31,8 @@ import traceback
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # never shadow a caller's modules
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 from benchlib import Case, check_against, make_scene, renderer, run_with_grads  # noqa: E402
 
 SCENES = [

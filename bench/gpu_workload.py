@@ -54,7 +54,8 @@ import torch
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
+if str(BENCH) not in sys.path:  # a script run has it first already; never shadow a caller's modules
+    sys.path.append(str(BENCH))
 
 #: The committed model estimate the measurements are put next to.
 ESTIMATE = REPO / "bench" / "results" / "workload-model-h100-estimate-2026-12-07.json"

@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+if str(HERE) not in sys.path:  # never shadow a caller's modules
+    sys.path.append(str(HERE))
 
 COST_SCALES = (2, 4, 8, 16)  # x16 (2048x2048) shows the window bound: memory stops growing
 

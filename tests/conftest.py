@@ -19,8 +19,11 @@ import torch
 if "TRITON_INTERPRET" not in os.environ:
     os.environ["TRITON_INTERPRET"] = "0" if torch.cuda.is_available() else "1"
 
+import importlib  # noqa: E402
 import importlib.util  # noqa: E402
 import math  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -38,6 +41,18 @@ requires_triton = pytest.mark.skipif(
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 requires_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not importable")
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def bench_module(name: str):
+    """Import ``bench/<name>.py`` for a test. ``bench/`` goes to the *end* of ``sys.path``: in
+    front it would shadow this file with ``bench/conftest.py`` for anything that imports
+    ``conftest`` later, such as the DDP test's spawned workers re-importing their test module."""
+    if str(BENCH) not in sys.path:
+        sys.path.append(str(BENCH))
+    return importlib.import_module(name)
+
 
 # Backend parameter usable in @pytest.mark.parametrize: triton / numba cases skip without them.
 BACKENDS = ["torch", pytest.param("numba", marks=requires_numba, id="numba"),

@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import requires_triton
+from conftest import bench_module, requires_triton
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-import gpu_workload as gw  # noqa: E402
-import workload as wl  # noqa: E402
+gw = bench_module("gpu_workload")
+wl = bench_module("workload")
 
 
 def test_random_scene_is_the_models():

@@ -8,11 +8,9 @@ import math
 import numpy as np
 import pytest
 
-import sys
-from pathlib import Path
+from conftest import bench_module
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import workload as wl  # noqa: E402
+wl = bench_module("workload")
 
 
 def _img(gaussians, W, H):
