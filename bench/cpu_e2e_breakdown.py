@@ -3,6 +3,7 @@
 (the CLI's path) of a 256 x 256 photo crop at 1024 x 1024; the minimum of ``--repeats`` rounds.
 
     python bench/cpu_e2e_breakdown.py --out bench/results/cpu-e2e-breakdown-<machine>-<date>.json
+    python bench/cpu_e2e_breakdown.py --model old=old.pth --model new=new.pth --out ...  # any checkpoints
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--model", action="append", metavar="LABEL=PATH",
+                   help="a model to measure (repeatable; default: the shipped feature and colour models)")
     args = p.parse_args()
     from gsplat2d.sr.model import load_model
     from gsplat2d.sr.rendering import encode_image, render_to_array
@@ -41,8 +44,9 @@ def main() -> None:
     rz.rasterize = timed_rasterize
     lr = _tensor(_photo().crop((100, 30, 356, 286)))
     rows = {}
-    for name in ("feature", "colour"):
-        m = load_model(name).eval()
+    models = dict(m.split("=", 1) for m in args.model) if args.model else {"feature": "feature", "colour": "colour"}
+    for name, path in models.items():
+        m = load_model(path).eval()
         best: dict = {}
         for _ in range(args.repeats + 1):  # the first round warms up
             acc.clear()
@@ -64,6 +68,7 @@ def main() -> None:
                 continue
             best = dict(acc)
         best["other_s"] = best["render_total_s"] - best["rasterize_s"] - best.get("decode_s", 0.0)
+        best["parameters"] = sum(p.numel() for p in m.parameters())
         rows[name] = best
     res = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
            "threads": torch.get_num_threads(), "size": "256x256 -> 1024x1024", "models": rows}

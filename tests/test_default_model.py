@@ -66,7 +66,7 @@ def test_shipped_weights_match_the_model_card_hash(name):
 # retrained-vs-previous-amd-epyc-2026-12-07.json, 2-core AMD EPYC; colour: bench/results/sr-colour-
 # vs-feature-intel-xeon-2026-12-02.json, 2-core Intel Xeon; torch 2.13 CPU). Margins leave room
 # for other CPUs' float noise.
-CARD_SET5 = {"feature": (36.763, 30.920), "colour": (36.538, 30.198)}
+CARD_SET5 = {"feature": (36.999, 31.328), "colour": (36.538, 30.198)}
 
 
 @pytest.mark.skipif(not (DATA / "Set5" / "HR").is_dir(), reason=f"needs the shared data: {DATA / 'Set5'} not present")

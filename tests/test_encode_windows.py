@@ -33,7 +33,10 @@ def test_windowed_encode_equals_the_whole(name, size, tile):
         short = encode_image(m, lr, tile=tile)
     finally:
         rendering.receptive_radius = real
-    assert float((short.colors - whole.colors).abs().max()) > 2e-5  # observed 8.5e-5 .. 4.8e-4
+    # observed: colour model 8.4e-5 .. 9.1e-5, the 48 x 6 feature default 1.45e-5 .. 3.9e-5 (the
+    # bound counts every convolution in series, so its last pixels weigh little); 4x the tolerance
+    # of the equality above, so a short halo cannot pass as rounding
+    assert float((short.colors - whole.colors).abs().max()) > 8e-6
 
 
 def test_receptive_radius_counts_every_convolution():
