@@ -44,7 +44,7 @@ def main() -> None:
     rz.rasterize = timed_rasterize
     lr = _tensor(_photo().crop((100, 30, 356, 286)))
     rows = {}
-    models = dict(m.split("=", 1) for m in args.model) if args.model else {"feature": "feature", "colour": "colour"}
+    models = dict(spec.split("=", 1) for spec in args.model) if args.model else {"feature": "feature", "colour": "colour"}
     for name, path in models.items():
         m = load_model(path).eval()
         best: dict = {}
@@ -68,7 +68,7 @@ def main() -> None:
                 continue
             best = dict(acc)
         best["other_s"] = best["render_total_s"] - best["rasterize_s"] - best.get("decode_s", 0.0)
-        best["parameters"] = sum(p.numel() for p in m.parameters())
+        best["parameters"] = sum(w.numel() for w in m.parameters())
         rows[name] = best
     res = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
            "threads": torch.get_num_threads(), "size": "256x256 -> 1024x1024", "models": rows}

@@ -31,8 +31,9 @@ import traceback
 
 import torch
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # never shadow a caller's modules
-    sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:  # never shadow a caller's modules
+    sys.path.append(_HERE)
 from benchlib import Case, check_against, make_scene, renderer, run_with_grads  # noqa: E402
 
 SCENES = [

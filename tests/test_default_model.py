@@ -63,7 +63,7 @@ def test_shipped_weights_match_the_model_card_hash(name):
 
 
 # Set5 Y-PSNR at x2 / x4 as the model cards report them (feature: bench/results/sr-feature-
-# retrained-vs-previous-amd-epyc-2026-12-07.json, 2-core AMD EPYC; colour: bench/results/sr-colour-
+# 48x6-vs-previous-amd-epyc-2026-12-07.json, 2-core AMD EPYC; colour: bench/results/sr-colour-
 # vs-feature-intel-xeon-2026-12-02.json, 2-core Intel Xeon; torch 2.13 CPU). Margins leave room
 # for other CPUs' float noise.
 CARD_SET5 = {"feature": (36.999, 31.328), "colour": (36.538, 30.198)}
